@@ -1,0 +1,54 @@
+# Berth — the two commands of the README are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test venv control-plane cluster-up cluster-down crds verify lint pytest clean
+
+## demo: train the quickstart manifest locally (2 worker processes, tiny BERT)
+demo: $(STAMP)
+	$(VENV)/bin/berth run examples/quickstart.yaml
+
+## test: lint, verify generated files, start the control plane, run every test, stop it
+test: $(STAMP) control-plane lint verify
+	bash hack/test.sh
+
+venv: $(STAMP)
+$(STAMP): trainer/requirements.txt operator/requirements.txt requirements-dev.txt \
+          trainer/pyproject.toml operator/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r trainer/requirements.txt -r operator/requirements.txt \
+	    -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps -e trainer -e operator
+	touch $@
+
+## control-plane: build kube-apiserver, controller-manager, scheduler, kubectl, etcd, kwok, helm
+control-plane:
+	bash hack/build-control-plane.sh
+
+cluster-up: control-plane
+	$(PYTHON) hack/cluster.py up
+
+cluster-down:
+	$(PYTHON) hack/cluster.py down
+
+## crds: regenerate the CRD (and the chart's copy) from the typed API models
+crds: $(STAMP)
+	$(PY) -m berth_operator.crdgen
+
+## verify: fail when a generated file is stale
+verify: $(STAMP)
+	$(PY) -m berth_operator.crdgen --check
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint Dockerfile
+	bash hack/helm-lint.sh
+
+clean: cluster-down
+	rm -rf $(VENV) .cluster

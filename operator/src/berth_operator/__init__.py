@@ -1,0 +1,3 @@
+"""Berth's kopf operator for BertTraining resources."""
+
+__version__ = "0.1.0"

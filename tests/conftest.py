@@ -1,0 +1,72 @@
+"""Session-wide fixtures: the real control plane (hack/cluster.py) and a namespace per test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CLUSTER = REPO / ".cluster"
+
+
+def _cluster(command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(REPO / "hack" / "cluster.py"), command],
+        capture_output=True,
+        text=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def kubeconfig() -> Iterator[str]:
+    """Path of an admin kubeconfig for the real control plane, started once per session.
+
+    A cluster already running (`make cluster-up`) is reused and left running; one this fixture
+    started is stopped at the end unless BERTH_KEEP_CLUSTER=1.
+    """
+    started = _cluster("status").returncode != 0
+    if started:
+        result = _cluster("up")
+        if result.returncode:
+            pytest.fail(f"control plane failed to start:\n{result.stdout}\n{result.stderr}")
+    path = str(CLUSTER / "kubeconfig")
+    os.environ["KUBECONFIG"] = path
+    os.environ["PATH"] = f"{CLUSTER / 'bin'}{os.pathsep}{os.environ['PATH']}"
+    yield path
+    if started and os.environ.get("BERTH_KEEP_CLUSTER") != "1":
+        _cluster("down")
+
+
+@pytest.fixture(scope="session")
+def api(kubeconfig: str) -> Iterator[object]:
+    """A kubernetes.client.ApiClient for the admin kubeconfig."""
+    from kubernetes import config
+
+    api_client = config.new_client_from_config(config_file=kubeconfig)
+    yield api_client
+    api_client.close()
+
+
+@pytest.fixture
+def namespace(api: object) -> Iterator[str]:
+    """A fresh namespace whose `default` ServiceAccount exists (pods can be created)."""
+    from kubernetes import client
+
+    from tests.support.waiting import wait_for
+
+    core = client.CoreV1Api(api)
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    core.create_namespace({"metadata": {"name": name, "labels": {"berth.dev/test": "true"}}})
+    wait_for(
+        lambda: core.read_namespaced_service_account("default", name),
+        timeout=30,
+        what=f"ServiceAccount default in {name}",
+    )
+    yield name
+    core.delete_namespace(name, propagation_policy="Background")

@@ -1,0 +1,295 @@
+"""The trainer's configuration: typed models that import without TensorFlow.
+
+One file of this shape (YAML or JSON, camelCase keys) is what the operator mounts into every
+worker and what `berth run` writes locally. The operator's `BertTraining` spec embeds the same
+models, so the CRD schema, the operator and the trainer agree by construction.
+
+    >>> cfg = TrainerConfig.model_validate({
+    ...     "task": "pretraining", "vocabulary": "vocab.txt",
+    ...     "data": {"train": "corpus/*.txt"}, "output": {"dir": "out"},
+    ...     "model": {"size": "tiny"}})
+    >>> cfg.model.resolved().hidden_size
+    128
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+
+class ApiModel(BaseModel):
+    """Base of every API model: camelCase on the wire, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_enum_values=True,
+        validate_default=True,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The camelCase dict form (what YAML manifests and config files hold)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class Task(str, enum.Enum):
+    PRETRAINING = "pretraining"
+    CLASSIFICATION = "classification"
+
+
+class ModelSize(str, enum.Enum):
+    TINY = "tiny"
+    MINI = "mini"
+    SMALL = "small"
+    MEDIUM = "medium"
+    BASE = "base"
+    LARGE = "large"
+
+
+#: The BERT miniatures' (layers, hidden size) grid plus base and large.
+MODEL_SIZES: dict[str, tuple[int, int]] = {
+    "tiny": (2, 128),
+    "mini": (4, 256),
+    "small": (4, 512),
+    "medium": (8, 512),
+    "base": (12, 768),
+    "large": (24, 1024),
+}
+
+
+class ResolvedModel(BaseModel):
+    """Every model dimension, explicit (what the trainer builds)."""
+
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    intermediate_size: int
+    max_sequence_length: int
+    dropout: float
+
+
+class ModelConfig(ApiModel):
+    """model: the BERT architecture, by named size or explicit dimensions."""
+
+    size: ModelSize | None = Field(
+        default=None,
+        description="size: a named BERT size (tiny|mini|small|medium|base|large); explicit "
+        "dimensions below override its values.",
+    )
+    num_layers: Annotated[int, Field(ge=1, le=48)] | None = Field(
+        default=None, description="numLayers: number of Transformer layers."
+    )
+    hidden_size: Annotated[int, Field(ge=8, le=4096)] | None = Field(
+        default=None, description="hiddenSize: width of every Transformer layer."
+    )
+    num_heads: Annotated[int, Field(ge=1, le=64)] | None = Field(
+        default=None, description="numHeads: attention heads; must divide hiddenSize."
+    )
+    intermediate_size: Annotated[int, Field(ge=8, le=16384)] | None = Field(
+        default=None, description="intermediateSize: width of the feed-forward layer."
+    )
+    max_sequence_length: Annotated[int, Field(ge=8, le=4096)] = Field(
+        default=512, description="maxSequenceLength: size of the position embedding."
+    )
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
+        default=0.1, description="dropout: dropout rate of the backbone."
+    )
+
+    @model_validator(mode="after")
+    def _size_or_dims(self) -> ModelConfig:
+        if self.size is None and (self.num_layers is None or self.hidden_size is None):
+            raise ValueError("model: set size, or numLayers and hiddenSize")
+        resolved = self.resolved()
+        if resolved.hidden_size % resolved.num_heads:
+            raise ValueError(
+                f"model.numHeads: {resolved.num_heads} does not divide "
+                f"hiddenSize {resolved.hidden_size}"
+            )
+        return self
+
+    def resolved(self) -> ResolvedModel:
+        layers, hidden = MODEL_SIZES[str(self.size)] if self.size else (0, 0)
+        layers = self.num_layers or layers
+        hidden = self.hidden_size or hidden
+        return ResolvedModel(
+            num_layers=layers,
+            hidden_size=hidden,
+            num_heads=self.num_heads or max(1, hidden // 64),
+            intermediate_size=self.intermediate_size or 4 * hidden,
+            max_sequence_length=self.max_sequence_length,
+            dropout=self.dropout,
+        )
+
+
+class DataFormat(str, enum.Enum):
+    TEXT = "text"
+    TFRECORD = "tfrecord"
+    CSV = "csv"
+    TSV = "tsv"
+    JSONL = "jsonl"
+
+
+class DataConfig(ApiModel):
+    """data: where the examples come from."""
+
+    train: str = Field(
+        min_length=1,
+        description="train: file path or glob of training data (local or gs://).",
+    )
+    validation: str | None = Field(
+        default=None, description="validation: file path or glob of validation data."
+    )
+    format: DataFormat = Field(
+        default=DataFormat.TEXT,
+        description="format: text (one sentence per line, blank line between documents), "
+        "tfrecord (written by `berth-trainer prepare`), csv, tsv or jsonl.",
+    )
+    text_field: str = Field(
+        default="text", description="textField: column/key of the first text (csv/tsv/jsonl)."
+    )
+    text_pair_field: str | None = Field(
+        default=None, description="textPairField: column/key of the second text of a pair."
+    )
+    label_field: str = Field(
+        default="label", description="labelField: column/key of the class label."
+    )
+
+
+class Optimizer(str, enum.Enum):
+    ADAMW = "adamw"
+    LAMB = "lamb"
+
+
+class Precision(str, enum.Enum):
+    FLOAT32 = "float32"
+    MIXED_BFLOAT16 = "mixed_bfloat16"
+    MIXED_FLOAT16 = "mixed_float16"
+
+
+class TrainingConfig(ApiModel):
+    """training: the optimisation loop."""
+
+    sequence_length: Annotated[int, Field(ge=8, le=4096)] = Field(
+        default=128, description="sequenceLength: fixed length of every example (static shape)."
+    )
+    global_batch_size: Annotated[int, Field(ge=1)] = Field(
+        default=32, description="globalBatchSize: examples per optimizer step over all workers."
+    )
+    steps: Annotated[int, Field(ge=1)] = Field(
+        default=1000, description="steps: total optimizer steps."
+    )
+    learning_rate: Annotated[float, Field(gt=0, le=1)] = Field(
+        default=1e-4, description="learningRate: peak learning rate."
+    )
+    warmup_steps: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="warmupSteps: linear warm-up steps before linear decay."
+    )
+    optimizer: Optimizer = Field(default=Optimizer.ADAMW, description="optimizer: adamw or lamb.")
+    weight_decay: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.01, description="weightDecay: decoupled weight decay (not on LayerNorm/bias)."
+    )
+    clip_norm: Annotated[float, Field(ge=0)] = Field(
+        default=1.0, description="clipNorm: global gradient-norm clip; 0 disables."
+    )
+    precision: Precision = Field(
+        default=Precision.FLOAT32,
+        description="precision: float32, mixed_bfloat16 or mixed_float16 (with loss scaling).",
+    )
+    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=1024)] = Field(
+        default=1, description="gradientAccumulationSteps: micro-batches per optimizer step."
+    )
+    mask_probability: Annotated[float, Field(gt=0, lt=1)] = Field(
+        default=0.15, description="maskProbability: share of tokens masked for MLM."
+    )
+    max_predictions_per_sequence: Annotated[int, Field(ge=1)] = Field(
+        default=20, description="maxPredictionsPerSequence: masked positions per example."
+    )
+    num_classes: Annotated[int, Field(ge=2)] | None = Field(
+        default=None, description="numClasses: classes of the classification task."
+    )
+    seed: int = Field(default=0, description="seed: seed of initialisation, masking, shuffling.")
+    log_every_steps: Annotated[int, Field(ge=1)] = Field(
+        default=10, description="logEverySteps: steps between log lines and metric updates."
+    )
+
+
+class CheckpointConfig(ApiModel):
+    """checkpoint: where and how often training state is saved for step-exact resume."""
+
+    dir: str | None = Field(default=None, description="dir: checkpoint directory (local or gs://).")
+    every_steps: Annotated[int, Field(ge=1)] = Field(
+        default=1000, description="everySteps: steps between checkpoints."
+    )
+    keep: Annotated[int, Field(ge=1, le=100)] = Field(
+        default=3, description="keep: number of checkpoints kept."
+    )
+
+
+class OutputConfig(ApiModel):
+    """output: where the trained model is exported."""
+
+    dir: str = Field(min_length=1, description="dir: export directory (local or gs://).")
+
+
+class TrainerConfig(ApiModel):
+    """The whole trainer configuration (the file mounted into every worker)."""
+
+    task: Task = Field(
+        default=Task.PRETRAINING, description="task: pretraining (MLM) or classification."
+    )
+    model: ModelConfig = Field(
+        default_factory=lambda: ModelConfig(size=ModelSize.BASE),
+        description="model: the BERT architecture.",
+    )
+    vocabulary: str = Field(min_length=1, description="vocabulary: path of a WordPiece vocab.txt.")
+    init_checkpoint: str | None = Field(
+        default=None,
+        description="initCheckpoint: Google BERT checkpoint prefix, keras-hub preset directory "
+        "or Berth checkpoint directory to start from.",
+    )
+    data: DataConfig = Field(description="data: training and validation data.")
+    training: TrainingConfig = Field(
+        default_factory=TrainingConfig, description="training: the optimisation loop."
+    )
+    checkpoint: CheckpointConfig = Field(
+        default_factory=CheckpointConfig, description="checkpoint: fault-tolerance checkpoints."
+    )
+    output: OutputConfig = Field(description="output: where the trained model goes.")
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> TrainerConfig:
+        check_trainer_rules(self)
+        return self
+
+
+def check_trainer_rules(cfg: TrainerConfig) -> None:
+    """Cross-field rules; each message starts with the offending field's path."""
+    model = cfg.model.resolved()
+    if cfg.training.sequence_length > model.max_sequence_length:
+        raise ValueError(
+            f"training.sequenceLength: {cfg.training.sequence_length} exceeds "
+            f"model.maxSequenceLength {model.max_sequence_length}"
+        )
+    if cfg.task == Task.CLASSIFICATION and cfg.training.num_classes is None:
+        raise ValueError("training.numClasses: required when task is classification")
+    if cfg.training.max_predictions_per_sequence > cfg.training.sequence_length:
+        raise ValueError(
+            "training.maxPredictionsPerSequence: must not exceed training.sequenceLength"
+        )
+
+
+def load_trainer_config(path: str | Path) -> TrainerConfig:
+    """Read and validate a YAML or JSON trainer config file."""
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return TrainerConfig.model_validate(data)
+
