@@ -377,6 +377,8 @@ def up() -> None:
     kwok_config.write_text(
         "apiVersion: config.kwok.x-k8s.io/v1alpha1\nkind: KwokConfiguration\noptions:\n"
         f"  cidr: {POD_CIDR}\n  nodeIP: 127.19.0.1\n  nodeLeaseDurationSeconds: 40\n"
+        "  nodeLeaseParallelism: 4\n  podPlayStageParallelism: 4\n"
+        "  nodePlayStageParallelism: 4\n  podsOnNodeSyncParallelism: 2\n"
         "---\n"
         + "---\n".join(p.read_text() for p in sorted((HACK / "kwok" / "stages").glob("*.yaml")))
     )
