@@ -1,0 +1,198 @@
+"""`berth run`: a manifest trained by real local worker processes, with the operator's policy."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from berth_trainer.synthetic import write_quickstart_corpus
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.slow
+
+BERTH = [sys.executable, "-m", "berth_operator.local.cli"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return write_quickstart_corpus(tmp_path_factory.mktemp("corpus"), seed=1, documents=60)
+
+
+def manifest(tmp_path: Path, corpus: dict[str, str], steps: int = 60, **spec: object) -> Path:
+    body = {
+        "apiVersion": "berth.dev/v1alpha1",
+        "kind": "BertTraining",
+        "metadata": {"name": "tiny"},
+        "spec": {
+            "model": {
+                "numLayers": 1,
+                "hiddenSize": 32,
+                "numHeads": 2,
+                "intermediateSize": 64,
+                "maxSequenceLength": 32,
+                "dropout": 0.0,
+            },
+            "vocabulary": corpus["vocab"],
+            "data": {"train": corpus["corpus"]},
+            "training": {
+                "sequenceLength": 16,
+                "globalBatchSize": 8,
+                "steps": steps,
+                "learningRate": 0.001,
+                "maxPredictionsPerSequence": 3,
+                "logEverySteps": 5,
+            },
+            "checkpoint": {"dir": "ckpt", "everySteps": 10},
+            "output": {"dir": "model"},
+            "workers": 2,
+            **spec,
+        },
+    }
+    path = tmp_path / "training.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+def start(path: Path, work_dir: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*BERTH, "run", str(path), "--work-dir", str(work_dir), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def status(work_dir: Path) -> dict:
+    path = work_dir / "status.yaml"
+    return (yaml.safe_load(path.read_text()) or {}).get("status", {}) if path.exists() else {}
+
+
+def worker_pids(work_dir: Path) -> list[int]:
+    return [int(p.read_text()) for p in sorted((work_dir / "logs").glob("worker-*.pid"))]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]
+    return state != "Z"
+
+
+def assert_no_orphans(work_dir: Path) -> None:
+    pids = worker_pids(work_dir)
+    assert pids, "no worker was started"
+    wait_for(lambda: not any(alive(p) for p in pids), timeout=10, what="worker processes gone")
+
+
+def test_two_workers_train_to_the_last_step(tmp_path: Path, corpus: dict[str, str]) -> None:
+    work = tmp_path / "run"
+    proc = start(manifest(tmp_path, corpus), work)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    final = status(work)
+    assert final["phase"] == "Succeeded"
+    assert final["progress"]["step"] == final["progress"]["totalSteps"] == 60
+    assert final["restarts"] == 0
+    exported = tmp_path / "model"  # relative to the manifest's folder
+    assert (exported / "model.keras").is_file() and (exported / "vocab.txt").is_file()
+    assert (exported / "saved_model").is_dir()
+    assert_no_orphans(work)
+
+
+def test_killed_worker_restarts_the_group_and_resumes(
+    tmp_path: Path, corpus: dict[str, str]
+) -> None:
+    work = tmp_path / "run"
+    proc = start(manifest(tmp_path, corpus, steps=120), work)
+    first = wait_for(
+        lambda: (
+            (status(work).get("progress") or {}).get("lastCheckpointStep", 0) >= 20
+            and worker_pids(work)
+        ),
+        timeout=240,
+        what="a checkpoint at step >= 20",
+    )
+    os.kill(first[1], signal.SIGKILL)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    final = status(work)
+    assert final["phase"] == "Succeeded"
+    assert final["restarts"] == 1
+    assert final["progress"]["step"] == 120
+    assert set(worker_pids(work)).isdisjoint(first), "the group was not recreated"
+    log = (work / "logs" / "worker-0.log").read_text()
+    assert '"msg": "resumed"' in log, "worker 0 did not resume from the checkpoint"
+    assert_no_orphans(work)
+
+
+def test_failure_policy_never_fails_and_leaves_no_orphans(
+    tmp_path: Path, corpus: dict[str, str]
+) -> None:
+    work = tmp_path / "run"
+    path = manifest(tmp_path, corpus, steps=400, runPolicy={"restartPolicy": "Never"})
+    proc = start(path, work)
+    pids = wait_for(
+        lambda: (status(work).get("progress") or {}).get("step", 0) >= 5 and worker_pids(work),
+        timeout=240,
+        what="training under way",
+    )
+    os.kill(pids[1], signal.SIGKILL)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out
+    final = status(work)
+    assert final["phase"] == "Failed"
+    assert "exit code 137" in final["message"], final["message"]
+    assert final["restarts"] == 0
+    assert_no_orphans(work)
+
+
+def test_sigint_stops_every_worker(tmp_path: Path, corpus: dict[str, str]) -> None:
+    work = tmp_path / "run"
+    proc = start(manifest(tmp_path, corpus, steps=2000), work)
+    wait_for(
+        lambda: (status(work).get("progress") or {}).get("step", 0) >= 5,
+        timeout=240,
+        what="training under way",
+    )
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "interrupted" in status(work)["message"]
+    assert_no_orphans(work)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"workers": 3}, "spec.training.globalBatchSize"),
+        ({"training": {"sequenceLength": 64}}, "spec.training.sequenceLength"),
+        ({"model": {"size": "huge"}}, "spec.model.size"),
+        ({"checkpoint": {"everySteps": 10}}, "spec.checkpoint.dir"),
+        ({"colour": "blue"}, "spec.colour"),
+    ],
+)
+def test_invalid_manifest_exits_2_naming_the_field(
+    tmp_path: Path, corpus: dict[str, str], change: dict, field: str
+) -> None:
+    path = manifest(tmp_path, corpus, **change)
+    work = tmp_path / "run"
+    started = time.monotonic()
+    result = subprocess.run(
+        [*BERTH, "run", str(path), "--work-dir", str(work)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert field in result.stderr
+    assert not work.exists(), "a process or file was started for an invalid manifest"
+    assert time.monotonic() - started < 30
