@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 ## demo: train the quickstart manifest locally (2 worker processes, tiny BERT)
 demo: $(STAMP)
-	$(VENV)/bin/berth run examples/quickstart.yaml
+	bash hack/demo.sh
 
 ## test: lint, verify generated files, start the control plane, run every test, stop it
 test: $(STAMP) control-plane lint verify
@@ -38,10 +38,12 @@ cluster-down:
 ## crds: regenerate the CRD (and the chart's copy) from the typed API models
 crds: $(STAMP)
 	$(PY) -m berth_operator.crdgen
+	bash hack/sync-chart-crds.sh
 
 ## verify: fail when a generated file is stale
 verify: $(STAMP)
 	$(PY) -m berth_operator.crdgen --check
+	bash hack/sync-chart-crds.sh --check
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -454,6 +455,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["up", "down", "status"])
     args = parser.parse_args()
+    STATE.mkdir(parents=True, exist_ok=True)
+    # One `up`/`down` at a time: concurrent test sessions share the cluster instead of racing.
+    lock = open(STATE / "lock", "w")  # noqa: SIM115 - held until exit
+    fcntl.flock(lock, fcntl.LOCK_EX)
     if args.command == "up":
         up()
     elif args.command == "down":

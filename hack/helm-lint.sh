@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
-# `helm lint --strict` of the chart with the pinned helm (built by hack/build-control-plane.sh).
+# `helm lint --strict` of the chart with the pinned helm (built by hack/build-control-plane.sh),
+# with the default values and with the optional parts switched on (namespaced mode, peering,
+# NetworkPolicy, ServiceMonitor), so every template branch is linted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -d charts/berth ]; then
   echo "error: charts/berth is missing" >&2
   exit 1
 fi
-.cluster/bin/helm lint --strict charts/berth
+helm=.cluster/bin/helm
+$helm lint --strict charts/berth
+$helm lint --strict charts/berth \
+  --set 'watchNamespaces={ml,nlp}' --set replicaCount=2 \
+  --set networkPolicy.enabled=true --set metrics.serviceMonitor.enabled=true
+$helm lint --strict charts/berth \
+  --set replicaCount=2 --set metrics.enabled=false --set rbac.create=false \
+  --set serviceAccount.create=false --set serviceAccount.name=berth

@@ -39,12 +39,12 @@ class ApiModel(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
-class Task(str, enum.Enum):
+class Task(enum.StrEnum):
     PRETRAINING = "pretraining"
     CLASSIFICATION = "classification"
 
 
-class ModelSize(str, enum.Enum):
+class ModelSize(enum.StrEnum):
     TINY = "tiny"
     MINI = "mini"
     SMALL = "small"
@@ -128,7 +128,7 @@ class ModelConfig(ApiModel):
         )
 
 
-class DataFormat(str, enum.Enum):
+class DataFormat(enum.StrEnum):
     TEXT = "text"
     TFRECORD = "tfrecord"
     CSV = "csv"
@@ -162,12 +162,12 @@ class DataConfig(ApiModel):
     )
 
 
-class Optimizer(str, enum.Enum):
+class Optimizer(enum.StrEnum):
     ADAMW = "adamw"
     LAMB = "lamb"
 
 
-class Precision(str, enum.Enum):
+class Precision(enum.StrEnum):
     FLOAT32 = "float32"
     MIXED_BFLOAT16 = "mixed_bfloat16"
     MIXED_FLOAT16 = "mixed_float16"
@@ -217,6 +217,10 @@ class TrainingConfig(ApiModel):
     seed: int = Field(default=0, description="seed: seed of initialisation, masking, shuffling.")
     log_every_steps: Annotated[int, Field(ge=1)] = Field(
         default=10, description="logEverySteps: steps between log lines and metric updates."
+    )
+    jit_compile: bool = Field(
+        default=False,
+        description="jitCompile: compile each replica's forward and backward pass with XLA.",
     )
 
 
@@ -292,4 +296,3 @@ def load_trainer_config(path: str | Path) -> TrainerConfig:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
     return TrainerConfig.model_validate(data)
-

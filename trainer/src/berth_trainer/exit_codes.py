@@ -1,7 +1,7 @@
 """Exit codes of `berth-trainer`, shared with the operator's restart policy.
 
-Codes 1–127 are permanent: retrying cannot help (bad config, missing data, a checkpoint that
-does not fit the model). Codes 128–255 are retryable: the process was preempted, killed, or lost
+Codes 1-127 are permanent: retrying cannot help (bad config, missing data, a checkpoint that
+does not fit the model). Codes 128-255 are retryable: the process was preempted, killed, or lost
 a peer. `PREEMPTED_TF_DEFAULT` (42) is what `tf.distribute`'s preemption handler exits with by
 default; it is below 128 but retryable, so the policy lists it explicitly.
 

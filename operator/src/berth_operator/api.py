@@ -1,0 +1,307 @@
+"""The BertTraining API (berth.dev/v1alpha1): typed models, the one source of truth.
+
+The spec *is* a trainer config (it subclasses `berth_trainer.config.TrainerConfig`) plus the
+fields only a cluster needs: image, workers, resources, podTemplate and runPolicy. The CRD in
+`crds/` is generated from these models by `python -m berth_operator.crdgen`; CEL rules and
+immutability live here, next to the fields they guard.
+
+    >>> spec = BertTrainingSpec.model_validate({
+    ...     "vocabulary": "vocab.txt", "data": {"train": "c/*.txt"}, "output": {"dir": "o"},
+    ...     "checkpoint": {"dir": "ckpt"}, "workers": 2})
+    >>> spec.run_policy.restart_policy, spec.trainer_config().checkpoint.dir
+    ('OnFailure', 'ckpt')
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any
+
+from pydantic import ConfigDict, Field
+
+from berth_trainer.config import ApiModel, ModelConfig, Task, TrainerConfig
+
+#: Trainer fields the spec shares with `TrainerConfig` (what goes into config.yaml).
+TRAINER_FIELDS: frozenset[str] = frozenset(TrainerConfig.model_fields)
+
+
+def _immutable(field: str) -> dict[str, Any]:
+    """A CEL transition rule that rejects any change of `field` after creation."""
+    return {
+        "x-kubernetes-validations": [
+            {"rule": "self == oldSelf", "message": f"spec.{field}: field is immutable"}
+        ]
+    }
+
+
+class RestartPolicy(enum.StrEnum):
+    ON_FAILURE = "OnFailure"
+    EXIT_CODE = "ExitCode"
+    NEVER = "Never"
+
+
+class CleanPodPolicy(enum.StrEnum):
+    ALL = "All"
+    RUNNING = "Running"
+    NONE = "None"
+
+
+class RunPolicy(ApiModel):
+    """runPolicy: how failures, time limits, suspension and clean-up are handled."""
+
+    restart_policy: RestartPolicy = Field(
+        default=RestartPolicy.ON_FAILURE,
+        description="restartPolicy: OnFailure restarts the whole worker group after any "
+        "failure; ExitCode only after a retryable exit code (128-255, or the trainer's "
+        "retryable codes), treating 1-127 as permanent; Never fails at the first failure.",
+    )
+    backoff_limit: Annotated[int, Field(ge=0, le=1000)] = Field(
+        default=3, description="backoffLimit: group restarts allowed before the training fails."
+    )
+    active_deadline_seconds: Annotated[int, Field(ge=1)] | None = Field(
+        default=None,
+        description="activeDeadlineSeconds: seconds from startTime after which a running "
+        "training is failed (reason DeadlineExceeded).",
+    )
+    pending_timeout_seconds: Annotated[int, Field(ge=1)] = Field(
+        default=900,
+        description="pendingTimeoutSeconds: seconds a worker may stay Pending (unschedulable, "
+        "image pull errors) before the training fails.",
+    )
+    suspend: bool = Field(
+        default=False,
+        description="suspend: true deletes the workers and marks the training Suspended; "
+        "false again recreates them (startTime restarts).",
+    )
+    ttl_seconds_after_finished: Annotated[int, Field(ge=0)] | None = Field(
+        default=None,
+        description="ttlSecondsAfterFinished: seconds after completion when the "
+        "BertTraining (and with it every child) is deleted.",
+    )
+    clean_pod_policy: CleanPodPolicy = Field(
+        default=CleanPodPolicy.RUNNING,
+        description="cleanPodPolicy: which pods are deleted once the training finished: All, "
+        "Running (those still running; finished ones stay for their logs) or None.",
+    )
+
+
+class ResourceRequirements(ApiModel):
+    """resources: compute resources of the trainer container of every worker."""
+
+    limits: dict[str, int | str] | None = Field(
+        default=None, description="limits: maximum resources, e.g. nvidia.com/gpu: 8."
+    )
+    requests: dict[str, int | str] | None = Field(
+        default=None, description="requests: guaranteed resources (default: the limits)."
+    )
+
+
+class BertTrainingSpec(TrainerConfig):
+    """spec: the trainer configuration plus how to run it on the cluster."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.training.globalBatchSize % "
+                    "(self.workers * self.training.gradientAccumulationSteps) == 0",
+                    "fieldPath": ".training.globalBatchSize",
+                    "message": "spec.training.globalBatchSize: must be divisible by "
+                    "workers * training.gradientAccumulationSteps",
+                },
+                {
+                    "rule": "self.runPolicy.restartPolicy == 'Never' || has(self.checkpoint.dir)",
+                    "fieldPath": ".checkpoint.dir",
+                    "message": "spec.checkpoint.dir: required unless runPolicy.restartPolicy "
+                    "is Never (restarts resume from it)",
+                },
+                {
+                    "rule": "self.training.sequenceLength <= self.model.maxSequenceLength",
+                    "fieldPath": ".training.sequenceLength",
+                    "message": "spec.training.sequenceLength: must not exceed "
+                    "model.maxSequenceLength",
+                },
+                {
+                    "rule": "self.training.maxPredictionsPerSequence <= "
+                    "self.training.sequenceLength",
+                    "fieldPath": ".training.maxPredictionsPerSequence",
+                    "message": "spec.training.maxPredictionsPerSequence: must not exceed "
+                    "training.sequenceLength",
+                },
+                {
+                    "rule": "self.task != 'classification' || has(self.training.numClasses)",
+                    "fieldPath": ".training.numClasses",
+                    "message": "spec.training.numClasses: required when task is classification",
+                },
+                {
+                    "rule": "has(self.model.size) || "
+                    "(has(self.model.numLayers) && has(self.model.hiddenSize))",
+                    "fieldPath": ".model",
+                    "message": "spec.model: set size, or numLayers and hiddenSize",
+                },
+                {
+                    "rule": "!has(self.model.numHeads) || !has(self.model.hiddenSize) || "
+                    "self.model.hiddenSize % self.model.numHeads == 0",
+                    "fieldPath": ".model.numHeads",
+                    "message": "spec.model.numHeads: must divide model.hiddenSize",
+                },
+            ]
+        }
+    )
+
+    task: Task = Field(
+        default=Task.PRETRAINING,
+        description=f"{TrainerConfig.model_fields['task'].description} Immutable.",
+        json_schema_extra=_immutable("task"),
+    )
+    model: ModelConfig = Field(
+        default_factory=TrainerConfig.model_fields["model"].default_factory,
+        description=f"{TrainerConfig.model_fields['model'].description} Immutable.",
+        json_schema_extra=_immutable("model"),
+    )
+    image: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=512,
+        description="image: trainer image; default: the operator's --default-image.",
+    )
+    workers: Annotated[int, Field(ge=1, le=1024)] = Field(
+        default=4,
+        description="workers: number of worker pods training together with "
+        "MultiWorkerMirroredStrategy; 1 runs a single pod without TF_CONFIG. Immutable.",
+        json_schema_extra=_immutable("workers"),
+    )
+    resources: ResourceRequirements | None = Field(
+        default=None, description="resources: limits and requests of every worker's trainer."
+    )
+    pod_template: dict[str, Any] | None = Field(
+        default=None,
+        description="podTemplate: a core/v1 PodTemplateSpec merged into every worker "
+        "(metadata labels/annotations, nodeSelector, tolerations, affinity, volumes, env, "
+        "volumeMounts of a container named trainer, serviceAccountName, sidecars...).",
+    )
+    run_policy: RunPolicy = Field(
+        default_factory=RunPolicy,
+        description="runPolicy: restart, time-limit, suspension and clean-up policy.",
+    )
+
+    def trainer_config(self) -> TrainerConfig:
+        """The config file every worker reads (the trainer fields of this spec)."""
+        return TrainerConfig.model_validate(self.model_dump(include=set(TRAINER_FIELDS)))
+
+
+class Phase(enum.StrEnum):
+    PENDING = "Pending"
+    STARTING = "Starting"
+    RUNNING = "Running"
+    RESTARTING = "Restarting"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+FINISHED_PHASES: frozenset[str] = frozenset({Phase.SUCCEEDED.value, Phase.FAILED.value})
+
+
+class ConditionType(enum.StrEnum):
+    CREATED = "Created"
+    RUNNING = "Running"
+    RESTARTING = "Restarting"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+class Condition(ApiModel):
+    """conditions[]: one observation of the training's state, Kubernetes-style."""
+
+    type: ConditionType = Field(
+        description="type: Created, Running, Restarting, Succeeded, Failed or Suspended."
+    )
+    status: str = Field(
+        description="status: True, False or Unknown.",
+        json_schema_extra={"enum": ["True", "False", "Unknown"]},
+    )
+    reason: str | None = Field(default=None, description="reason: CamelCase machine reason.")
+    message: str | None = Field(default=None, description="message: human-readable details.")
+    last_transition_time: str | None = Field(
+        default=None,
+        description="lastTransitionTime: when status last changed (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
+    )
+    observed_generation: int | None = Field(
+        default=None, description="observedGeneration: metadata.generation this is based on."
+    )
+
+
+class WorkerCounts(ApiModel):
+    """workers: worker pods of the current group by state."""
+
+    ready: int = Field(default=0, description="ready: workers whose pod is Ready.")
+    active: int = Field(default=0, description="active: workers Pending or Running.")
+    succeeded: int = Field(default=0, description="succeeded: workers that exited 0.")
+    failed: int = Field(default=0, description="failed: workers that failed.")
+    summary: str | None = Field(
+        default=None, description="summary: ready/total, e.g. 3/3 (printer column)."
+    )
+
+
+class Progress(ApiModel):
+    """progress: training progress scraped from worker 0's metrics endpoint."""
+
+    step: int | None = Field(default=None, description="step: optimizer steps done.")
+    total_steps: int | None = Field(default=None, description="totalSteps: steps planned.")
+    loss: float | None = Field(default=None, description="loss: latest training loss.")
+    examples_per_second: float | None = Field(
+        default=None, description="examplesPerSecond: recent training throughput."
+    )
+    eta_seconds: int | None = Field(
+        default=None, description="etaSeconds: estimated seconds to the last step."
+    )
+    last_checkpoint_step: int | None = Field(
+        default=None, description="lastCheckpointStep: step of the newest checkpoint."
+    )
+    summary: str | None = Field(
+        default=None, description="summary: step/totalSteps, e.g. 120/1000 (printer column)."
+    )
+    updated_at: str | None = Field(
+        default=None,
+        description="updatedAt: when these numbers changed last (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
+    )
+
+
+class BertTrainingStatus(ApiModel):
+    """status: the observed state of the training, written only by the operator."""
+
+    phase: Phase | None = Field(
+        default=None,
+        description="phase: Pending, Starting, Running, Restarting, Succeeded, Failed or "
+        "Suspended.",
+    )
+    conditions: list[Condition] | None = Field(
+        default=None,
+        description="conditions: the latest observations of the training's state.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    workers: WorkerCounts | None = Field(default=None, description="workers: pod counts.")
+    restarts: int | None = Field(
+        default=None, description="restarts: group restarts so far (see runPolicy.backoffLimit)."
+    )
+    progress: Progress | None = Field(default=None, description="progress: training progress.")
+    start_time: str | None = Field(
+        default=None,
+        description="startTime: when the workers were first created (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
+    )
+    completion_time: str | None = Field(
+        default=None,
+        description="completionTime: when the training succeeded or failed (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
+    )
+    observed_generation: int | None = Field(
+        default=None, description="observedGeneration: metadata.generation last acted upon."
+    )
+    message: str | None = Field(
+        default=None, description="message: why the training is in its phase, e.g. a failure."
+    )

@@ -1,0 +1,214 @@
+"""Pure builders: a BertTraining (as a dict) → the children it needs (as dicts).
+
+No I/O and no kopf here, so the operator and the local runner (`berth run`) build identical
+objects. Owner references are added by the caller (`kopf.adopt` in the operator).
+
+    >>> training = {"metadata": {"name": "bert", "namespace": "ml"},
+    ...             "spec": {"vocabulary": "v.txt", "data": {"train": "d"}, "output": {"dir": "o"},
+    ...                      "checkpoint": {"dir": "c"}, "workers": 2}}
+    >>> tf_config("bert", "ml", 2, 1)["cluster"]["worker"]
+    ['bert-worker-0.bert.ml.svc:2222', 'bert-worker-1.bert.ml.svc:2222']
+    >>> [p["metadata"]["name"] for p in build_worker_pods(training, "img", restart=0)]
+    ['bert-worker-0', 'bert-worker-1']
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from berth_operator import labels
+from berth_operator.api import BertTrainingSpec
+from berth_operator.podtemplate import merge_pod_template
+
+TF_PORT = 2222
+TF_PORT_NAME = "tf-port"
+METRICS_PORT = 9090
+METRICS_PORT_NAME = "metrics"
+CONTAINER_NAME = "trainer"
+CONFIG_KEY = "config.yaml"
+CONFIG_DIR = "/etc/berth"
+CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
+CONFIG_VOLUME = "berth-config"
+TRAIN_COMMAND = ["berth-trainer", "train", "--config", CONFIG_PATH]
+#: UID/GID the trainer image runs as (non-root).
+RUN_AS_USER = 1000
+
+
+def parse_spec(training: Mapping[str, Any]) -> BertTrainingSpec:
+    """The validated spec of a BertTraining body (raises pydantic.ValidationError)."""
+    return BertTrainingSpec.model_validate(training.get("spec") or {})
+
+
+def worker_name(name: str, index: int) -> str:
+    """Fixed name of worker `index`: `<name>-worker-<index>`."""
+    return f"{name}-worker-{index}"
+
+
+def config_map_name(name: str) -> str:
+    return f"{name}-config"
+
+
+def worker_host(name: str, namespace: str, index: int) -> str:
+    """DNS name of a worker through the headless service: `<pod>.<name>.<ns>.svc`."""
+    return f"{worker_name(name, index)}.{name}.{namespace}.svc"
+
+
+def tf_config(name: str, namespace: str, workers: int, index: int) -> dict[str, Any]:
+    """TF_CONFIG of worker `index` for MultiWorkerMirroredStrategy."""
+    return {
+        "cluster": {
+            "worker": [f"{worker_host(name, namespace, i)}:{TF_PORT}" for i in range(workers)]
+        },
+        "task": {"type": "worker", "index": index},
+        "environment": "cloud",
+    }
+
+
+def _meta(training: Mapping[str, Any]) -> tuple[str, str]:
+    meta = training["metadata"]
+    return meta["name"], meta.get("namespace", "default")
+
+
+def build_config_map(training: Mapping[str, Any]) -> dict[str, Any]:
+    """ConfigMap `<name>-config` holding the trainer config as YAML under `config.yaml`."""
+    name, namespace = _meta(training)
+    config = parse_spec(training).trainer_config().to_wire()
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": config_map_name(name),
+            "namespace": namespace,
+            "labels": labels.common_labels(name),
+        },
+        "data": {CONFIG_KEY: yaml.safe_dump(config, sort_keys=False)},
+    }
+
+
+def build_service(training: Mapping[str, Any]) -> dict[str, Any]:
+    """Headless Service `<name>` giving every worker a stable DNS name (even before Ready)."""
+    name, namespace = _meta(training)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels.common_labels(name)},
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {labels.TRAINING: name, labels.ROLE: labels.ROLE_WORKER},
+            "ports": [
+                {"name": TF_PORT_NAME, "port": TF_PORT, "targetPort": TF_PORT},
+                {"name": METRICS_PORT_NAME, "port": METRICS_PORT, "targetPort": METRICS_PORT},
+            ],
+        },
+    }
+
+
+def worker_labels(name: str, index: int, restart: int) -> dict[str, str]:
+    return {
+        **labels.common_labels(name),
+        labels.APP_COMPONENT: labels.ROLE_WORKER,
+        labels.ROLE: labels.ROLE_WORKER,
+        labels.INDEX: str(index),
+        labels.RESTART: str(restart),
+    }
+
+
+def build_worker_pod(
+    training: Mapping[str, Any], index: int, default_image: str, restart: int
+) -> dict[str, Any]:
+    """Worker pod `<name>-worker-<index>` of group restart `restart`, podTemplate merged in."""
+    name, namespace = _meta(training)
+    spec = parse_spec(training)
+    env: list[dict[str, Any]] = [
+        {"name": "BERTH_TRAINING", "value": name},
+        {"name": "BERTH_WORKER_INDEX", "value": str(index)},
+        {"name": "BERTH_NUM_WORKERS", "value": str(spec.workers)},
+        {"name": "BERTH_METRICS_PORT", "value": str(METRICS_PORT)},
+    ]
+    if spec.workers > 1:
+        env.append(
+            {
+                "name": "TF_CONFIG",
+                "value": json.dumps(tf_config(name, namespace, spec.workers, index)),
+            }
+        )
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": spec.image or default_image,
+        "command": list(TRAIN_COMMAND),
+        "ports": [
+            {"name": TF_PORT_NAME, "containerPort": TF_PORT, "protocol": "TCP"},
+            {"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        "env": env,
+        "volumeMounts": [{"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True}],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    if spec.resources is not None:
+        container["resources"] = spec.resources.model_dump(by_alias=True, exclude_none=True)
+    pod: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": worker_name(name, index),
+            "namespace": namespace,
+            "labels": worker_labels(name, index, restart),
+        },
+        "spec": {
+            "hostname": worker_name(name, index),
+            "subdomain": name,
+            "restartPolicy": "Never",
+            "containers": [container],
+            "volumes": [
+                {
+                    "name": CONFIG_VOLUME,
+                    "configMap": {
+                        "name": config_map_name(name),
+                        "items": [{"key": CONFIG_KEY, "path": CONFIG_KEY}],
+                    },
+                }
+            ],
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": RUN_AS_USER,
+                "runAsGroup": RUN_AS_USER,
+                "fsGroup": RUN_AS_USER,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "enableServiceLinks": False,
+            # No API token in the workers unless a service account was asked for (workload
+            # identity, IRSA and the like read it).
+            "automountServiceAccountToken": bool(
+                (spec.pod_template or {}).get("spec", {}).get("serviceAccountName")
+            ),
+        },
+    }
+    return _quantities_as_strings(merge_pod_template(pod, spec.pod_template))
+
+
+def _quantities_as_strings(pod: dict[str, Any]) -> dict[str, Any]:
+    """Resource quantities in their canonical string form (`8`, not 8), as the API returns."""
+    for key in ("containers", "initContainers"):
+        for container in pod["spec"].get(key) or []:
+            resources = container.get("resources") or {}
+            for part in ("limits", "requests"):
+                if resources.get(part):
+                    resources[part] = {k: str(v) for k, v in resources[part].items()}
+    return pod
+
+
+def build_worker_pods(
+    training: Mapping[str, Any], default_image: str, restart: int
+) -> list[dict[str, Any]]:
+    """Every worker pod of group restart `restart`."""
+    workers = parse_spec(training).workers
+    return [build_worker_pod(training, i, default_image, restart) for i in range(workers)]

@@ -1,0 +1,54 @@
+"""Every label and annotation key the operator reads or writes, in one place.
+
+Keys under `berth.dev/` are Berth's own; `app.kubernetes.io/` keys follow the Kubernetes
+recommended labels so generic tooling groups a training's objects.
+
+    >>> worker_selector("bert-base")
+    'berth.dev/training=bert-base,berth.dev/role=worker'
+"""
+
+from __future__ import annotations
+
+GROUP = "berth.dev"
+VERSION = "v1alpha1"
+KIND = "BertTraining"
+PLURAL = "berttrainings"
+SINGULAR = "berttraining"
+SHORT_NAMES = ("bt",)
+CATEGORIES = ("berth",)
+
+#: Name of the BertTraining that owns the object (pods, service, config map).
+TRAINING = "berth.dev/training"
+#: Role of a pod within its training; today always `worker`.
+ROLE = "berth.dev/role"
+#: Index of a worker pod, `0` … `workers - 1` (the TF_CONFIG task index).
+INDEX = "berth.dev/index"
+#: Group restart a pod belongs to (`status.restarts` when it was created). Pods of an older
+#: restart are stale and get deleted; this is how a restart survives an operator restart.
+RESTART = "berth.dev/restart"
+
+ROLE_WORKER = "worker"
+
+APP_NAME = "app.kubernetes.io/name"
+APP_INSTANCE = "app.kubernetes.io/instance"
+APP_COMPONENT = "app.kubernetes.io/component"
+APP_PART_OF = "app.kubernetes.io/part-of"
+APP_MANAGED_BY = "app.kubernetes.io/managed-by"
+
+MANAGED_BY = "berth-operator"
+
+
+def common_labels(training_name: str) -> dict[str, str]:
+    """Labels every child of a training carries."""
+    return {
+        TRAINING: training_name,
+        APP_NAME: "berth-trainer",
+        APP_INSTANCE: training_name,
+        APP_PART_OF: "berth",
+        APP_MANAGED_BY: MANAGED_BY,
+    }
+
+
+def worker_selector(training_name: str) -> str:
+    """Label selector (string form) of a training's worker pods."""
+    return f"{TRAINING}={training_name},{ROLE}={ROLE_WORKER}"

@@ -1,0 +1,319 @@
+"""The reconcile decision: (training, observed worker pods, now) → a Plan. Pure.
+
+Everything the decision needs lives in the cluster: the phase and restart count in
+`status`, the group restart a pod belongs to in its `berth.dev/restart` label. So the operator
+(or `berth run`) can be restarted at any point and the next pass picks up where the last left.
+
+One worker failing breaks the collective for all, so a retryable failure restarts the whole
+group: every pod of the current restart is deleted, `status.restarts` goes up by one and, once
+the old pods are gone, a fresh group is created with the new restart label.
+
+    >>> from datetime import UTC, datetime
+    >>> training = {"metadata": {"name": "b", "namespace": "ml", "generation": 1},
+    ...             "spec": {"vocabulary": "v", "data": {"train": "d"}, "output": {"dir": "o"},
+    ...                      "checkpoint": {"dir": "c"}, "workers": 2}}
+    >>> plan = reconcile(training, [], datetime(2025, 1, 1, tzinfo=UTC))
+    >>> plan.create, plan.status["phase"]
+    ([0, 1], 'Starting')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from berth_operator.api import FINISHED_PHASES, CleanPodPolicy, ConditionType, Phase, RestartPolicy
+from berth_operator.builders import parse_spec, worker_name
+from berth_operator.conditions import set_condition
+from berth_operator.workers import WorkerState, format_time, observe_pod, parse_time
+from berth_trainer.exit_codes import is_retryable
+
+#: Status fields the reconcile pass owns (progress belongs to the metrics poller).
+OWNED_STATUS_FIELDS = (
+    "phase",
+    "conditions",
+    "workers",
+    "restarts",
+    "startTime",
+    "completionTime",
+    "observedGeneration",
+    "message",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event to record on the BertTraining."""
+
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclasses.dataclass
+class Plan:
+    """What to do in this pass. Apply `delete`, then `create`, then write `status`."""
+
+    status: dict[str, Any]
+    restart: int
+    create: list[int] = dataclasses.field(default_factory=list)
+    delete: list[str] = dataclasses.field(default_factory=list)
+    events: list[Event] = dataclasses.field(default_factory=list)
+    delete_training: bool = False
+
+
+def should_retry(policy: str, worker: WorkerState) -> bool:
+    """Whether `policy` restarts the group after `worker` failed.
+
+    A failure without an exit code (eviction, a deleted pod, a lost node) is an infrastructure
+    failure and retryable under ExitCode.
+
+    >>> w = WorkerState("p", 0, 0, "Failed", False, False, None, None, 2, "Error", None)
+    >>> should_retry("OnFailure", w), should_retry("ExitCode", w), should_retry("Never", w)
+    (True, False, False)
+    """
+    if policy == RestartPolicy.NEVER.value:
+        return False
+    if policy == RestartPolicy.ON_FAILURE.value:
+        return True
+    return worker.exit_code is None or is_retryable(worker.exit_code)
+
+
+def clean_up(states: Sequence[WorkerState], policy: str) -> list[str]:
+    """Pods to delete after the training finished, per runPolicy.cleanPodPolicy."""
+    if policy == CleanPodPolicy.ALL.value:
+        return [s.name for s in states if not s.terminating]
+    if policy == CleanPodPolicy.RUNNING.value:
+        return [s.name for s in states if s.active]
+    return []
+
+
+def worker_counts(current: Mapping[int, WorkerState], workers: int) -> dict[str, Any]:
+    ready = sum(s.ready and not s.terminating for s in current.values())
+    return {
+        "ready": ready,
+        "active": sum(s.active for s in current.values()),
+        "succeeded": sum(s.succeeded for s in current.values()),
+        "failed": sum(s.failed for s in current.values()),
+        "summary": f"{ready}/{workers}",
+    }
+
+
+class _Pass:
+    """Accumulates one pass's status changes, conditions and events."""
+
+    def __init__(self, status: Mapping[str, Any], now: datetime, generation: int | None):
+        self.status = {k: status[k] for k in OWNED_STATUS_FIELDS if k in status}
+        self.status["observedGeneration"] = generation
+        self.now, self.stamp, self.generation = now, format_time(now), generation
+        self.events: list[Event] = []
+
+    @property
+    def phase(self) -> str:
+        return str(self.status.get("phase") or Phase.PENDING.value)
+
+    def condition(self, type_: ConditionType, status: bool, reason: str, message: str) -> None:
+        self.status["conditions"] = set_condition(
+            self.status.get("conditions", []),
+            type_.value,
+            status,
+            reason,
+            message,
+            self.stamp,
+            self.generation,
+        )
+
+    def drop_false(self, type_: ConditionType, reason: str, message: str = "") -> None:
+        """Set `type_` False only if it exists (no clutter of never-true conditions)."""
+        if any(c.get("type") == type_.value for c in self.status.get("conditions", [])):
+            self.condition(type_, False, reason, message)
+
+    def event(self, type_: str, reason: str, message: str) -> None:
+        self.events.append(Event(type_, reason, message))
+
+    def set_phase(self, phase: Phase, reason: str, message: str) -> None:
+        changed = self.phase != phase.value
+        self.status["phase"] = phase.value
+        self.status["message"] = message
+        self.condition(ConditionType.RUNNING, phase == Phase.RUNNING, reason, message)
+        if phase == Phase.RESTARTING:
+            self.condition(ConditionType.RESTARTING, True, reason, message)
+        else:
+            self.drop_false(ConditionType.RESTARTING, reason)
+        if phase == Phase.SUSPENDED:
+            self.condition(ConditionType.SUSPENDED, True, reason, message)
+        else:
+            self.drop_false(ConditionType.SUSPENDED, reason)
+        if phase in (Phase.SUCCEEDED, Phase.FAILED):
+            kind = ConditionType.SUCCEEDED if phase == Phase.SUCCEEDED else ConditionType.FAILED
+            self.condition(kind, True, reason, message)
+            self.status.setdefault("completionTime", self.stamp)
+        if changed and phase in (Phase.RUNNING, Phase.SUCCEEDED, Phase.FAILED, Phase.SUSPENDED):
+            self.event("Warning" if phase == Phase.FAILED else "Normal", reason, message)
+
+
+def reconcile(
+    training: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], now: datetime
+) -> Plan:
+    """Decide the next step for `training` given its worker `pods` (as listed) at `now`."""
+    meta = training["metadata"]
+    name = meta["name"]
+    p = _Pass(training.get("status") or {}, now, meta.get("generation"))
+    try:
+        spec = parse_spec(training)
+    except ValidationError as error:  # the CRD schema admits it, the trainer's rules do not
+        detail = error.errors()[0]
+        where = ".".join(str(part) for part in detail["loc"])
+        p.set_phase(Phase.FAILED, "InvalidSpec", f"spec.{where}: {detail['msg']}"[:1024])
+        return Plan(status=p.status, restart=int(p.status.get("restarts") or 0), events=p.events)
+    run_policy = spec.run_policy
+    states = [s for s in (observe_pod(pod) for pod in pods) if s is not None]
+    restart = max([int(p.status.get("restarts") or 0), *(s.restart for s in states)])
+    p.status["restarts"] = restart
+    current = {s.index: s for s in states if s.restart == restart and s.index < spec.workers}
+    plan = Plan(status=p.status, restart=restart, events=p.events)
+
+    def finish(phase: Phase, reason: str, message: str) -> Plan:
+        p.set_phase(phase, reason, message)
+        plan.delete = clean_up(states, run_policy.clean_pod_policy)
+        p.status["workers"] = worker_counts(current, spec.workers)
+        return plan
+
+    if p.phase in FINISHED_PHASES:
+        plan.delete = clean_up(states, run_policy.clean_pod_policy)
+        p.status.setdefault("completionTime", p.stamp)
+        ttl = run_policy.ttl_seconds_after_finished
+        done = parse_time(p.status["completionTime"])
+        if ttl is not None and done is not None and now >= done + timedelta(seconds=ttl):
+            plan.delete_training = True
+        p.status["workers"] = worker_counts(current, spec.workers)
+        return plan
+
+    # Pods of an older group restart are stale: delete them before anything else.
+    plan.delete = [s.name for s in states if current.get(s.index) is not s and not s.terminating]
+
+    if run_policy.suspend:
+        plan.delete = [s.name for s in states if not s.terminating]
+        if p.phase != Phase.SUSPENDED.value:
+            p.set_phase(Phase.SUSPENDED, "Suspended", "runPolicy.suspend is true")
+        p.status["workers"] = worker_counts({}, spec.workers)
+        return plan
+    if p.phase == Phase.SUSPENDED.value:
+        p.set_phase(Phase.PENDING, "Resumed", "runPolicy.suspend is false")
+        p.event("Normal", "Resumed", "runPolicy.suspend is false: recreating workers")
+        p.status.pop("startTime", None)
+
+    deadline = run_policy.active_deadline_seconds
+    started = parse_time(p.status.get("startTime"))
+    if (
+        deadline is not None
+        and started is not None
+        and now >= started + timedelta(seconds=deadline)
+    ):
+        return finish(
+            Phase.FAILED,
+            "DeadlineExceeded",
+            f"runPolicy.activeDeadlineSeconds: training ran longer than {deadline}s",
+        )
+
+    failures = sorted((s for s in current.values() if s.failed), key=lambda s: s.index)
+    if p.phase == Phase.RUNNING.value:  # a worker vanishing from a running group is a failure
+        failures += [
+            _lost(name, i, restart)
+            for i in range(spec.workers)
+            if i not in current or (current[i].terminating and not current[i].succeeded)
+        ]
+    if failures:
+        first = failures[0]
+        reason = first.reason if first.reason not in (None, "Error") else "WorkerFailed"
+        why = first.describe()
+        p.event("Warning", "WorkerFailed", why)
+        if not should_retry(run_policy.restart_policy, first):
+            return finish(
+                Phase.FAILED,
+                str(reason),
+                f"{why} (runPolicy.restartPolicy {run_policy.restart_policy})",
+            )
+        if restart >= run_policy.backoff_limit:
+            return finish(
+                Phase.FAILED,
+                "BackoffLimitExceeded",
+                f"runPolicy.backoffLimit {run_policy.backoff_limit} reached: {why}",
+            )
+        p.status["restarts"] = plan.restart = restart + 1
+        plan.delete = [s.name for s in states if not s.terminating]
+        p.set_phase(
+            Phase.RESTARTING,
+            "GroupRestart",
+            f"restart {restart + 1}/{run_policy.backoff_limit}: {why}",
+        )
+        p.event(
+            "Warning",
+            "Restarting",
+            f"restarting all {spec.workers} workers (restart {restart + 1}): {why}",
+        )
+        p.status["workers"] = worker_counts({}, spec.workers)
+        return plan
+
+    chief = current.get(0)
+    if chief is not None and chief.succeeded:
+        return finish(Phase.SUCCEEDED, "Completed", f"worker 0 ({chief.name}) completed")
+
+    timeout = timedelta(seconds=run_policy.pending_timeout_seconds)
+    for s in sorted(current.values(), key=lambda s: s.index):
+        if s.phase == "Pending" and not s.terminating and s.created and now >= s.created + timeout:
+            suffix = f": {s.message}" if s.message else ""
+            return finish(
+                Phase.FAILED,
+                s.reason or "PendingTimeout",
+                f"worker {s.index} ({s.name}) pending for more than "
+                f"{run_policy.pending_timeout_seconds}s "
+                f"(runPolicy.pendingTimeoutSeconds): {s.reason or 'Pending'}{suffix}",
+            )
+
+    occupied = {s.name for s in states}
+    plan.create = [
+        i for i in range(spec.workers) if i not in current and worker_name(name, i) not in occupied
+    ]
+    if plan.create:
+        p.status.setdefault("startTime", p.stamp)
+        p.condition(
+            ConditionType.CREATED, True, "WorkersCreated", f"created {spec.workers} worker pod(s)"
+        )
+
+    ready = sum(s.ready for s in current.values())
+    if ready == spec.workers and not plan.delete:
+        p.set_phase(Phase.RUNNING, "AllWorkersReady", f"{ready}/{spec.workers} workers ready")
+    elif p.phase == Phase.RESTARTING.value:
+        p.set_phase(Phase.RESTARTING, "GroupRestart", str(p.status.get("message") or ""))
+    elif plan.create or current:
+        p.set_phase(Phase.STARTING, "WorkersStarting", f"{ready}/{spec.workers} workers ready")
+    counts = worker_counts(current, spec.workers)
+    p.status["workers"] = counts
+    return plan
+
+
+def _lost(name: str, index: int, restart: int) -> WorkerState:
+    """A stand-in failure for a worker pod deleted while the group was running."""
+    return WorkerState(
+        name=worker_name(name, index),
+        index=index,
+        restart=restart,
+        phase="Failed",
+        ready=False,
+        terminating=True,
+        created=None,
+        ip=None,
+        exit_code=None,
+        reason="WorkerDeleted",
+        message="the pod was deleted while the group was running",
+    )
+
+
+def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The merge patch turning `old` status into `new` for the fields the pass owns."""
+    return {k: new.get(k) for k in OWNED_STATUS_FIELDS if old.get(k) != new.get(k)}

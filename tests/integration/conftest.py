@@ -1,0 +1,280 @@
+"""Fixtures of the operator's integration tests: the CRD, a real operator process, helpers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from tests.support.waiting import wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+CRD = REPO / "crds" / "berth.dev_berttrainings.yaml"
+GROUP, VERSION, PLURAL = "berth.dev", "v1alpha1", "berttrainings"
+
+
+def kubectl(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["kubectl", *args], input=stdin, capture_output=True, text=True, check=False, timeout=60
+    )
+
+
+@pytest.fixture(scope="session")
+def crd(kubeconfig: str) -> str:
+    """Apply the generated CRD (server-side) and wait until it is Established."""
+    out = kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    assert out.returncode == 0, out.stderr
+    name = f"{PLURAL}.{GROUP}"
+    wait_for(
+        lambda: (
+            kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=5s").returncode
+            == 0
+        ),
+        timeout=60,
+        what=f"{name} Established",
+    )
+    # Discovery can lag Established by a moment; kubectl get must know the resource.
+    wait_for(lambda: kubectl("get", "bt", "-A").returncode == 0, timeout=30, what="bt discovery")
+    return name
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Operator:
+    """`berth-operator --namespace NS` as a subprocess, logging to a file."""
+
+    def __init__(self, namespace: str, log: Path, extra: list[str]):
+        self.namespace, self.log, self.extra = namespace, log, extra
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.liveness_port = free_port()
+        self.metrics_port = free_port()
+
+    def start(self) -> Operator:
+        argv = [
+            str(REPO / ".venv" / "bin" / "berth-operator"),
+            "--namespace",
+            self.namespace,
+            "--reconcile-interval",
+            "0.5",
+            "--progress-interval",
+            "1",
+            "--liveness-port",
+            str(self.liveness_port),
+            "--metrics-port",
+            str(self.metrics_port),
+            "--default-image",
+            "berth-trainer:test",
+            "--log-level",
+            "DEBUG",
+            *self.extra,
+        ]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=os.environ.copy(),
+                start_new_session=True,
+            )
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no graceful shutdown, as when a node dies."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def operator_factory(
+    namespace: str, crd: str, api: client.ApiClient, tmp_path: Path
+) -> Iterator[Callable[..., Operator]]:
+    """Start operators watching `namespace`; at teardown delete every BertTraining while one
+    still runs (its finalizer needs it), stop them, and print the log (shown on failure)."""
+    log = tmp_path / "operator.log"
+    started: list[Operator] = []
+
+    def make(*extra: str) -> Operator:
+        op = Operator(namespace, log, list(extra)).start()
+        started.append(op)
+        return op
+
+    yield make
+    custom = client.CustomObjectsApi(api)
+    try:
+        custom.delete_collection_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+        wait_for(
+            lambda: (
+                not custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
+            ),
+            timeout=30,
+            what="BertTrainings deleted",
+        )
+    except (AssertionError, ApiException):
+        for item in custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)[
+            "items"
+        ]:
+            custom.patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                item["metadata"]["name"],
+                {"metadata": {"finalizers": None}},
+            )
+    finally:
+        for op in started:
+            op.stop()
+        if log.exists():
+            sys.stdout.write(f"--- operator log {log} (tail) ---\n")
+            sys.stdout.write("\n".join(log.read_text(errors="replace").splitlines()[-200:]))
+
+
+@pytest.fixture
+def operator(operator_factory: Callable[..., Operator]) -> Operator:
+    return operator_factory()
+
+
+class Trainings:
+    """BertTrainings and their pods in one namespace."""
+
+    def __init__(self, api: client.ApiClient, namespace: str):
+        self.namespace = namespace
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self.custom.create_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, body
+        )
+        return result
+
+    def get(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, name
+        )
+        return result
+
+    def patch(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, name, body
+        )
+        return result
+
+    def status(self, name: str) -> dict[str, Any]:
+        return dict(self.get(name).get("status") or {})
+
+    def wait_phase(self, name: str, phase: str, timeout: float = 30) -> dict[str, Any]:
+        return wait_for(
+            lambda: (s := self.status(name)).get("phase") == phase and s,
+            timeout=timeout,
+            what=f"{name} phase {phase} (status)",
+        )
+
+    def pods(self, name: str, alive_only: bool = True) -> list[client.V1Pod]:
+        pods = self.core.list_namespaced_pod(
+            self.namespace, label_selector=f"berth.dev/training={name}"
+        ).items
+        return sorted(
+            (p for p in pods if not (alive_only and p.metadata.deletion_timestamp)),
+            key=lambda p: p.metadata.name,
+        )
+
+    def events(self, name: str) -> list[client.CoreV1Event]:
+        return [
+            e
+            for e in self.core.list_namespaced_event(self.namespace).items
+            if e.involved_object.name == name and e.involved_object.kind == "BertTraining"
+        ]
+
+
+@pytest.fixture
+def trainings(api: client.ApiClient, namespace: str) -> Trainings:
+    return Trainings(api, namespace)
+
+
+def manifest(name: str, workers: int = 3, **spec: Any) -> dict[str, Any]:
+    """A small valid BertTraining; keyword arguments override spec fields."""
+    body: dict[str, Any] = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "BertTraining",
+        "metadata": {"name": name},
+        "spec": {
+            "task": "pretraining",
+            "model": {"size": "tiny"},
+            "vocabulary": "gs://berth-test/vocab.txt",
+            "data": {"train": "gs://berth-test/train/*.txt"},
+            "training": {"globalBatchSize": 48, "sequenceLength": 64, "steps": 100},
+            "checkpoint": {"dir": "gs://berth-test/ckpt"},
+            "output": {"dir": "gs://berth-test/out"},
+            "workers": workers,
+            "resources": {"limits": {"nvidia.com/gpu": 1}},
+        },
+    }
+    body["spec"].update(spec)
+    return body
+
+
+TRAINER_METRICS = b"""# HELP berth_train_step Optimizer steps done.
+# TYPE berth_train_step gauge
+berth_train_step 120.0
+# TYPE berth_train_total_steps gauge
+berth_train_total_steps 1000.0
+# TYPE berth_train_loss gauge
+berth_train_loss 2.5
+# TYPE berth_train_examples_per_second gauge
+berth_train_examples_per_second 320.0
+# TYPE berth_last_checkpoint_step gauge
+berth_last_checkpoint_step 100.0
+"""
+
+
+class _MetricsHandler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = TRAINER_METRICS if self.path == "/metrics" else b""
+        self.send_response(200 if body else 404)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def metrics_server() -> Iterator[Callable[[str], None]]:
+    """Serve the trainer's metric names on <pod IP>:9090 (KWOK pod IPs are loopback)."""
+    servers: list[ThreadingHTTPServer] = []
+
+    def serve(ip: str) -> None:
+        server = ThreadingHTTPServer((ip, 9090), _MetricsHandler)
+        servers.append(server)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    yield serve
+    for server in servers:
+        server.shutdown()
+        server.server_close()

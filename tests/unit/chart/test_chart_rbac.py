@@ -1,0 +1,117 @@
+"""RBAC of charts/berth: least privilege, no wildcards, cluster-wide and namespaced modes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.unit.chart.helm import FULLNAME, NAMESPACE, Objects, of_kind, one, render
+
+Rule = tuple[str, str, str]  # (apiGroup, resource, verb)
+
+#: Everything the operator does in a namespace it watches (docs/operator.md).
+NAMESPACED: set[Rule] = {
+    *(("berth.dev", "berttrainings", v) for v in ("get", "list", "watch", "patch", "delete")),
+    ("berth.dev", "berttrainings/status", "patch"),
+    *(("", "pods", v) for v in ("get", "list", "create", "delete")),
+    ("", "services", "create"),
+    ("", "configmaps", "create"),
+    ("", "configmaps", "patch"),
+    ("", "events", "create"),
+}
+CRDS: set[Rule] = {
+    ("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")
+}
+NAMESPACES: set[Rule] = {("", "namespaces", v) for v in ("list", "watch")}
+CLUSTER_PEERING: set[Rule] = {
+    ("kopf.dev", "clusterkopfpeerings", v) for v in ("list", "watch", "patch")
+}
+NAMESPACED_PEERING: set[Rule] = {
+    ("kopf.dev", "kopfpeerings", v) for v in ("list", "watch", "patch")
+}
+
+VALUE_MATRIX = [
+    {},
+    {"replicaCount": 2},
+    {"watchNamespaces": ["ml"]},
+    {"watchNamespaces": ["ml", "nlp"], "replicaCount": 2},
+]
+
+
+def flatten(role: dict[str, Any]) -> set[Rule]:
+    return {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def roles(objects: Objects) -> Objects:
+    return of_kind(objects, "ClusterRole") + of_kind(objects, "Role")
+
+
+@pytest.mark.parametrize("values", VALUE_MATRIX)
+def test_no_wildcards_and_nothing_dangerous(values: dict) -> None:
+    for role in roles(render(values)):
+        for rule in role["rules"]:
+            for key in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule[key], (role["metadata"], rule)
+                assert not any("*" in item for item in rule[key]), (role["metadata"], rule)
+            assert "nonResourceURLs" not in rule and "resourceNames" not in rule
+        granted = flatten(role)
+        assert not {r for r in granted if r[1] in {"secrets", "serviceaccounts/token"}}
+        assert not {r for r in granted if r[2] in {"escalate", "bind", "impersonate", "*"}}
+        assert not {r for r in granted if r[0] in {"rbac.authorization.k8s.io"}}
+
+
+def test_cluster_wide_mode_grants_exactly_what_the_operator_uses() -> None:
+    objects = render()
+    assert not of_kind(objects, "Role") and not of_kind(objects, "RoleBinding")
+    assert flatten(one(objects, "ClusterRole")) == NAMESPACED | CRDS
+    binding = one(objects, "ClusterRoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": FULLNAME,
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}
+    ]
+
+
+def test_cluster_wide_peering_adds_cluster_kopf_peerings() -> None:
+    assert flatten(one(render({"replicaCount": 2}), "ClusterRole")) == (
+        NAMESPACED | CRDS | CLUSTER_PEERING
+    )
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_namespaced_mode_has_a_role_per_watched_namespace(replicas: int) -> None:
+    objects = render({"watchNamespaces": ["ml", "nlp"], "replicaCount": replicas})
+    expected = NAMESPACED | (NAMESPACED_PEERING if replicas > 1 else set())
+    assert [r["metadata"]["namespace"] for r in of_kind(objects, "Role")] == ["ml", "nlp"]
+    for role in of_kind(objects, "Role"):
+        assert role["metadata"]["name"] == FULLNAME
+        assert flatten(role) == expected
+    bindings = of_kind(objects, "RoleBinding")
+    assert [b["metadata"]["namespace"] for b in bindings] == ["ml", "nlp"]
+    for binding in bindings:
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": FULLNAME,
+        }
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}
+        ]
+    # Cluster-wide, only the reads kopf needs to find CRDs and follow the watched namespaces.
+    assert flatten(one(objects, "ClusterRole")) == CRDS | NAMESPACES
+
+
+def test_rbac_create_false_renders_no_rbac() -> None:
+    objects = render({"rbac": {"create": False}, "watchNamespaces": ["ml"]})
+    for kind in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"):
+        assert not of_kind(objects, kind)

@@ -1,0 +1,241 @@
+"""The objects `helm template` makes of charts/berth: kinds, labels, the operator Deployment."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from tests.unit.chart.helm import (
+    CHART,
+    FULLNAME,
+    NAMESPACE,
+    RELEASE,
+    of_kind,
+    one,
+    operator_container,
+    render,
+)
+
+APP_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"}
+
+
+def test_defaults_render_the_cluster_wide_operator() -> None:
+    kinds = sorted(obj["kind"] for obj in render())
+    assert kinds == sorted(
+        ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment"]
+    )
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},
+        {"watchNamespaces": ["ml", "nlp"], "replicaCount": 2},
+        {"networkPolicy": {"enabled": True}, "metrics": {"serviceMonitor": {"enabled": True}}},
+    ],
+    ids=["defaults", "namespaced-peering", "netpol-servicemonitor"],
+)
+def test_every_object_carries_the_recommended_labels(values: dict) -> None:
+    for obj in render(values):
+        labels = obj["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "berth"
+        assert labels["app.kubernetes.io/instance"] == RELEASE
+        assert labels["app.kubernetes.io/version"] == APP_VERSION
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert labels["app.kubernetes.io/part-of"] == "berth"
+        assert labels["helm.sh/chart"].startswith("berth-")
+        if obj["kind"] not in CLUSTER_SCOPED:
+            assert obj["metadata"]["namespace"], obj["metadata"]
+
+
+def test_deployment_runs_berth_operator_cluster_wide() -> None:
+    deployment = one(render(), "Deployment")
+    assert deployment["metadata"]["name"] == FULLNAME
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector == {"app.kubernetes.io/name": "berth", "app.kubernetes.io/instance": RELEASE}
+    assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    container = operator_container(render())
+    assert container["image"] == f"berth-operator:{APP_VERSION}"
+    assert container["command"] == ["berth-operator"]
+    assert container["args"] == [
+        "--all-namespaces",
+        f"--default-image=berth-trainer:{APP_VERSION}",
+        "--metrics-port=8000",
+        "--liveness-port=8080",
+        "--progress-interval=5",
+        "--reconcile-interval=2",
+        "--log-level=info",
+    ]
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == FULLNAME
+    assert one(render(), "ServiceAccount")["metadata"]["name"] == FULLNAME
+
+
+def test_probes_hit_kopfs_liveness_endpoint() -> None:
+    container = operator_container(render({"probes": {"port": 9999}}))
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports == {"metrics": 8000, "healthz": 9999}
+    assert "--liveness-port=9999" in container["args"]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+        assert container[probe]["periodSeconds"] > 0
+
+
+def test_values_reach_the_command_line() -> None:
+    container = operator_container(
+        render(
+            {
+                "watchNamespaces": ["ml", "nlp"],
+                "logLevel": "debug",
+                "progressInterval": 1.5,
+                "image": {"repository": "registry.example/berth-operator", "tag": "1.2.3"},
+                "trainer": {"image": {"repository": "registry.example/berth-trainer"}},
+            }
+        )
+    )
+    assert container["image"] == "registry.example/berth-operator:1.2.3"
+    assert container["args"][:3] == [
+        "--namespace=ml",
+        "--namespace=nlp",
+        f"--default-image=registry.example/berth-trainer:{APP_VERSION}",
+    ]
+    assert "--all-namespaces" not in container["args"]
+    assert "--log-level=debug" in container["args"]
+    assert "--progress-interval=1.5" in container["args"]
+
+
+def test_pod_scheduling_and_pull_secrets_pass_through() -> None:
+    values = {
+        "imagePullSecrets": [{"name": "regcred"}],
+        "nodeSelector": {"pool": "system"},
+        "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": {"nodeAffinity": {}},
+        "resources": {"requests": {"cpu": "1"}},
+        "podAnnotations": {"a": "b"},
+        "podLabels": {"team": "nlp"},
+        "priorityClassName": "system-cluster-critical",
+    }
+    pod = one(render(values), "Deployment")["spec"]["template"]
+    spec = pod["spec"]
+    assert spec["imagePullSecrets"] == [{"name": "regcred"}]
+    assert spec["nodeSelector"] == {"pool": "system"}
+    assert spec["tolerations"] == values["tolerations"]
+    assert spec["affinity"] == {"nodeAffinity": {}}
+    assert spec["priorityClassName"] == "system-cluster-critical"
+    assert spec["containers"][0]["resources"]["requests"]["cpu"] == "1"
+    assert pod["metadata"]["annotations"] == {"a": "b"}
+    assert pod["metadata"]["labels"]["team"] == "nlp"
+
+
+def test_default_resources_are_set() -> None:
+    resources = operator_container(render())["resources"]
+    assert resources["requests"]["cpu"] and resources["requests"]["memory"]
+    assert resources["limits"]["memory"]
+
+
+def test_metrics_service_selects_the_operator_pod() -> None:
+    objects = render()
+    service = one(objects, "Service")
+    pod_labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"]["ports"] == [
+        {"name": "metrics", "port": 8000, "targetPort": "metrics", "protocol": "TCP"}
+    ]
+
+
+def test_metrics_disabled_drops_the_service_and_the_port() -> None:
+    objects = render({"metrics": {"enabled": False, "serviceMonitor": {"enabled": True}}})
+    assert not of_kind(objects, "Service") and not of_kind(objects, "ServiceMonitor")
+    container = operator_container(objects)
+    assert "--metrics-port=0" in container["args"]
+    assert [port["name"] for port in container["ports"]] == ["healthz"]
+
+
+def test_service_monitor_scrapes_the_metrics_port() -> None:
+    values = {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}}}
+    monitor = one(render(values), "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    assert monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"] == RELEASE
+
+
+@pytest.mark.parametrize(
+    ("values", "namespaces"),
+    [
+        ({}, [NAMESPACE]),
+        ({"watchNamespaces": ["ml", "nlp"]}, ["ml", "nlp"]),
+        ({"watchNamespaces": ["ml"], "networkPolicy": {"namespaces": ["x"]}}, ["x"]),
+    ],
+)
+def test_network_policy_isolates_workers(values: dict, namespaces: list[str]) -> None:
+    values = {**values, "networkPolicy": {"enabled": True, **values.get("networkPolicy", {})}}
+    policies = of_kind(render(values), "NetworkPolicy")
+    assert [p["metadata"]["namespace"] for p in policies] == namespaces
+    for policy in policies:
+        spec = policy["spec"]
+        assert spec["podSelector"]["matchLabels"] == {"berth.dev/role": "worker"}
+        assert spec["policyTypes"] == ["Ingress"]
+        tf_rule, metrics_rule = spec["ingress"]
+        assert tf_rule["ports"] == [{"port": "tf-port", "protocol": "TCP"}]
+        assert tf_rule["from"] == [{"podSelector": spec["podSelector"]}]
+        assert metrics_rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+        assert metrics_rule["from"] == [
+            {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}},
+                "podSelector": {
+                    "matchLabels": {
+                        "app.kubernetes.io/name": "berth",
+                        "app.kubernetes.io/instance": RELEASE,
+                    }
+                },
+            }
+        ]
+
+
+def test_network_policy_is_off_by_default() -> None:
+    assert not of_kind(render(), "NetworkPolicy")
+
+
+@pytest.mark.parametrize(
+    ("values", "kind", "namespaces"),
+    [
+        ({"replicaCount": 2}, "ClusterKopfPeering", [None]),
+        ({"peering": {"enabled": True}}, "ClusterKopfPeering", [None]),
+        ({"replicaCount": 3, "watchNamespaces": ["ml", "nlp"]}, "KopfPeering", ["ml", "nlp"]),
+    ],
+)
+def test_several_replicas_run_kopf_peering(values: dict, kind: str, namespaces: list) -> None:
+    objects = render(values)
+    peerings = of_kind(objects, kind)
+    assert [p["metadata"].get("namespace") for p in peerings] == namespaces
+    assert {p["metadata"]["name"] for p in peerings} == {FULLNAME}
+    assert peerings[0]["apiVersion"] == "kopf.dev/v1"
+    assert f"--peering={FULLNAME}" in operator_container(objects)["args"]
+
+
+def test_one_replica_runs_standalone() -> None:
+    objects = render()
+    assert not [o for o in objects if o["apiVersion"].startswith("kopf.dev/")]
+    assert not [a for a in operator_container(objects)["args"] if a.startswith("--peering")]
+
+
+def test_peering_name_and_create_are_honoured() -> None:
+    objects = render({"replicaCount": 2, "peering": {"name": "shared", "create": False}})
+    assert not of_kind(objects, "ClusterKopfPeering")
+    assert "--peering=shared" in operator_container(objects)["args"]
+
+
+def test_existing_service_account_is_used_without_creating_one() -> None:
+    objects = render({"serviceAccount": {"create": False, "name": "ops"}})
+    assert not of_kind(objects, "ServiceAccount")
+    assert one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "ops"
+    assert one(objects, "ClusterRoleBinding")["subjects"][0]["name"] == "ops"
+
+
+def test_fullname_override() -> None:
+    objects = render({"fullnameOverride": "trainer-ops"})
+    assert {obj["metadata"]["name"] for obj in objects} == {"trainer-ops", "trainer-ops-metrics"}

@@ -1,0 +1,121 @@
+"""Conditions, progress parsing, pod observation and the CLI settings contract."""
+
+from __future__ import annotations
+
+import pytest
+
+from berth_operator.conditions import set_condition
+from berth_operator.progress import metrics_url, progress_changed, progress_from_metrics
+from berth_operator.settings import Settings, parse_settings
+from berth_operator.workers import observe_pod
+from tests.unit.operator.factories import make_pod, make_training
+
+METRICS = """# HELP berth_train_step Optimizer steps done.
+# TYPE berth_train_step gauge
+berth_train_step 120.0
+berth_train_total_steps 1000.0
+berth_train_loss 2.5
+berth_train_examples_per_second 320.0
+berth_last_checkpoint_step 100.0
+other_metric 1
+"""
+
+
+def test_condition_transition_time_moves_only_on_status_flip() -> None:
+    conds = set_condition([], "Running", False, "Starting", "0/3", "t1", 1)
+    conds = set_condition(conds, "Running", False, "Starting", "1/3", "t2", 1)
+    assert conds[0]["lastTransitionTime"] == "t1" and conds[0]["message"] == "1/3"
+    conds = set_condition(conds, "Running", True, "AllWorkersReady", "3/3", "t3", 2)
+    assert conds[0]["lastTransitionTime"] == "t3" and conds[0]["observedGeneration"] == 2
+    assert len(conds) == 1
+
+
+def test_progress_from_metrics() -> None:
+    progress = progress_from_metrics(METRICS, global_batch_size=32)
+    assert progress == {
+        "step": 120,
+        "totalSteps": 1000,
+        "loss": 2.5,
+        "examplesPerSecond": 320.0,
+        "lastCheckpointStep": 100,
+        "etaSeconds": 88,
+        "summary": "120/1000",
+    }
+
+
+def test_progress_changed_ignores_updated_at() -> None:
+    new = progress_from_metrics(METRICS)
+    assert not progress_changed({**new, "updatedAt": "x"}, new)
+    assert progress_changed(None, new)
+    assert not progress_changed(None, {})
+
+
+def test_metrics_url() -> None:
+    assert metrics_url("127.20.0.5") == "http://127.20.0.5:9090/metrics"
+    assert metrics_url("fd00::1") == "http://[fd00::1]:9090/metrics"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "phase", "ready", "reason"),
+    [
+        ({"phase": "Running"}, "Running", True, None),
+        ({"phase": "Pending", "unschedulable": True}, "Pending", False, "Unschedulable"),
+        (
+            {"phase": "Failed", "exit_code": 137, "reason": "OOMKilled"},
+            "Failed",
+            False,
+            "OOMKilled",
+        ),
+        ({"phase": "Succeeded", "exit_code": 0}, "Succeeded", False, "Completed"),
+    ],
+)
+def test_observe_pod(kwargs: dict, phase: str, ready: bool, reason: str | None) -> None:
+    state = observe_pod(make_pod(make_training(), 1, **kwargs))
+    assert state is not None
+    assert (state.phase, state.ready, state.reason, state.index) == (phase, ready, reason, 1)
+
+
+def test_settings_defaults() -> None:
+    assert parse_settings([], env={}) == Settings()
+    assert Settings().clusterwide
+
+
+def test_settings_flags_and_env() -> None:
+    env = {
+        "BERTH_DEFAULT_IMAGE": "e:1",
+        "BERTH_METRICS_PORT": "0",
+        "BERTH_PEERING": "p",
+        "BERTH_PROGRESS_INTERVAL": "0.5",
+        "BERTH_WATCH_NAMESPACES": "a, b",
+    }
+    settings = parse_settings([], env=env)
+    assert settings.namespaces == ("a", "b") and settings.default_image == "e:1"
+    assert settings.metrics_port == 0 and settings.peering == "p"
+    assert settings.progress_interval == 0.5
+    flags = parse_settings(
+        [
+            "--namespace",
+            "x",
+            "--namespace",
+            "y",
+            "--default-image",
+            "f:2",
+            "--metrics-port",
+            "9000",
+            "--liveness-port",
+            "0",
+            "--log-level",
+            "debug",
+        ],
+        env=env,
+    )
+    assert flags.namespaces == ("x", "y") and flags.default_image == "f:2"
+    assert (flags.metrics_port, flags.liveness_port, flags.log_level) == (9000, 0, "DEBUG")
+    assert parse_settings(["--all-namespaces"], env=env).clusterwide
+
+
+def test_settings_reject_bad_values() -> None:
+    with pytest.raises(SystemExit):
+        parse_settings(["--progress-interval", "0"], env={})
+    with pytest.raises(SystemExit):
+        parse_settings(["--namespace", "a", "--all-namespaces"], env={})

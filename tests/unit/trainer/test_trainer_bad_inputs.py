@@ -1,0 +1,71 @@
+"""Bad inputs fail with a clear message, the documented exit code and a termination log,
+through the real CLI process."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from trainer_testlib import classification_config, pretraining_config, run_cli, write_config
+
+from berth_trainer.exit_codes import ExitCode
+
+
+def _run(tmp_path, cfg: dict) -> tuple[int, str]:
+    config = write_config(tmp_path / "cfg.yaml", cfg)
+    term = tmp_path / "termination-log"
+    result = run_cli(
+        ["train", "--config", config, "--metrics-port", "0"],
+        timeout=120,
+        BERTH_TERMINATION_LOG=str(term),
+    )
+    message = term.read_text() if term.exists() else ""
+    assert message and message in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
+    return result.returncode, message
+
+
+def test_trainer_invalid_config_fails_fast_naming_the_field(tmp_path, corpus):
+    cfg = pretraining_config(corpus, tmp_path)
+    cfg["training"]["globalBatchSize"] = 0
+    start = time.monotonic()
+    code, message = _run(tmp_path, cfg)
+    assert time.monotonic() - start < 2.0
+    assert code == ExitCode.CONFIG_INVALID
+    assert "training.globalBatchSize" in message
+
+
+def test_trainer_sequence_length_over_max_is_config_invalid(tmp_path, corpus):
+    cfg = pretraining_config(corpus, tmp_path, sequenceLength=64)
+    code, message = _run(tmp_path, cfg)
+    assert code == ExitCode.CONFIG_INVALID
+    assert "training.sequenceLength: 64 exceeds model.maxSequenceLength 32" in message
+
+
+@pytest.mark.parametrize(
+    ("case", "code", "expected"),
+    [
+        ("missing_data", ExitCode.DATA_INVALID, "data.train: no file matches"),
+        ("empty_file", ExitCode.DATA_INVALID, "data.train: file is empty"),
+        ("malformed_csv", ExitCode.DATA_INVALID, "bad.csv:3: malformed row: expected 2 fields"),
+        ("vocab_without_mask", ExitCode.VOCAB_INVALID, "lacks the special token(s) [MASK]"),
+    ],
+)
+def test_trainer_bad_input_exit_codes(tmp_path, corpus, case, code, expected):
+    cfg = pretraining_config(corpus, tmp_path)
+    if case == "missing_data":
+        cfg["data"]["train"] = str(tmp_path / "nowhere" / "*.txt")
+    elif case == "empty_file":
+        (tmp_path / "empty.txt").write_text("")
+        cfg["data"]["train"] = str(tmp_path / "empty.txt")
+    elif case == "malformed_csv":
+        cfg = classification_config(corpus, tmp_path)
+        (tmp_path / "bad.csv").write_text('text,label\n"fine",positive\n"too","many",fields\n')
+        cfg["data"] = {"train": str(tmp_path / "bad.csv"), "format": "csv"}
+    elif case == "vocab_without_mask":
+        lines = Path(corpus["vocab"]).read_text().splitlines()
+        (tmp_path / "vocab.txt").write_text("\n".join(t for t in lines if t != "[MASK]") + "\n")
+        cfg["vocabulary"] = str(tmp_path / "vocab.txt")
+    got, message = _run(tmp_path, cfg)
+    assert got == code, message
+    assert expected in message

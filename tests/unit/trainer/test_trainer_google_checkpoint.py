@@ -1,0 +1,204 @@
+"""Import a Google-format BERT TF1 checkpoint written here with TF1 names; compare against an
+independent NumPy BERT forward pass over the same weights; mismatches fail clearly."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from trainer_testlib import classification_config, pretraining_config, run_cli, write_config
+
+from berth_trainer.config import TrainerConfig
+from berth_trainer.errors import TrainerError
+from berth_trainer.exit_codes import ExitCode
+from berth_trainer.google_checkpoint import load_google_checkpoint
+from berth_trainer.modeling import build_model
+
+H, HEADS, LAYERS, FF, POS, V = 64, 2, 2, 128, 32, 60
+
+
+def google_weights(rng: np.random.Generator, vocab: int = V) -> dict[str, np.ndarray]:
+    def w(*shape: int) -> np.ndarray:
+        return rng.normal(0, 0.05, shape).astype(np.float32)
+
+    out = {
+        "bert/embeddings/word_embeddings": w(vocab, H),
+        "bert/embeddings/position_embeddings": w(POS, H),
+        "bert/embeddings/token_type_embeddings": w(2, H),
+        "bert/embeddings/LayerNorm/gamma": 1 + w(H),
+        "bert/embeddings/LayerNorm/beta": w(H),
+        "bert/pooler/dense/kernel": w(H, H),
+        "bert/pooler/dense/bias": w(H),
+        "cls/predictions/transform/dense/kernel": w(H, H),
+        "cls/predictions/transform/dense/bias": w(H),
+        "cls/predictions/transform/LayerNorm/gamma": 1 + w(H),
+        "cls/predictions/transform/LayerNorm/beta": w(H),
+        "cls/predictions/output_bias": w(vocab),
+        "cls/seq_relationship/output_weights": w(2, H),
+        "cls/seq_relationship/output_bias": w(2),
+        "global_step": np.array(1000, np.int64),
+    }
+    for i in range(LAYERS):
+        g = f"bert/encoder/layer_{i}/"
+        for name, shape in (
+            ("attention/self/query/", (H, H)),
+            ("attention/self/key/", (H, H)),
+            ("attention/self/value/", (H, H)),
+            ("attention/output/dense/", (H, H)),
+            ("intermediate/dense/", (H, FF)),
+            ("output/dense/", (FF, H)),
+        ):
+            out[g + name + "kernel"], out[g + name + "bias"] = w(*shape), w(shape[1])
+        for ln in ("attention/output/LayerNorm/", "output/LayerNorm/"):
+            out[g + ln + "gamma"], out[g + ln + "beta"] = 1 + w(H), w(H)
+    return out
+
+
+def write_tf1_checkpoint(prefix: str, weights: dict[str, np.ndarray]) -> None:
+    names = sorted(weights)
+    tf.raw_ops.SaveV2(
+        prefix=prefix,
+        tensor_names=names,
+        shape_and_slices=[""] * len(names),
+        tensors=[tf.constant(weights[n]) for n in names],
+    )
+
+
+def numpy_bert(wt: dict, ids: np.ndarray, segments: np.ndarray, mask: np.ndarray):
+    """Reference BERT encoder (Devlin et al.), written from the paper's equations."""
+
+    def ln(x, p):
+        mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+        return (x - mu) / np.sqrt(var + 1e-12) * wt[p + "gamma"] + wt[p + "beta"]
+
+    def dense(x, p):
+        return x @ wt[p + "kernel"] + wt[p + "bias"]
+
+    gelu = np.vectorize(lambda v: 0.5 * v * (1 + math.erf(v / math.sqrt(2))))
+    e = "bert/embeddings/"
+    x = wt[e + "word_embeddings"][ids] + wt[e + "position_embeddings"][: ids.shape[1]]
+    x = ln(x + wt[e + "token_type_embeddings"][segments], e + "LayerNorm/")
+    d = H // HEADS
+    for i in range(LAYERS):
+        g = f"bert/encoder/layer_{i}/"
+        q, k, v = (
+            dense(x, f"{g}attention/self/{n}/").reshape(*x.shape[:2], HEADS, d)
+            for n in ("query", "key", "value")
+        )
+        scores = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(d)
+        scores = scores + (1.0 - mask[:, None, None, :]) * -1e9
+        attn = np.exp(scores - scores.max(-1, keepdims=True))
+        attn /= attn.sum(-1, keepdims=True)
+        ctx = np.einsum("bhqk,bkhd->bqhd", attn, v).reshape(x.shape)
+        x = ln(x + dense(ctx, g + "attention/output/dense/"), g + "attention/output/LayerNorm/")
+        ff = dense(gelu(dense(x, g + "intermediate/dense/")), g + "output/dense/")
+        x = ln(x + ff, g + "output/LayerNorm/")
+    pooled = np.tanh(dense(x[:, 0], "bert/pooler/dense/"))
+    return x, pooled
+
+
+def _cfg(corpus, tmp_path, task: str) -> TrainerConfig:
+    make = pretraining_config if task == "pretraining" else classification_config
+    return TrainerConfig.model_validate(make(corpus, tmp_path))
+
+
+def test_trainer_google_checkpoint_outputs_match_reference(tmp_path, corpus):
+    wt = google_weights(np.random.default_rng(0))
+    write_tf1_checkpoint(str(tmp_path / "bert_model.ckpt"), wt)
+    model = build_model(_cfg(corpus, tmp_path, "pretraining"), V)
+    load_google_checkpoint(
+        str(tmp_path / "bert_model.ckpt"),
+        model.get_layer("bert"),
+        model.get_layer("mlm_head"),
+        "pretraining",
+    )
+    rng = np.random.default_rng(1)
+    ids = rng.integers(5, V, (2, 16)).astype(np.int32)
+    segments = (np.arange(16)[None] >= 8).astype(np.int32).repeat(2, 0)
+    mask = np.ones((2, 16), np.int32)
+    mask[1, 12:] = 0
+    out = model.get_layer("bert")({"token_ids": ids, "segment_ids": segments, "padding_mask": mask})
+    seq, pooled = numpy_bert(wt, ids, segments, mask.astype(np.float64))
+    np.testing.assert_allclose(out["sequence_output"], seq, atol=1e-4)
+    np.testing.assert_allclose(out["pooled_output"], pooled, atol=1e-4)
+    # The MLM head: transform → LayerNorm → tied word embeddings (copied) + output_bias.
+    positions = np.array([[1, 2, 5, 9], [3, 4, 0, 0]], np.int32)
+    logits = model(
+        {
+            "token_ids": ids,
+            "segment_ids": segments,
+            "padding_mask": mask,
+            "mask_positions": positions,
+        }
+    )["logits"]
+    p = "cls/predictions/"
+    h = np.take_along_axis(seq, positions[..., None], 1) @ wt[p + "transform/dense/kernel"]
+    h = h + wt[p + "transform/dense/bias"]
+    h = 0.5 * h * (1 + np.vectorize(math.erf)(h / math.sqrt(2)))
+    mu, var = h.mean(-1, keepdims=True), h.var(-1, keepdims=True)
+    h = (h - mu) / np.sqrt(var + 1e-12) * wt[p + "transform/LayerNorm/gamma"]
+    h = h + wt[p + "transform/LayerNorm/beta"]
+    expected = h @ wt["bert/embeddings/word_embeddings"].T + wt[p + "output_bias"]
+    np.testing.assert_allclose(logits, expected, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("task", "drop", "fails", "named"),
+    [
+        ("pretraining", "bert/pooler/", False, "bert/pooler/dense/kernel"),
+        ("classification", "bert/pooler/", True, "bert/pooler/dense/kernel"),
+        ("classification", "cls/", False, "cls/predictions/output_bias"),
+        ("pretraining", "cls/predictions/", True, "cls/predictions/output_bias"),
+    ],
+)
+def test_trainer_google_checkpoint_missing_heads(
+    tmp_path, corpus, caplog, task, drop, fails, named
+):
+    wt = {
+        k: v for k, v in google_weights(np.random.default_rng(0)).items() if not k.startswith(drop)
+    }
+    write_tf1_checkpoint(str(tmp_path / "bert_model.ckpt"), wt)
+    model = build_model(_cfg(corpus, tmp_path, task), V)
+    head = model.get_layer("mlm_head" if task == "pretraining" else "classifier")
+    load = lambda: load_google_checkpoint(  # noqa: E731
+        str(tmp_path / "bert_model.ckpt"), model.get_layer("bert"), head, task
+    )
+    if fails:
+        with pytest.raises(TrainerError) as err:
+            load()
+        assert err.value.code == ExitCode.CHECKPOINT_MISMATCH and named in str(err.value)
+    else:
+        logger = logging.getLogger("berth_trainer")
+        logger.addHandler(caplog.handler)
+        try:
+            load()
+        finally:
+            logger.removeHandler(caplog.handler)
+        assert named in caplog.text
+
+
+def test_trainer_google_checkpoint_wrong_shape_through_cli(tmp_path, corpus):
+    write_tf1_checkpoint(
+        str(tmp_path / "bert_model.ckpt"), google_weights(np.random.default_rng(0), vocab=V + 7)
+    )
+    cfg = pretraining_config(corpus, tmp_path)
+    cfg["initCheckpoint"] = str(tmp_path / "bert_model.ckpt")
+    result = run_cli(
+        [
+            "train",
+            "--config",
+            write_config(tmp_path / "cfg.yaml", cfg),
+            "--metrics-port",
+            "0",
+            "--termination-log",
+            str(tmp_path / "term"),
+        ]
+    )
+    assert result.returncode == ExitCode.CHECKPOINT_MISMATCH, result.stdout[-2000:]
+    message = (tmp_path / "term").read_text()
+    assert (
+        f"bert/embeddings/word_embeddings: checkpoint ({V + 7}, {H}) vs model ({V}, {H})" in message
+    )

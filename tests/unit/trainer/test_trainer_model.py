@@ -1,0 +1,92 @@
+"""Model pieces: config round-trips, clone_model, the XLA-compiled step, gradient accumulation."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from trainer_testlib import classification_config, pretraining_config
+
+from berth_trainer.config import TrainerConfig
+from berth_trainer.data import ExampleEncoder, make_dataset, plan_data
+from berth_trainer.modeling import build_model
+from berth_trainer.optim import WarmupLinearDecay, build_optimizer
+from berth_trainer.runner import trainable_variables
+from berth_trainer.train_step import make_train_step
+from berth_trainer.vocab import load_vocabulary
+
+
+def _cfg(corpus, tmp_path, task: str, **training) -> TrainerConfig:
+    make = pretraining_config if task == "pretraining" else classification_config
+    return TrainerConfig.model_validate(make(corpus, tmp_path, **training))
+
+
+def _batch(cfg: TrainerConfig, corpus) -> tuple[dict, dict]:
+    vocab = load_vocabulary(cfg.vocabulary)
+    ds = make_dataset(plan_data(cfg), cfg, ExampleEncoder(cfg, vocab), 8, (0, 1))
+    return next(iter(ds))
+
+
+@pytest.mark.parametrize("task", ["pretraining", "classification"])
+def test_trainer_model_config_round_trip_and_clone(tmp_path, corpus, task):
+    cfg = _cfg(corpus, tmp_path, task)
+    keras.utils.set_random_seed(0)
+    model = build_model(cfg, 60)
+    features, _ = _batch(cfg, corpus)
+    expected = model(features)["logits"]
+
+    rebuilt = keras.Model.from_config(model.get_config())
+    rebuilt.set_weights(model.get_weights())
+    np.testing.assert_allclose(rebuilt(features)["logits"], expected, atol=1e-5)
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    np.testing.assert_allclose(clone(features)["logits"], expected, atol=1e-5)
+    for layer in model.layers:
+        again = layer.__class__.from_config(layer.get_config())
+        assert again.get_config() == layer.get_config(), layer.name
+
+
+def test_trainer_schedule_round_trip():
+    schedule = WarmupLinearDecay(peak=1e-3, warmup_steps=10, total_steps=100)
+    again = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(schedule))
+    assert again.get_config() == schedule.get_config()
+    assert [float(schedule(s)) for s in (0, 10, 100)] == pytest.approx([0.0, 1e-3, 0.0])
+
+
+def _one_step(cfg: TrainerConfig, corpus, features, labels, seed: int = 0):
+    keras.utils.set_random_seed(seed)
+    strategy = tf.distribute.get_strategy()
+    model = build_model(cfg, len(load_vocabulary(cfg.vocabulary)))
+    variables = trainable_variables(model, cfg)
+    optimizer = build_optimizer(cfg.training)
+    optimizer.build(variables)
+    step = make_train_step(model, optimizer, strategy, cfg, variables)
+    out = step(iter([(features, labels)]), tf.constant(0.0))
+    assert np.isfinite(out.numpy()).all()
+    return float(out[0]), [v.numpy() for v in variables]
+
+
+def test_trainer_step_compiles_with_xla_and_accumulation_matches(tmp_path, corpus):
+    base = _cfg(corpus, tmp_path, "pretraining", globalBatchSize=8, warmupSteps=0)
+    features, labels = _batch(base, corpus)
+    loss, plain = _one_step(base, corpus, features, labels)
+    # Adam's first update is about ±lr per element, so gradients that differ only by float
+    # rounding near zero may move an element by up to 2·lr: compare with that tolerance.
+    atol = 2 * base.training.learning_rate
+
+    xla = base.training.model_copy(update={"jit_compile": True})
+    xla_loss, compiled = _one_step(
+        base.model_copy(update={"training": xla}), corpus, features, labels
+    )
+    assert xla_loss == pytest.approx(loss, rel=1e-5)
+    for a, b in zip(plain, compiled, strict=True):
+        np.testing.assert_allclose(a, b, atol=atol)
+
+    accum = base.training.model_copy(update={"gradient_accumulation_steps": 2})
+    acc_loss, accumulated = _one_step(
+        base.model_copy(update={"training": accum}), corpus, features, labels
+    )
+    assert acc_loss == pytest.approx(loss, rel=1e-5)
+    for a, b in zip(plain, accumulated, strict=True):
+        np.testing.assert_allclose(a, b, atol=atol)

@@ -1,0 +1,41 @@
+"""Trainer failures that carry an exit code, and the termination log the operator reads.
+
+Imports nothing heavy: `cli` raises and reports these before TensorFlow is loaded.
+
+    >>> err = TrainerError(ExitCode.DATA_INVALID, "data.train: no file matches 'x/*.txt'")
+    >>> int(err.code), str(err)
+    (3, "data.train: no file matches 'x/*.txt'")
+"""
+
+from __future__ import annotations
+
+import os
+
+from berth_trainer.exit_codes import ExitCode
+
+#: Where Kubernetes reads a container's termination message by default.
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+#: Kubernetes shows at most 4096 bytes of the termination message.
+_TERMINATION_LOG_LIMIT = 4096
+
+
+class TrainerError(Exception):
+    """A failure with a documented exit code; the message says what to fix."""
+
+    def __init__(self, code: ExitCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def write_termination_log(message: str, path: str | None = None) -> None:
+    """Write `message` to the termination log (`path`, $BERTH_TERMINATION_LOG, or the default).
+
+    A log that cannot be written (not in a pod, read-only) is ignored: the message also goes to
+    stderr.
+    """
+    path = path or os.environ.get("BERTH_TERMINATION_LOG") or DEFAULT_TERMINATION_LOG
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(message.encode("utf-8")[:_TERMINATION_LOG_LIMIT].decode("utf-8", "ignore"))
+    except OSError:
+        pass

@@ -1,0 +1,133 @@
+"""What a running trainer reports: Prometheus gauges, TensorBoard scalars, JSON log lines and,
+on a terminal only, a rich progress bar."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+log = logging.getLogger("berth_trainer")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, message and any `extra={"fields": {...}}`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "msg": record.getMessage(),
+        }
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def setup_logging(worker: int | None = None) -> None:
+    """Send the `berth_trainer` logger's JSON lines to stdout."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter())
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+class Reporter:
+    """Gauges on `metrics_port` (0 = off), TensorBoard under `tb_dir` (None = off), log lines."""
+
+    def __init__(
+        self, total_steps: int, metrics_port: int, tb_dir: str | None, worker: int
+    ) -> None:
+        self.worker = worker
+        self.total_steps = total_steps
+        self._gauges: dict[str, Any] = {}
+        if metrics_port:
+            self._start_metrics(metrics_port)
+        self._writer = None
+        if tb_dir:
+            import tensorflow as tf
+
+            self._writer = tf.summary.create_file_writer(tb_dir)
+        self._progress = None
+        if sys.stderr.isatty():
+            from rich.progress import Progress
+
+            self._progress = Progress(transient=True)
+            self._task = self._progress.add_task("training", total=total_steps)
+            self._progress.start()
+        self._last_time = time.monotonic()
+        self._last_step: int | None = None
+
+    def _start_metrics(self, port: int) -> None:
+        import prometheus_client as prom
+
+        registry = prom.CollectorRegistry()
+        for name, doc in (
+            ("berth_train_step", "Optimizer steps done."),
+            ("berth_train_total_steps", "Optimizer steps configured."),
+            ("berth_train_loss", "Training loss of the last logged step."),
+            ("berth_train_examples_per_second", "Global examples per second (all workers)."),
+            ("berth_last_checkpoint_step", "Step of the last checkpoint saved."),
+        ):
+            self._gauges[name] = prom.Gauge(name, doc, registry=registry)
+        self._gauges["berth_train_total_steps"].set(self.total_steps)
+        try:
+            prom.start_http_server(port, registry=registry)
+        except OSError as err:  # several local workers on one port: the first one serves
+            log.warning("metrics port %d unavailable: %s", port, err)
+
+    def _set(self, name: str, value: float) -> None:
+        if name in self._gauges:
+            self._gauges[name].set(value)
+
+    def start(self, step: int) -> None:
+        self._last_step, self._last_time = step, time.monotonic()
+        self._set("berth_train_step", step)
+        if self._progress:
+            self._progress.update(self._task, completed=step)
+
+    def step(self, step: int, metrics: dict[str, float], global_batch: int, log_now: bool) -> None:
+        if self._progress:
+            self._progress.update(self._task, completed=step)
+        if not log_now:
+            return
+        now = time.monotonic()
+        done = step - (self._last_step if self._last_step is not None else step - 1)
+        eps = done * global_batch / max(now - self._last_time, 1e-9)
+        self._last_step, self._last_time = step, now
+        self._set("berth_train_step", step)
+        self._set("berth_train_loss", metrics["loss"])
+        self._set("berth_train_examples_per_second", eps)
+        fields = {"step": step, "total_steps": self.total_steps, "worker": self.worker}
+        fields.update({k: round(v, 6) for k, v in metrics.items()})
+        fields["examples_per_second"] = round(eps, 2)
+        log.info("train step", extra={"fields": fields})
+        self.scalars(step, {**metrics, "examples_per_second": eps}, prefix="train/")
+
+    def scalars(self, step: int, values: dict[str, float], prefix: str = "") -> None:
+        if self._writer is None:
+            return
+        import tensorflow as tf
+        from tensorflow.core.framework import summary_pb2
+
+        # What tf.summary.scalar writes, without needing the tensorboard package installed.
+        meta = summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+        )
+        with self._writer.as_default(step=step):
+            for k, v in values.items():
+                tf.summary.write(prefix + k, tf.constant(v, tf.float32), metadata=meta)
+        self._writer.flush()
+
+    def checkpoint(self, step: int) -> None:
+        self._set("berth_last_checkpoint_step", step)
+
+    def close(self) -> None:
+        if self._progress:
+            self._progress.stop()
+        if self._writer is not None:
+            self._writer.close()

@@ -1,0 +1,215 @@
+"""`berth-trainer train`: build everything under the strategy, run the step loop, export."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+
+import keras
+import tensorflow as tf
+
+from berth_trainer.config import Precision, Task, TrainerConfig
+from berth_trainer.data import ExampleEncoder, describe_shard, make_dataset, plan_data
+from berth_trainer.errors import TrainerError
+from berth_trainer.exit_codes import ExitCode
+from berth_trainer.observability import Reporter
+from berth_trainer.runtime import configure_threads, resolve_strategy
+from berth_trainer.train_step import STEP_OUTPUTS, make_train_step, task_loss
+from berth_trainer.vocab import load_vocabulary
+
+log = logging.getLogger("berth_trainer")
+
+
+class _Sigterm:
+    """Remembers a SIGTERM; the loop agrees with the other workers, saves and exits."""
+
+    def __init__(self) -> None:
+        self.received = False
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, *_) -> None:
+        self.received = True
+
+
+def train(cfg: TrainerConfig, metrics_port: int = 0) -> dict[str, float]:
+    """Train per `cfg`; returns the final metrics (also written to output.dir/metrics.json)."""
+    threads = configure_threads()
+    strategy, worker, strategy_name = resolve_strategy()
+    t = cfg.training
+    replicas = strategy.num_replicas_in_sync
+    if t.global_batch_size % (replicas * t.gradient_accumulation_steps):
+        raise TrainerError(
+            ExitCode.CONFIG_INVALID,
+            f"training.globalBatchSize: {t.global_batch_size} is not divisible by replicas "
+            f"({replicas}) x gradientAccumulationSteps ({t.gradient_accumulation_steps})",
+        )
+    log.info(
+        "starting",
+        extra={
+            "fields": {
+                "strategy": strategy_name,
+                "worker": worker.index,
+                "workers": worker.count,
+                "replicas": replicas,
+                "threads": threads,
+            }
+        },
+    )
+    keras.mixed_precision.set_global_policy(t.precision)
+    keras.utils.set_random_seed(t.seed)
+    vocabulary = load_vocabulary(cfg.vocabulary)
+    plan = plan_data(cfg)
+    encoder = ExampleEncoder(cfg, vocabulary)
+    ckpt_dir = cfg.checkpoint.dir or os.path.join(cfg.output.dir, "checkpoints")
+
+    from berth_trainer.checkpointing import StepCheckpoints, init_from
+    from berth_trainer.modeling import build_backbone, build_model
+    from berth_trainer.optim import build_optimizer
+
+    with strategy.scope():
+        backbone = build_backbone(cfg, len(vocabulary))
+        model = build_model(cfg, len(vocabulary), backbone)
+        head = model.get_layer("mlm_head" if cfg.task == Task.PRETRAINING else "classifier")
+        optimizer = build_optimizer(t)
+        variables = trainable_variables(model, cfg)
+        optimizer.build(variables)
+        step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        loss_scale = tf.Variable(2.0**15, trainable=False, name="loss_scale")
+    ckpts = StepCheckpoints(
+        ckpt_dir,
+        cfg.checkpoint.keep,
+        worker.index,
+        worker.is_chief,
+        model=model,
+        backbone=backbone,
+        head=head,
+        optimizer=optimizer,
+        step=step_var,
+        loss_scale=loss_scale,
+    )
+    restored = ckpts.restore_latest()
+    if restored is None and cfg.init_checkpoint:
+        init_from(cfg.init_checkpoint, backbone, head, cfg.task)
+    start = restored or 0
+    if worker.is_chief:
+        tf.io.gfile.makedirs(ckpt_dir)
+        with tf.io.gfile.GFile(os.path.join(ckpt_dir, "task.txt"), "w") as f:
+            f.write(str(cfg.task))
+    log.info("resumed" if restored else "fresh start", extra={"fields": {"step": start}})
+
+    def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        batch = ctx.get_per_replica_batch_size(t.global_batch_size)
+        shard = (ctx.input_pipeline_id, ctx.num_input_pipelines)
+        log.info("data " + describe_shard(plan, shard), extra={"fields": {"worker": worker.index}})
+        per_pipeline = batch * ctx.num_replicas_in_sync // ctx.num_input_pipelines
+        return make_dataset(plan, cfg, encoder, batch, shard, skip_examples=start * per_pipeline)
+
+    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+    step_fn = make_train_step(model, optimizer, strategy, cfg, variables, loss_scale)
+    tb_dir = os.path.join(cfg.output.dir, "tensorboard") if worker.is_chief else None
+    reporter = Reporter(t.steps, metrics_port, tb_dir, worker.index)
+    sigterm = _Sigterm()
+    reporter.start(start)
+    metrics: dict[str, float] = {}
+    step = start
+    good_steps = 0
+    try:
+        while step < t.steps:
+            out = step_fn(iterator, tf.constant(1.0 if sigterm.received else 0.0))
+            values = dict(zip(STEP_OUTPUTS, out.numpy().tolist(), strict=True))
+            step += 1
+            step_var.assign(step)
+            if t.precision == Precision.MIXED_FLOAT16:
+                good_steps = _update_loss_scale(loss_scale, values["nonfinite"] > 0, good_steps)
+            metrics = {
+                "loss": values["loss"],
+                "accuracy": values["correct"] / max(values["count"], 1),
+            }
+            log_now = step % t.log_every_steps == 0 or step == t.steps
+            reporter.step(step, metrics, t.global_batch_size, log_now)
+            if values["stop"] > 0:
+                ckpts.save(step)
+                reporter.checkpoint(step)
+                log.warning(
+                    "SIGTERM: saved a checkpoint, exiting", extra={"fields": {"step": step}}
+                )
+                raise TrainerError(
+                    ExitCode.PREEMPTED,
+                    f"preempted (SIGTERM) at step {step}; checkpoint saved, restart to resume",
+                )
+            if step % cfg.checkpoint.every_steps == 0 or step == t.steps:
+                ckpts.save(step)
+                reporter.checkpoint(step)
+    except tf.errors.OpError as err:
+        reporter.close()
+        if isinstance(err, tf.errors.UnavailableError) or "ollective ops is aborted" in str(err):
+            message = f"lost a peer worker (collective aborted): {str(err)[:300]}"
+            raise TrainerError(ExitCode.PEER_FAILURE, message) from err
+        raise
+    except BaseException:
+        reporter.close()
+        raise
+    final = {f"train_{k}": v for k, v in metrics.items()} | {"steps": float(step)}
+    if plan.validation_files and worker.is_chief:
+        final |= evaluate(model, plan, cfg, encoder)
+        reporter.scalars(step, final, prefix="final/")
+    reporter.close()
+    log.info("finished", extra={"fields": {"worker": worker.index, **final}})
+    if worker.is_chief:
+        from berth_trainer.export import export_all
+
+        export_all(cfg, model, encoder, vocabulary, plan.label_names, final)
+    return final
+
+
+def trainable_variables(model: keras.Model, cfg: TrainerConfig) -> list:
+    """What the step trains: pretraining has no NSP head, so the pooler gets no gradient."""
+    if cfg.task != Task.PRETRAINING:
+        return model.trainable_variables
+    pooler = {id(v) for v in model.get_layer("bert").get_layer("pooled_dense").weights}
+    return [v for v in model.trainable_variables if id(v) not in pooler]
+
+
+def _update_loss_scale(scale: tf.Variable, nonfinite: bool, good_steps: int) -> int:
+    """Dynamic loss scaling: halve on a skipped step, double after 2000 good ones."""
+    if nonfinite:
+        scale.assign(max(float(scale.numpy()) / 2, 1.0))
+        return 0
+    if good_steps + 1 >= 2000:
+        scale.assign(float(scale.numpy()) * 2)
+        return 0
+    return good_steps + 1
+
+
+def evaluate(
+    model: keras.Model, plan, cfg: TrainerConfig, encoder: ExampleEncoder
+) -> dict[str, float]:
+    """Loss and accuracy over the whole validation set (chief only, one process)."""
+    ds = make_dataset(plan, cfg, encoder, cfg.training.global_batch_size, (0, 1), validation=True)
+
+    @tf.function(reduce_retracing=True)
+    def batch_metrics(features, labels):
+        logits = model(features, training=False)["logits"]
+        per_example, correct, count = task_loss(cfg.task, logits, labels)
+        return tf.reduce_sum(per_example), tf.cast(tf.size(per_example), tf.float32), correct, count
+
+    totals = [0.0, 0.0, 0.0, 0.0]
+    start = time.monotonic()
+    for features, labels in ds:
+        totals = [
+            a + float(b) for a, b in zip(totals, batch_metrics(features, labels), strict=True)
+        ]
+    result = {
+        "validation_loss": totals[0] / max(totals[1], 1),
+        "validation_accuracy": totals[2] / max(totals[3], 1),
+    }
+    log.info("validation", extra={"fields": {**result, "seconds": time.monotonic() - start}})
+    return result
+
+
+def write_json(path: str, data: dict) -> None:
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(json.dumps(data, indent=2, sort_keys=True))

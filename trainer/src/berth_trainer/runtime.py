@@ -1,0 +1,87 @@
+"""Process set-up: thread pools from the environment and the tf.distribute strategy.
+
+The strategy follows the environment the operator (or `berth run`) gives the process:
+
+- `TF_CONFIG` with more than one worker → `MultiWorkerMirroredStrategy`;
+- `TPU_NAME` (`local`, a TPU name or a `grpc://` address) → `TPUStrategy`;
+- more than one local GPU → `MirroredStrategy`;
+- otherwise the default strategy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+
+import tensorflow as tf
+
+log = logging.getLogger("berth_trainer")
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerInfo:
+    """Who this process is in the job."""
+
+    index: int
+    count: int
+
+    @property
+    def is_chief(self) -> bool:
+        return self.index == 0
+
+
+def configure_threads() -> int | None:
+    """Honour $BERTH_NUM_THREADS (cores ÷ workers when workers share a machine).
+
+    Must run before TensorFlow creates its thread pools (before any op or strategy).
+    """
+    value = os.environ.get("BERTH_NUM_THREADS")
+    if not value:
+        return None
+    threads = max(1, int(value))
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(max(1, min(threads, 2)))
+    return threads
+
+
+def tf_config_workers() -> WorkerInfo:
+    """This worker's index and the worker count, from $TF_CONFIG (1 worker without it)."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return WorkerInfo(0, 1)
+    cfg = json.loads(raw)
+    cluster = cfg.get("cluster", {})
+    workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+    task = cfg.get("task", {})
+    index = int(task.get("index", 0))
+    if task.get("type") == "worker" and "chief" in cluster:
+        index += 1
+    return WorkerInfo(index, max(1, workers))
+
+
+def resolve_strategy() -> tuple[tf.distribute.Strategy, WorkerInfo, str]:
+    """Pick the strategy from the environment; returns it, this worker and a description."""
+    workers = tf_config_workers()
+    tpu = os.environ.get("TPU_NAME")
+    if workers.count > 1:
+        strategy: tf.distribute.Strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        resolver = strategy.cluster_resolver
+        workers = WorkerInfo(int(resolver.task_id), workers.count)
+        name = f"MultiWorkerMirroredStrategy({workers.count} workers)"
+    elif tpu:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
+            tpu="" if tpu == "local" else tpu
+        )
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        strategy = tf.distribute.TPUStrategy(resolver)
+        name = f"TPUStrategy({tpu})"
+    elif len(tf.config.list_physical_devices("GPU")) > 1:
+        strategy = tf.distribute.MirroredStrategy()
+        name = f"MirroredStrategy({strategy.num_replicas_in_sync} GPUs)"
+    else:
+        strategy = tf.distribute.get_strategy()
+        name = "default strategy (one device)"
+    return strategy, workers, name

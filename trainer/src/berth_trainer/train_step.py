@@ -1,0 +1,120 @@
+"""One custom training step that runs identically under the default, Mirrored,
+MultiWorkerMirrored and TPU strategies.
+
+`model.fit` crashes under MultiWorkerMirroredStrategy (see docs/trainer.md), so the step is
+`strategy.run(replica_fn)` inside one `tf.function`. Losses are averaged over the *global*
+batch (`tf.nn.compute_average_loss`) and the Keras optimizer sums gradients across replicas.
+Gradient accumulation splits each replica's batch into micro-batches inside the replica
+function (one `apply_gradients` per step, so the LR schedule counts optimizer steps).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+import tensorflow as tf
+
+from berth_trainer.config import Precision, Task, TrainerConfig
+
+#: Order of the values a step returns (summed over replicas).
+STEP_OUTPUTS = ("loss", "correct", "count", "stop", "nonfinite")
+
+
+def task_loss(
+    task: str, logits: tf.Tensor, labels: dict[str, tf.Tensor]
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Per-example loss, and the correct/total prediction counts for accuracy."""
+    logits = tf.cast(logits, tf.float32)
+    if task == Task.PRETRAINING:
+        ids, weights = labels["mask_ids"], labels["mask_weights"]
+        ce = keras.losses.sparse_categorical_crossentropy(ids, logits, from_logits=True)
+        per_example = tf.reduce_sum(ce * weights, -1) / tf.maximum(tf.reduce_sum(weights, -1), 1)
+        hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), ids), tf.float32)
+        return per_example, tf.reduce_sum(hits * weights), tf.reduce_sum(weights)
+    label = labels["label"]
+    per_example = keras.losses.sparse_categorical_crossentropy(label, logits, from_logits=True)
+    hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), label), tf.float32)
+    return per_example, tf.reduce_sum(hits), tf.cast(tf.size(label), tf.float32)
+
+
+def _densify(g):
+    return tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+
+
+def make_train_step(
+    model: keras.Model,
+    optimizer: keras.optimizers.Optimizer,
+    strategy: tf.distribute.Strategy,
+    cfg: TrainerConfig,
+    variables: list | None = None,
+    loss_scale: tf.Variable | None = None,
+) -> Callable:
+    """A `tf.function(iterator, stop) -> tensor[len(STEP_OUTPUTS)]` doing one optimizer step.
+
+    `stop` (0/1) is this worker's wish to stop (SIGTERM); the sum over workers comes back in
+    the "stop" output so every worker stops at the same step. With mixed_float16,
+    `loss_scale` is the dynamic loss scale; a non-finite gradient on any replica makes every
+    replica skip the step together and halves the scale.
+    """
+    t = cfg.training
+    accum = t.gradient_accumulation_steps
+    global_batch = t.global_batch_size
+    variables = list(variables if variables is not None else model.trainable_variables)
+    task = cfg.task
+    fp16 = t.precision == Precision.MIXED_FLOAT16
+
+    def forward_backward(features, labels):
+        with tf.GradientTape() as tape:
+            logits = model(features, training=True)["logits"]
+            per_example, correct, count = task_loss(task, logits, labels)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+            scaled = loss * loss_scale if fp16 else loss
+        grads = tape.gradient(scaled, variables)
+        return loss, correct, count, grads
+
+    if cfg.training.jit_compile:
+        forward_backward = tf.function(forward_backward, jit_compile=True)
+
+    def accumulate(features, labels):
+        if accum == 1:
+            return forward_backward(features, labels)
+
+        def micro(x):
+            return tf.reshape(x, [accum, x.shape[0] // accum, *x.shape[1:]])
+
+        feats = tf.nest.map_structure(micro, features)
+        labs = tf.nest.map_structure(micro, labels)
+        sums = [tf.zeros([]), tf.zeros([]), tf.zeros([])]
+        grads = [tf.zeros(v.shape, v.dtype) for v in variables]
+        for i in tf.range(accum):
+            pick = lambda x: x[i]  # noqa: B023,E731
+            loss, correct, count, g = forward_backward(
+                tf.nest.map_structure(pick, feats), tf.nest.map_structure(pick, labs)
+            )
+            sums = [sums[0] + loss, sums[1] + correct, sums[2] + count]
+            grads = [a + tf.cast(_densify(b), a.dtype) for a, b in zip(grads, g, strict=True)]
+        return sums[0], sums[1], sums[2], grads
+
+    def replica_fn(features, labels, stop):
+        ctx = tf.distribute.get_replica_context()
+        loss, correct, count, grads = accumulate(features, labels)
+        nonfinite = tf.zeros([])
+        if fp16:
+            grads = [g / tf.cast(loss_scale, g.dtype) for g in map(_densify, grads)]
+            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+            nonfinite = ctx.all_reduce(
+                tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32)
+            )
+            # Every replica sees the same flag, so all take the same branch together.
+            grads = [tf.where(nonfinite > 0, tf.zeros_like(g), g) for g in grads]
+        optimizer.apply_gradients(zip(grads, variables, strict=True))
+        return tf.stack([loss, correct, count, stop, nonfinite])
+
+    @tf.function
+    def train_step(iterator, stop):
+        features, labels = next(iterator)
+        per_replica = strategy.run(replica_fn, args=(features, labels, stop))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    return train_step

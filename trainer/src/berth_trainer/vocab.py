@@ -1,0 +1,71 @@
+"""WordPiece vocabularies: load and check a Google-format vocab.txt, or build one from a corpus."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from berth_trainer.errors import TrainerError
+from berth_trainer.exit_codes import ExitCode
+
+#: Tokens every BERT vocabulary must contain.
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def load_vocabulary(path: str) -> list[str]:
+    """Read a vocab.txt (one token per line, local or gs://) and check its special tokens."""
+    if not tf.io.gfile.exists(path):
+        raise TrainerError(ExitCode.VOCAB_INVALID, f"vocabulary: file not found: {path}")
+    try:
+        with tf.io.gfile.GFile(path, "r") as f:
+            tokens = [line.rstrip("\r\n") for line in f]
+    except (tf.errors.OpError, UnicodeDecodeError) as err:
+        raise TrainerError(
+            ExitCode.VOCAB_INVALID, f"vocabulary: cannot read {path}: {err}"
+        ) from err
+    while tokens and not tokens[-1]:
+        tokens.pop()
+    missing = [t for t in SPECIAL_TOKENS if t not in tokens]
+    if missing:
+        raise TrainerError(
+            ExitCode.VOCAB_INVALID,
+            f"vocabulary: {path} lacks the special token(s) {', '.join(missing)} "
+            f"(a BERT WordPiece vocab.txt needs {', '.join(SPECIAL_TOKENS)})",
+        )
+    if len(set(tokens)) != len(tokens):
+        raise TrainerError(ExitCode.VOCAB_INVALID, f"vocabulary: {path} has duplicate tokens")
+    return tokens
+
+
+def is_uncased(tokens: list[str]) -> bool:
+    """Whether a vocabulary is lower-cased (Google's uncased models), so input must be too."""
+    return not any(t.lower() != t for t in tokens if not (t.startswith("[") and t.endswith("]")))
+
+
+def make_tokenizer(tokens: list[str]):  # -> keras_hub.models.BertTokenizer
+    """A keras-hub BertTokenizer where a literal `[MASK]` in the text stays one token."""
+    import keras_hub
+
+    return keras_hub.models.BertTokenizer(
+        vocabulary=tokens, lowercase=is_uncased(tokens), special_tokens_in_strings=True
+    )
+
+
+def build_vocabulary(
+    corpus: list[str], vocabulary_size: int, output: str, lowercase: bool = True
+) -> list[str]:
+    """Learn a WordPiece vocabulary from text files (globs allowed) and write it to `output`."""
+    import keras_hub
+
+    files = sorted({f for pattern in corpus for f in tf.io.gfile.glob(pattern)})
+    if not files:
+        raise TrainerError(ExitCode.DATA_INVALID, f"vocab: no file matches {corpus}")
+    lines = tf.data.TextLineDataset(files).filter(lambda s: tf.strings.length(s) > 0)
+    tokens = keras_hub.tokenizers.compute_word_piece_vocabulary(
+        lines.batch(1024),
+        vocabulary_size=vocabulary_size,
+        lowercase=lowercase,
+        reserved_tokens=list(SPECIAL_TOKENS),
+    )
+    with tf.io.gfile.GFile(output, "w") as f:
+        f.write("".join(t + "\n" for t in tokens))
+    return list(tokens)
