@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -106,6 +107,37 @@ def test_two_workers_train_to_the_last_step(tmp_path: Path, corpus: dict[str, st
     assert (exported / "model.keras").is_file() and (exported / "vocab.txt").is_file()
     assert (exported / "saved_model").is_dir()
     assert_no_orphans(work)
+
+    # Fine-tune a classifier from that run's Berth checkpoint (as examples/ does).
+    classify = manifest(
+        tmp_path,
+        corpus,
+        steps=120,
+        task="classification",
+        initCheckpoint="ckpt",
+        data={
+            "train": corpus["classification_train"],
+            "format": "csv",
+            "validation": corpus["classification_validation"],
+        },
+        workers=1,
+        output={"dir": "classifier"},
+        checkpoint={"dir": "classifier-ckpt", "everySteps": 20},
+    )
+    body = yaml.safe_load(classify.read_text())
+    body["spec"]["training"].update(numClasses=2, learningRate=0.003)
+    classify.write_text(yaml.safe_dump(body))
+    result = subprocess.run(
+        [*BERTH, "run", str(classify), "--work-dir", str(tmp_path / "c")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    log = (tmp_path / "c" / "logs" / "worker-0.log").read_text()
+    assert f"initialised from {tmp_path / 'ckpt'}" in log
+    metrics = json.loads((tmp_path / "classifier" / "metrics.json").read_text())
+    assert metrics["validation_accuracy"] > 0.9
 
 
 def test_killed_worker_restarts_the_group_and_resumes(

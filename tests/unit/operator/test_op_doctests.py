@@ -12,6 +12,8 @@ MODULES = [
     "builders",
     "conditions",
     "labels",
+    "local.manifest",
+    "local.view",
     "podtemplate",
     "policy",
     "progress",

@@ -99,6 +99,12 @@ def train(cfg: TrainerConfig, metrics_port: int = 0) -> dict[str, float]:
         with tf.io.gfile.GFile(os.path.join(ckpt_dir, "task.txt"), "w") as f:
             f.write(str(cfg.task))
     log.info("resumed" if restored else "fresh start", extra={"fields": {"step": start}})
+    initial_path = os.path.join(ckpt_dir, "initial_metrics.json")
+    if restored is None and plan.validation_files and worker.is_chief:
+        # Validation before the first step: the "before" of a before/after comparison. Kept
+        # beside the checkpoints so a resumed run still reports it.
+        initial = {f"initial_{k}": v for k, v in evaluate(model, plan, cfg, encoder).items()}
+        write_json(initial_path, initial)
 
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
         batch = ctx.get_per_replica_batch_size(t.global_batch_size)
@@ -155,6 +161,9 @@ def train(cfg: TrainerConfig, metrics_port: int = 0) -> dict[str, float]:
     final = {f"train_{k}": v for k, v in metrics.items()} | {"steps": float(step)}
     if plan.validation_files and worker.is_chief:
         final |= evaluate(model, plan, cfg, encoder)
+        if tf.io.gfile.exists(initial_path):
+            with tf.io.gfile.GFile(initial_path) as f:
+                final |= json.load(f)
         reporter.scalars(step, final, prefix="final/")
     reporter.close()
     log.info("finished", extra={"fields": {"worker": worker.index, **final}})

@@ -16,13 +16,14 @@ def row(status: Mapping[str, Any], workers: int) -> tuple[str, ...]:
     """The printer-column values of a status.
 
     >>> row({"phase": "Running", "workers": {"summary": "2/2"}, "restarts": 1,
-    ...      "progress": {"summary": "5/10", "loss": 2.5, "examplesPerSecond": 31.25,
+    ...      "progress": {"step": 5, "summary": "5/10", "loss": 2.5, "examplesPerSecond": 31.25,
     ...                   "etaSeconds": 75}}, 2)
     ('Running', '2/2', '5/10', '2.5', '31.2', '1m15s', '1')
     """
     progress = status.get("progress") or {}
-    loss = progress.get("loss")
-    rate = progress.get("examplesPerSecond")
+    started = bool(progress.get("step"))  # the trainer publishes zeros before its first step
+    loss = progress.get("loss") if started else None
+    rate = progress.get("examplesPerSecond") if started else None
     eta = progress.get("etaSeconds")
     return (
         str(status.get("phase") or "Pending"),
@@ -57,14 +58,16 @@ class View:
 
     def update(self, status: Mapping[str, Any], events: list[str]) -> None:
         for event in events[self.events_shown :]:
-            self.console.print(f"[dim]event[/dim] {event}", markup=True, highlight=False)
+            self.console.print(f"[dim]event[/dim] {event}", highlight=False, soft_wrap=True)
         self.events_shown = len(events)
         current = row(status, self.workers)
         if self.live is not None:
             self.live.update(self._table(current))
         elif current != self.last:
             text = "  ".join(f"{c}={v}" for c, v in zip(COLUMNS, current, strict=True))
-            self.console.print(f"{self.name}: {text}", markup=False, highlight=False)
+            self.console.print(
+                f"{self.name}: {text}", markup=False, highlight=False, soft_wrap=True
+            )
         self.last = current
 
     def _table(self, values: tuple[str, ...] | None) -> Table:

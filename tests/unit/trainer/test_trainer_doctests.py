@@ -1,0 +1,15 @@
+"""The examples in the trainer's TensorFlow-free modules' docstrings run and hold."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+
+@pytest.mark.parametrize("module", ["config", "exit_codes", "synthetic"])
+def test_docstring_examples(module: str) -> None:
+    result = doctest.testmod(importlib.import_module(f"berth_trainer.{module}"))
+    assert result.attempted > 0
+    assert result.failed == 0
