@@ -9,6 +9,7 @@ binaries. `up` is idempotent; ports are picked free at start.
 
     python3 hack/cluster.py up       # prints how to use .cluster/kubeconfig
     python3 hack/cluster.py down
+    python3 hack/cluster.py restart-apiserver   # same port, same etcd: watches must reconnect
 
 Only the standard library is used, so it runs before any virtualenv exists.
 """
@@ -181,6 +182,7 @@ def start(name: str, argv: list[str]) -> None:
         argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
     )
     (PIDS / f"{name}.pid").write_text(str(proc.pid))
+    (PIDS / f"{name}.argv").write_text(json.dumps(argv))
 
 
 def pid_alive(name: str) -> bool:
@@ -243,7 +245,7 @@ def etcd_ready(port: int) -> bool:
 
 def kubectl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(STATE / "bin" / "kubectl"), "--kubeconfig", str(KUBECONFIG), *args],
+        [str(binaries()["kubectl"]), "--kubeconfig", str(KUBECONFIG), *args],
         check=check,
         capture_output=True,
         text=True,
@@ -426,9 +428,10 @@ def print_usage() -> None:
     )
 
 
-def stop_all() -> None:
+def stop(names: tuple[str, ...]) -> None:
+    """SIGTERM the components' process groups; SIGKILL what is left after 15 s."""
     procs = []
-    for name in reversed(COMPONENTS):
+    for name in names:
         if pid_alive(name):
             pid = int((PIDS / f"{name}.pid").read_text())
             procs.append(pid)
@@ -444,6 +447,22 @@ def stop_all() -> None:
         else:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
+
+
+def restart_apiserver() -> None:
+    """Stop kube-apiserver and start it again on the same port (tests of watch reconnects)."""
+    if not running():
+        sys.exit("error: the control plane is not running")
+    argv = json.loads((PIDS / "kube-apiserver.argv").read_text())
+    stop(("kube-apiserver",))
+    start("kube-apiserver", argv)
+    port = json.loads((STATE / "state.json").read_text())["apiserver_port"]
+    wait_until("kube-apiserver /readyz", lambda: apiserver_ready(port), 90, "kube-apiserver")
+    print("kube-apiserver restarted")
+
+
+def stop_all() -> None:
+    stop(tuple(reversed(COMPONENTS)))
     for path in (PIDS, STATE / "etcd", PKI, STATE / "state.json"):
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
@@ -453,7 +472,7 @@ def stop_all() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("command", choices=["up", "down", "status", "restart-apiserver"])
     args = parser.parse_args()
     STATE.mkdir(parents=True, exist_ok=True)
     # One `up`/`down` at a time: concurrent test sessions share the cluster instead of racing.
@@ -461,6 +480,8 @@ def main() -> None:
     fcntl.flock(lock, fcntl.LOCK_EX)
     if args.command == "up":
         up()
+    elif args.command == "restart-apiserver":
+        restart_apiserver()
     elif args.command == "down":
         stop_all()
         print("control plane stopped")

@@ -9,7 +9,7 @@ if ! python3 hack/cluster.py status >/dev/null; then
   trap 'python3 hack/cluster.py down >/dev/null || true' EXIT
   python3 hack/cluster.py up
 fi
-export KUBECONFIG=$PWD/.cluster/kubeconfig PATH=$PWD/.cluster/bin:$PWD/.venv/bin:$PATH
+export KUBECONFIG=${BERTH_CLUSTER_DIR:-$PWD/.cluster}/kubeconfig PATH=$PWD/.cluster/bin:$PWD/.venv/bin:$PATH
 set +e
 .venv/bin/pytest "$@"
 rc=$?

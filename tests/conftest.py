@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-CLUSTER = REPO / ".cluster"
+#: State of the control plane (hack/cluster.py honours the same variable).
+CLUSTER = Path(os.environ.get("BERTH_CLUSTER_DIR", REPO / ".cluster"))
+#: Links to the pinned binaries, made by hack/build-control-plane.sh.
+BIN = REPO / ".cluster" / "bin"
 
 
 def _cluster(command: str) -> subprocess.CompletedProcess[str]:
@@ -37,7 +40,7 @@ def kubeconfig() -> Iterator[str]:
             pytest.fail(f"control plane failed to start:\n{result.stdout}\n{result.stderr}")
     path = str(CLUSTER / "kubeconfig")
     os.environ["KUBECONFIG"] = path
-    os.environ["PATH"] = f"{CLUSTER / 'bin'}{os.pathsep}{os.environ['PATH']}"
+    os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ['PATH']}"
     yield path
     if started and os.environ.get("BERTH_KEEP_CLUSTER") != "1":
         _cluster("down")
