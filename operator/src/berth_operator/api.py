@@ -96,6 +96,101 @@ class ResourceRequirements(ApiModel):
     )
 
 
+class TpuProvider(enum.StrEnum):
+    GKE = "gke"
+    CLOUD = "cloud"
+
+
+#: Topologies a single TPU host serves (GKE node pools: v5e/v6e up to 2x4, v4/v5p 2x2x1).
+SINGLE_HOST_TOPOLOGIES: tuple[str, ...] = ("1x1", "2x2", "2x4", "1x1x1", "2x2x1")
+_TOPOLOGY_LIST = ", ".join(f"'{t}'" for t in SINGLE_HOST_TOPOLOGIES)
+
+
+class TpuSpec(ApiModel):
+    """tpu: train on a TPU slice with TPUStrategy (one training client) instead of workers."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.provider != 'gke' || has(self.topology)",
+                    "fieldPath": ".topology",
+                    "message": "spec.tpu.topology: required with provider gke "
+                    "(the node pool's cloud.google.com/gke-tpu-topology)",
+                },
+                {
+                    "rule": "self.provider != 'gke' || !has(self.topology) || "
+                    f"self.topology in [{_TOPOLOGY_LIST}]",
+                    "fieldPath": ".topology",
+                    "message": "spec.tpu.topology: provider gke supports single-host "
+                    f"topologies only ({', '.join(SINGLE_HOST_TOPOLOGIES)}); multi-host "
+                    "TensorFlow on GKE TPU node pools is not a documented path, use provider "
+                    "cloud for multi-host slices",
+                },
+                {
+                    "rule": "self.provider != 'cloud' || "
+                    "(has(self.project) && has(self.zone) && has(self.runtimeVersion))",
+                    "fieldPath": ".provider",
+                    "message": "spec.tpu: provider cloud requires project, zone and runtimeVersion",
+                },
+                {
+                    "rule": "!(self.spot && self.reserved)",
+                    "fieldPath": ".spot",
+                    "message": "spec.tpu.spot: spot and reserved are exclusive",
+                },
+            ]
+        }
+    )
+
+    provider: TpuProvider = Field(
+        description="provider: gke runs the trainer pod on a GKE TPU node pool; cloud creates "
+        "a Cloud TPU VM (google-cloud-tpu, tpu_v2) whose startup script runs the trainer."
+    )
+    accelerator_type: str = Field(
+        min_length=1,
+        max_length=63,
+        description="acceleratorType: gke: the node label cloud.google.com/gke-tpu-accelerator "
+        "(e.g. tpu-v5-lite-podslice); cloud: the Cloud TPU accelerator type (e.g. v5litepod-8, "
+        "v4-32).",
+    )
+    topology: str | None = Field(
+        default=None,
+        pattern=r"^[1-9][0-9]*(x[1-9][0-9]*){1,2}$",
+        description="topology: chip topology, e.g. 2x4 or 2x2x1; gke: required, the node "
+        "label cloud.google.com/gke-tpu-topology (google.com/tpu = product of the dimensions); "
+        "cloud: optional (the acceleratorType implies it).",
+    )
+    runtime_version: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=63,
+        description="runtimeVersion: cloud: the TPU VM software version, e.g. "
+        "tpu-vm-tf-2.16.1-pjrt (tpu-vm-tf-2.16.1-pod-pjrt for multi-host slices).",
+    )
+    project: str | None = Field(
+        default=None, min_length=1, max_length=63, description="project: cloud: GCP project."
+    )
+    zone: str | None = Field(
+        default=None, min_length=1, max_length=63, description="zone: cloud: e.g. us-central2-b."
+    )
+    spot: bool = Field(
+        default=False,
+        description="spot: cloud: request Spot capacity through a queued resource (preemptible;"
+        " preemptions restart from the checkpoint and count against runPolicy.backoffLimit).",
+    )
+    reserved: bool = Field(
+        default=False, description="reserved: cloud: use the project's reserved capacity."
+    )
+    credentials_secret: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        description="credentialsSecret: cloud: Secret in the training's namespace whose key "
+        "key.json is a service account key for the Cloud TPU API; default: the operator's "
+        "Application Default Credentials (workload identity).",
+    )
+
+
 class BertTrainingSpec(TrainerConfig):
     """spec: the trainer configuration plus how to run it on the cluster."""
 
@@ -145,6 +240,30 @@ class BertTrainingSpec(TrainerConfig):
                     "fieldPath": ".model.numHeads",
                     "message": "spec.model.numHeads: must divide model.hiddenSize",
                 },
+                {
+                    "rule": "!has(self.tpu) || self.workers == 1",
+                    "fieldPath": ".workers",
+                    "message": "spec.workers: must be 1 with spec.tpu (TPUStrategy runs one "
+                    "training client; the slice's hosts are not workers)",
+                },
+                {
+                    "rule": "!has(self.tpu) || !has(self.resources) || "
+                    "((!has(self.resources.limits) || "
+                    "!self.resources.limits.exists(k, k.startsWith('nvidia.com/'))) && "
+                    "(!has(self.resources.requests) || "
+                    "!self.resources.requests.exists(k, k.startsWith('nvidia.com/'))))",
+                    "fieldPath": ".resources",
+                    "message": "spec.resources: GPU resources (nvidia.com/*) and spec.tpu are "
+                    "exclusive",
+                },
+                {
+                    "rule": "!has(self.tpu) || self.tpu.provider != 'cloud' || "
+                    "(self.data.train.startsWith('gs://') && self.output.dir.startsWith('gs://')"
+                    " && (!has(self.checkpoint.dir) || self.checkpoint.dir.startsWith('gs://')))",
+                    "fieldPath": ".tpu",
+                    "message": "spec.tpu: provider cloud needs data.train, checkpoint.dir and "
+                    "output.dir on gs:// (a TPU VM has no access to cluster volumes)",
+                },
             ]
         }
     )
@@ -183,6 +302,12 @@ class BertTrainingSpec(TrainerConfig):
     run_policy: RunPolicy = Field(
         default_factory=RunPolicy,
         description="runPolicy: restart, time-limit, suspension and clean-up policy.",
+    )
+    tpu: TpuSpec | None = Field(
+        default=None,
+        description="tpu: train on a TPU slice (TPUStrategy) instead of multi-worker pods; "
+        "needs workers: 1 and no GPU resources. Immutable.",
+        json_schema_extra=_immutable("tpu"),
     )
 
     def trainer_config(self) -> TrainerConfig:
@@ -271,6 +396,28 @@ class Progress(ApiModel):
     )
 
 
+class TpuStatus(ApiModel):
+    """tpu: the TPU a training runs on (provider cloud)."""
+
+    name: str | None = Field(
+        default=None, description="name: the Cloud TPU node, projects/P/locations/Z/nodes/N."
+    )
+    state: str | None = Field(
+        default=None,
+        description="state: the node's state as the Cloud TPU API reports it (CREATING, READY, "
+        "REPAIRING, PREEMPTED, TERMINATED, ...), or NOT_FOUND.",
+    )
+    health: str | None = Field(
+        default=None, description="health: the node's health (HEALTHY, UNHEALTHY_MAINTENANCE...)."
+    )
+    endpoints: list[str] | None = Field(
+        default=None, description="endpoints: the hosts' internal ip:port, worker 0 first."
+    )
+    operation: str | None = Field(
+        default=None, description="operation: the pending create operation, if any."
+    )
+
+
 class BertTrainingStatus(ApiModel):
     """status: the observed state of the training, written only by the operator."""
 
@@ -305,3 +452,4 @@ class BertTrainingStatus(ApiModel):
     message: str | None = Field(
         default=None, description="message: why the training is in its phase, e.g. a failure."
     )
+    tpu: TpuStatus | None = Field(default=None, description="tpu: the training's Cloud TPU.")

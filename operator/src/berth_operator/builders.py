@@ -21,8 +21,9 @@ from typing import Any
 import yaml
 
 from berth_operator import labels
-from berth_operator.api import BertTrainingSpec
+from berth_operator.api import BertTrainingSpec, TpuProvider
 from berth_operator.podtemplate import merge_pod_template
+from berth_operator.tpu import apply_gke
 
 TF_PORT = 2222
 TF_PORT_NAME = "tf-port"
@@ -192,7 +193,10 @@ def build_worker_pod(
             ),
         },
     }
-    return _quantities_as_strings(merge_pod_template(pod, spec.pod_template))
+    merged = merge_pod_template(pod, spec.pod_template)
+    if spec.tpu is not None and spec.tpu.provider == TpuProvider.GKE.value:
+        apply_gke(merged, spec.tpu)
+    return _quantities_as_strings(merged)
 
 
 def _quantities_as_strings(pod: dict[str, Any]) -> dict[str, Any]:

@@ -35,6 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         namespaces=settings.namespaces,
         standalone=settings.peering is None,
         peering_name=settings.peering,
+        priority=settings.peering_priority or 0,
         liveness_endpoint=(
             f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None
         ),

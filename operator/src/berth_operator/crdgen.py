@@ -29,6 +29,7 @@ CRD_FILE = f"{labels.GROUP}_{labels.PLURAL}.yaml"
 DEFAULT_PATH = Path(__file__).resolve().parents[3] / "crds" / CRD_FILE
 
 _DROP = {"title", "additionalProperties", "$defs"}
+_CEL = "x-kubernetes-validations"
 
 PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
@@ -73,7 +74,10 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
     node = dict(node)
     if "$ref" in node:
         target = defs[node.pop("$ref").rsplit("/", 1)[1]]
+        rules = [*target.get(_CEL, []), *node.get(_CEL, [])]  # the type's and the field's
         node = {**target, **node}  # the field's own description/default win
+        if rules:
+            node[_CEL] = rules
     if "anyOf" in node:
         options = [o for o in node.pop("anyOf") if o.get("type") != "null"]
         types = {o.get("type") for o in options}

@@ -7,6 +7,8 @@ and TTLs fire without waiting for an event, and every pass re-reads the cluster)
   delete/create pods, record events, one status patch;
 * `progress` every --progress-interval while Running: scrape worker 0's /metrics → one
   `status.progress` patch when something changed.
+
+Trainings with `spec.tpu.provider: cloud` have no pods; `tpu_handlers` handles them instead.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 import kopf
 
-from berth_operator import builders, labels, metrics, policy, progress
+from berth_operator import builders, labels, metrics, policy, progress, tpu_handlers
 from berth_operator.k8s import Cluster
 from berth_operator.settings import Settings
 from berth_operator.workers import format_time
@@ -34,6 +36,8 @@ class Context:
     settings: Settings
     cluster: Cluster
     phases: metrics.PhaseTracker
+    #: Cloud TPU API clients by (endpoint, namespace, credentialsSecret, key id).
+    tpu_clients: dict[tuple[str, ...], Any] = dataclasses.field(default_factory=dict)
 
 
 def _ctx(memo: Any) -> Context:
@@ -177,10 +181,21 @@ def register(settings: Settings) -> kopf.OperatorRegistry:
     kopf.on.login(registry=registry)(kopf.login_via_client)  # in-cluster, else $KUBECONFIG
     kopf.on.startup(registry=registry)(startup)
     kopf.on.event(*resource, registry=registry)(track_phase)
-    kopf.timer(*resource, registry=registry, id="reconcile", interval=settings.reconcile_interval)(
-        reconcile
-    )
-    kopf.timer(*resource, registry=registry, id="progress", interval=settings.progress_interval)(
-        poll_progress
-    )
+    # Cloud TPU trainings have no pods: tpu_handlers reconciles them instead.
+    not_cloud = tpu_handlers.is_not_cloud
+    kopf.timer(
+        *resource,
+        registry=registry,
+        id="reconcile",
+        interval=settings.reconcile_interval,
+        when=not_cloud,
+    )(reconcile)
+    kopf.timer(
+        *resource,
+        registry=registry,
+        id="progress",
+        interval=settings.progress_interval,
+        when=not_cloud,
+    )(poll_progress)
+    tpu_handlers.register(registry, settings.reconcile_interval)
     return registry

@@ -7,6 +7,7 @@ a retried or restarted pass never duplicates or fails on its own earlier work.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -120,3 +121,15 @@ class Cluster:
                 return False
             raise
         return True
+
+    def get_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A Secret's data, decoded (only for spec.tpu.credentialsSecret; needs secrets get)."""
+        try:
+            secret = _json(
+                self.core.read_namespaced_secret(name, namespace, _preload_content=False)
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}

@@ -11,6 +11,13 @@
 | --reconcile-interval SECONDS | BERTH_RECONCILE_INTERVAL | 2                    |
 | --log-level LEVEL            | BERTH_LOG_LEVEL          | INFO                 |
 | --peering NAME               | BERTH_PEERING            | standalone           |
+| --peering-priority N         | BERTH_PEERING_PRIORITY   | random (peering on)  |
+| --tpu-api-endpoint HOST:PORT | BERTH_TPU_API_ENDPOINT   | tpu.googleapis.com   |
+| --tpu-api-insecure           | BERTH_TPU_API_INSECURE   | off (tests only)     |
+
+With several replicas, kopf pauses every operator that sees a live peer of the *same*
+priority, so each process picks a random priority unless one is given: the highest live one
+acts, the others stand by.
 """
 
 from __future__ import annotations
@@ -18,9 +25,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import random
 from collections.abc import Mapping, Sequence
 
 DEFAULT_IMAGE = "berth-trainer:0.1.0"
+DEFAULT_TPU_API_ENDPOINT = "tpu.googleapis.com"
+#: Random peering priorities are drawn from [1, PRIORITY_RANGE] (kopf's default is 0).
+PRIORITY_RANGE = 1_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +46,9 @@ class Settings:
     reconcile_interval: float = 2.0
     log_level: str = "INFO"
     peering: str | None = None  # None: standalone (no kopf peering)
+    peering_priority: int | None = None  # None without peering
+    tpu_api_endpoint: str = DEFAULT_TPU_API_ENDPOINT
+    tpu_api_insecure: bool = False  # plaintext gRPC, no credentials: fakes in tests only
 
     @property
     def clusterwide(self) -> bool:
@@ -53,6 +67,10 @@ def _port(value: str) -> int:
     if not 0 <= number <= 65535:
         raise argparse.ArgumentTypeError(f"not a port (0 disables): {value}")
     return number
+
+
+def _flag(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -116,6 +134,26 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         metavar="NAME",
         help="kopf peering object name (needs kopf's peering CRDs); default: standalone",
     )
+    parser.add_argument(
+        "--peering-priority",
+        type=int,
+        default=int(env["BERTH_PEERING_PRIORITY"]) if env.get("BERTH_PEERING_PRIORITY") else None,
+        metavar="N",
+        help="kopf peering priority: the highest live replica acts (default with --peering: "
+        f"a random integer in 1..{PRIORITY_RANGE} per process, so replicas never tie)",
+    )
+    parser.add_argument(
+        "--tpu-api-endpoint",
+        default=env.get("BERTH_TPU_API_ENDPOINT") or DEFAULT_TPU_API_ENDPOINT,
+        metavar="HOST:PORT",
+        help="Cloud TPU API (tpu_v2) endpoint of spec.tpu.provider cloud",
+    )
+    parser.add_argument(
+        "--tpu-api-insecure",
+        action="store_true",
+        default=_flag(env.get("BERTH_TPU_API_INSECURE", "")),
+        help="plaintext gRPC without credentials to --tpu-api-endpoint (test fakes only)",
+    )
     return parser
 
 
@@ -142,4 +180,13 @@ def parse_settings(
         reconcile_interval=args.reconcile_interval,
         log_level=args.log_level,
         peering=args.peering,
+        peering_priority=(
+            None
+            if args.peering is None
+            else args.peering_priority
+            if args.peering_priority is not None
+            else random.randint(1, PRIORITY_RANGE)
+        ),
+        tpu_api_endpoint=args.tpu_api_endpoint,
+        tpu_api_insecure=args.tpu_api_insecure,
     )

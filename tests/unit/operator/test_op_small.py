@@ -119,3 +119,26 @@ def test_settings_reject_bad_values() -> None:
         parse_settings(["--progress-interval", "0"], env={})
     with pytest.raises(SystemExit):
         parse_settings(["--namespace", "a", "--all-namespaces"], env={})
+
+
+def test_peering_priority_is_random_per_process_unless_given() -> None:
+    """Replicas at the same kopf priority all pause; each process must differ by default."""
+    assert parse_settings([], env={}).peering_priority is None  # standalone: unused
+    drawn = {parse_settings(["--peering", "p"], env={}).peering_priority for _ in range(20)}
+    assert len(drawn) > 1 and all(isinstance(p, int) and p >= 1 for p in drawn)
+    assert (
+        parse_settings(["--peering", "p", "--peering-priority", "7"], env={}).peering_priority == 7
+    )
+    env = {"BERTH_PEERING": "p", "BERTH_PEERING_PRIORITY": "42"}
+    assert parse_settings([], env=env).peering_priority == 42
+    assert parse_settings(["--peering-priority", "3"], env=env).peering_priority == 3
+
+
+def test_tpu_api_endpoint_settings() -> None:
+    defaults = parse_settings([], env={})
+    assert (defaults.tpu_api_endpoint, defaults.tpu_api_insecure) == ("tpu.googleapis.com", False)
+    env = {"BERTH_TPU_API_ENDPOINT": "127.0.0.1:9", "BERTH_TPU_API_INSECURE": "true"}
+    settings = parse_settings([], env=env)
+    assert (settings.tpu_api_endpoint, settings.tpu_api_insecure) == ("127.0.0.1:9", True)
+    flags = parse_settings(["--tpu-api-endpoint", "h:1", "--tpu-api-insecure"], env={})
+    assert (flags.tpu_api_endpoint, flags.tpu_api_insecure) == ("h:1", True)

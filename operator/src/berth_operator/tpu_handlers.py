@@ -1,0 +1,181 @@
+"""kopf handlers of Cloud TPU trainings (`spec.tpu.provider: cloud`): thin glue.
+
+* `reconcile-tpu`, a timer every --reconcile-interval: observe the node through the Cloud TPU
+  API → `tpu_policy.decide` → create/delete the node, record events, one status patch;
+* `delete-tpu`, on deletion of the BertTraining (behind kopf's finalizer): delete the TPU and
+  wait until the API no longer lists it, so nothing is left billing.
+
+A Cloud TPU API that does not answer raises `kopf.TemporaryError` with an exponential delay:
+the pass is retried, the handler never crashes and the training keeps its phase.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import kopf
+from pydantic import ValidationError
+
+from berth_operator import builders, labels, metrics, tpu, tpu_policy
+from berth_operator.api import FINISHED_PHASES, TpuSpec
+from berth_operator.tpu_client import TpuApi, TpuRejected, TransientTpuError, make_client, parse_key
+
+if TYPE_CHECKING:
+    from berth_operator.handlers import Context
+
+log = logging.getLogger(__name__)
+
+
+def _ctx(memo: Any) -> Context:
+    ctx: Context = memo["context"]
+    return ctx
+
+
+def is_cloud(spec: kopf.Spec, **_: Any) -> bool:
+    """kopf `when` filter: trainings whose TPU comes from the Cloud TPU API."""
+    return bool((spec.get("tpu") or {}).get("provider") == "cloud")
+
+
+def is_not_cloud(spec: kopf.Spec, **_: Any) -> bool:
+    return not is_cloud(spec)
+
+
+def backoff(retry: int) -> float:
+    """Seconds before retry `retry` (0, 1, ...) of a pass the API did not answer: 1 → 60."""
+    return float(min(60, 2 ** min(retry, 6)))
+
+
+async def _api(ctx: Context, namespace: str, spec: TpuSpec) -> TpuApi:
+    """A TpuApi with the training's credentials, cached per endpoint and credentials."""
+    settings = ctx.settings
+    key: dict[str, Any] | None = None
+    version = ""
+    if spec.credentials_secret and not settings.tpu_api_insecure:
+        data = await asyncio.to_thread(
+            ctx.cluster.get_secret_data, namespace, spec.credentials_secret
+        )
+        if data is None:
+            raise TransientTpuError(f"credentialsSecret {spec.credentials_secret} not found")
+        key = parse_key(data)
+        version = str(key.get("private_key_id", ""))
+    cache_key = (settings.tpu_api_endpoint, namespace, spec.credentials_secret or "", version)
+    client = ctx.tpu_clients.get(cache_key)
+    if client is None:
+        client = make_client(settings.tpu_api_endpoint, settings.tpu_api_insecure, key)
+        ctx.tpu_clients[cache_key] = client
+    return TpuApi(client)
+
+
+def _tpu_spec(spec: Any) -> TpuSpec:
+    return TpuSpec.model_validate(dict(spec.get("tpu") or {}))
+
+
+async def reconcile_tpu(
+    namespace: str | None,
+    name: str,
+    body: kopf.Body,
+    patch: kopf.Patch,
+    memo: Any,
+    **kwargs: Any,
+) -> None:
+    """One pass over a Cloud TPU training (see berth_operator.tpu_policy)."""
+    ctx = _ctx(memo)
+    retry = int(kwargs.get("retry") or 0)
+    assert namespace is not None
+    training = await asyncio.to_thread(ctx.cluster.get_training, namespace, name)
+    if training is None or training["metadata"].get("deletionTimestamp"):
+        return
+    old_status = training.get("status") or {}
+    now = datetime.now(UTC)
+    try:
+        tpu_spec = _tpu_spec(training["spec"])
+        api = await _api(ctx, namespace, tpu_spec)
+        obs = await api.observe(name, tpu_spec, (old_status.get("tpu") or {}).get("operation"))
+        plan = tpu_policy.decide(training, obs, now)
+        if plan.action == "create":
+            spec = builders.parse_spec(training)
+            node = tpu.node_fields(
+                training, spec, spec.image or ctx.settings.default_image, plan.restart
+            )
+            try:
+                operation = await api.create(name, tpu_spec, node)
+            except TpuRejected as error:
+                plan = tpu_policy.decide(
+                    training, dataclasses.replace(obs, create_error=str(error)), now
+                )
+            else:
+                plan.status["tpu"] = {**plan.status["tpu"], "state": "CREATING"}
+                if operation:
+                    plan.status["tpu"]["operation"] = operation
+                kopf.event(
+                    body,
+                    type="Normal",
+                    reason="CreatedTpu",
+                    message=f"creating TPU {plan.status['tpu']['name']}",
+                )
+        if plan.action == "delete":
+            await api.delete(name, tpu_spec)
+            kopf.event(
+                body,
+                type="Normal",
+                reason="DeletedTpu",
+                message=f"deleting TPU {plan.status['tpu']['name']}",
+            )
+    except TransientTpuError as error:
+        log.warning("%s/%s: %s (retry %d)", namespace, name, error, retry)
+        raise kopf.TemporaryError(str(error), delay=backoff(retry)) from error
+    except (ValidationError, TpuRejected) as error:  # no TPU can come of this spec
+        plan = tpu_policy.decide(training, tpu_policy.TpuObservation(create_error=str(error)), now)
+    for event in plan.events:
+        log.log(
+            logging.WARNING if event.type == "Warning" else logging.INFO,
+            "%s/%s %s: %s",
+            namespace,
+            name,
+            event.reason,
+            event.message,
+        )
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+    if plan.restart > int(old_status.get("restarts") or 0):
+        metrics.RESTARTS.inc()
+    new_phase = plan.status.get("phase")
+    if new_phase != old_status.get("phase") and new_phase in FINISHED_PHASES:
+        metrics.FINISHED.labels(phase=new_phase).inc()
+    if plan.delete_training:
+        await asyncio.to_thread(ctx.cluster.delete_training, namespace, name)
+    else:
+        patch.status.update(tpu_policy.status_patch(old_status, plan.status))
+
+
+async def delete_tpu(
+    namespace: str | None, name: str, spec: kopf.Spec, memo: Any, retry: int, **_: Any
+) -> None:
+    """Finalizer: delete the training's TPU and hold the BertTraining until it is gone."""
+    ctx = _ctx(memo)
+    assert namespace is not None
+    try:
+        tpu_spec = _tpu_spec(spec)
+    except ValidationError:
+        return  # the CRD never admitted such a spec: there is no TPU to delete
+    try:
+        api = await _api(ctx, namespace, tpu_spec)
+        await api.delete(name, tpu_spec)
+        if await api.exists(name, tpu_spec):
+            raise kopf.TemporaryError("waiting for the TPU to be deleted", delay=2)
+    except (TransientTpuError, TpuRejected) as error:
+        log.warning("%s/%s: deleting the TPU: %s (retry %d)", namespace, name, error, retry)
+        raise kopf.TemporaryError(str(error), delay=backoff(retry)) from error
+    log.info("%s/%s: TPU %s deleted", namespace, name, tpu.node_name(name, tpu_spec))
+
+
+def register(registry: kopf.OperatorRegistry, interval: float) -> None:
+    """Add the Cloud TPU handlers to `registry` (berth_operator.handlers.register calls it)."""
+    resource = (labels.GROUP, labels.VERSION, labels.PLURAL)
+    kopf.timer(*resource, registry=registry, id="reconcile-tpu", interval=interval, when=is_cloud)(
+        reconcile_tpu
+    )
+    kopf.on.delete(*resource, registry=registry, id="delete-tpu", when=is_cloud)(delete_tpu)

@@ -1,0 +1,257 @@
+"""The Cloud TPU decision: (training, observed TPU, guest attributes, now) → a TpuPlan. Pure.
+
+A training with `spec.tpu.provider: cloud` has no pods: its one child is a Cloud TPU VM named
+after it. Each pass observes the node (and its queued resource for Spot, and the pending create
+operation) plus the `berth/` guest attributes the trainer writes, and decides one action:
+
+* nothing there → `create` (phase Starting; a pending create operation is waited for);
+* READY → Running; progress from the guest attributes (`step`, `loss`, `examples_per_second`);
+* PREEMPTED / TERMINATED / vanished while running → `delete`, `restarts += 1`, Restarting, then
+  `create` once it is gone: the trainer resumes from the checkpoint (counts against
+  `runPolicy.backoffLimit`);
+* guest `state=succeeded` → Succeeded; `state=failed` → restart or Failed per restartPolicy;
+* a failed create (quota, invalid accelerator: the API's message) → Failed;
+* finished or suspended → `delete` until the node is gone, so nothing is left billing.
+
+    >>> from datetime import UTC, datetime
+    >>> training = {"metadata": {"name": "b", "namespace": "ml", "generation": 1},
+    ...     "spec": {"vocabulary": "v", "data": {"train": "gs://d"}, "output": {"dir": "gs://o"},
+    ...              "checkpoint": {"dir": "gs://c"}, "workers": 1, "tpu": {"provider": "cloud",
+    ...              "acceleratorType": "v4-8", "runtimeVersion": "tpu-vm-tf-2.16.1-pjrt",
+    ...              "project": "p", "zone": "us-central2-b"}}}
+    >>> plan = decide(training, TpuObservation(), datetime(2025, 1, 1, tzinfo=UTC))
+    >>> plan.action, plan.status["phase"]
+    ('create', 'Starting')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from berth_operator.api import FINISHED_PHASES, ConditionType, Phase
+from berth_operator.builders import parse_spec
+from berth_operator.policy import OWNED_STATUS_FIELDS, Event, _Pass, should_retry
+from berth_operator.tpu import node_name
+from berth_operator.workers import WorkerState, parse_time
+
+Action = Literal["create", "delete", "none"]
+#: Node states from which the node never comes back by itself.
+LOST_STATES = frozenset({"PREEMPTED", "TERMINATED", "STOPPED", "HIDDEN"})
+#: Status fields the Cloud TPU pass owns (it also writes progress: there is no scraper).
+TPU_STATUS_FIELDS = (*OWNED_STATUS_FIELDS, "tpu", "progress")
+MAX_MESSAGE = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class TpuObservation:
+    """What the Cloud TPU API says about a training's node right now."""
+
+    node_state: str | None = None  # None: no such node (NOT_FOUND)
+    health: str | None = None
+    endpoints: tuple[str, ...] = ()
+    create_error: str | None = None  # the create call or its operation failed: the API's words
+    operation_pending: bool = False  # the create operation is not done yet
+    guest: Mapping[str, str] = dataclasses.field(default_factory=dict)  # berth/<key> → value
+
+
+@dataclasses.dataclass
+class TpuPlan:
+    """Do `action`, then write `status` (the fields in TPU_STATUS_FIELDS)."""
+
+    status: dict[str, Any]
+    action: Action = "none"
+    restart: int = 0
+    events: list[Event] = dataclasses.field(default_factory=list)
+    delete_training: bool = False
+
+
+def _number(guest: Mapping[str, str], key: str) -> float | None:
+    try:
+        return float(guest[key])
+    except (KeyError, ValueError):
+        return None
+
+
+def progress_from_guest(
+    guest: Mapping[str, str], total_steps: int, now_stamp: str
+) -> dict[str, Any] | None:
+    """status.progress from the trainer's guest attributes (None when it reported nothing)."""
+    step = _number(guest, "step")
+    if step is None:
+        return None
+    loss, speed = _number(guest, "loss"), _number(guest, "examples_per_second")
+    out: dict[str, Any] = {
+        "step": int(step),
+        "totalSteps": total_steps,
+        "summary": f"{int(step)}/{total_steps}",
+        "updatedAt": now_stamp,
+    }
+    if loss is not None:
+        out["loss"] = round(loss, 4)
+    if speed is not None:
+        out["examplesPerSecond"] = round(speed, 1)
+    checkpoint = _number(guest, "last_checkpoint_step")
+    if checkpoint is not None:
+        out["lastCheckpointStep"] = int(checkpoint)
+    return out
+
+
+def decide(training: Mapping[str, Any], obs: TpuObservation, now: datetime) -> TpuPlan:
+    """The next step for a Cloud TPU training (see the module docstring)."""
+    meta = training["metadata"]
+    name = meta["name"]
+    old = training.get("status") or {}
+    p = _Pass(old, now, meta.get("generation"))
+    for key in ("tpu", "progress"):
+        if key in old:
+            p.status[key] = old[key]
+    restarts = int(p.status.get("restarts") or 0)
+    p.status["restarts"] = restarts
+    plan = TpuPlan(status=p.status, restart=restarts, events=p.events)
+    exists = obs.node_state is not None
+    gone_or_going = not exists or obs.node_state == "DELETING"
+
+    def remove_if_there() -> None:
+        plan.action = "none" if gone_or_going else "delete"
+
+    try:
+        spec = parse_spec(training)
+    except ValidationError as error:
+        detail = error.errors()[0]
+        where = ".".join(str(part) for part in detail["loc"])
+        p.set_phase(Phase.FAILED, "InvalidSpec", f"spec.{where}: {detail['msg']}"[:MAX_MESSAGE])
+        remove_if_there()
+        return plan
+    assert spec.tpu is not None
+    run_policy = spec.run_policy
+    tpu_status: dict[str, Any] = {
+        "name": node_name(name, spec.tpu),
+        "state": obs.node_state or "NOT_FOUND",
+    }
+    if obs.health:
+        tpu_status["health"] = obs.health
+    if obs.endpoints:
+        tpu_status["endpoints"] = list(obs.endpoints)
+    if obs.operation_pending and (old.get("tpu") or {}).get("operation"):
+        tpu_status["operation"] = old["tpu"]["operation"]
+    p.status["tpu"] = tpu_status
+    progress = progress_from_guest(obs.guest, spec.training.steps, p.stamp)
+    if progress is not None and _changed(old.get("progress"), progress):
+        p.status["progress"] = progress
+
+    def finish(phase: Phase, reason: str, message: str) -> TpuPlan:
+        p.set_phase(phase, reason, message[:MAX_MESSAGE])
+        remove_if_there()
+        return plan
+
+    if p.phase in FINISHED_PHASES:
+        remove_if_there()
+        p.status.setdefault("completionTime", p.stamp)
+        ttl = run_policy.ttl_seconds_after_finished
+        done = parse_time(p.status["completionTime"])
+        if ttl is not None and done is not None and now >= done + timedelta(seconds=ttl):
+            plan.delete_training = gone_or_going
+        return plan
+    if run_policy.suspend:
+        if p.phase != Phase.SUSPENDED.value:
+            p.set_phase(Phase.SUSPENDED, "Suspended", "runPolicy.suspend is true")
+        remove_if_there()
+        return plan
+    if p.phase == Phase.SUSPENDED.value:
+        p.set_phase(Phase.PENDING, "Resumed", "runPolicy.suspend is false")
+        p.status.pop("startTime", None)
+
+    if obs.create_error:
+        return finish(Phase.FAILED, "TpuCreateFailed", f"creating the TPU: {obs.create_error}")
+    deadline = run_policy.active_deadline_seconds
+    started = parse_time(p.status.get("startTime"))
+    if (
+        deadline is not None
+        and started is not None
+        and now >= started + timedelta(seconds=deadline)
+    ):
+        return finish(
+            Phase.FAILED,
+            "DeadlineExceeded",
+            f"runPolicy.activeDeadlineSeconds: training ran longer than {deadline}s",
+        )
+
+    state = obs.guest.get("state")
+    if p.phase == Phase.RESTARTING.value and (obs.node_state in LOST_STATES or state == "failed"):
+        remove_if_there()  # the failed node of this restart, still on its way out
+        return plan
+    if exists and state == "succeeded":
+        return finish(Phase.SUCCEEDED, "Completed", f"the trainer on TPU {name} completed")
+    failure: WorkerState | None = None
+    if exists and state == "failed":
+        code = obs.guest.get("exit_code")
+        failure = WorkerState(
+            name, 0, restarts, "Failed", False, False, None, None,
+            int(code) if code and code.lstrip("-").isdigit() else None, None, None,
+        )  # fmt: skip
+        why = f"the trainer on TPU {name} failed: exit code {code}"
+    elif obs.node_state in LOST_STATES:
+        failure = WorkerState(
+            name, 0, restarts, "Failed", False, True, None, None, None, obs.node_state, None
+        )
+        why = f"TPU {name} is {obs.node_state}"
+    elif not exists and not obs.operation_pending and p.phase == Phase.RUNNING.value:
+        failure = WorkerState(
+            name, 0, restarts, "Failed", False, True, None, None, None, "TpuDeleted", None
+        )
+        why = f"TPU {name} disappeared while running"
+    if failure is not None:
+        p.event("Warning", "TpuFailed", why)
+        if not should_retry(run_policy.restart_policy, failure):
+            return finish(
+                Phase.FAILED, failure.reason or "TrainerFailed",
+                f"{why} (runPolicy.restartPolicy {run_policy.restart_policy})",
+            )  # fmt: skip
+        if restarts >= run_policy.backoff_limit:
+            return finish(
+                Phase.FAILED,
+                "BackoffLimitExceeded",
+                f"runPolicy.backoffLimit {run_policy.backoff_limit} reached: {why}",
+            )
+        p.status["restarts"] = plan.restart = restarts + 1
+        p.set_phase(
+            Phase.RESTARTING,
+            "TpuRestart",
+            f"restart {restarts + 1}/{run_policy.backoff_limit}: {why}; resuming from the "
+            "checkpoint on a new TPU",
+        )
+        p.event("Warning", "Restarting", f"recreating TPU {name} (restart {restarts + 1})")
+        remove_if_there()
+        return plan
+
+    if not exists:
+        if not obs.operation_pending:
+            plan.action = "create"
+            p.status.setdefault("startTime", p.stamp)
+            p.condition(ConditionType.CREATED, True, "TpuCreated", f"creating TPU {name}")
+        if p.phase != Phase.RESTARTING.value:
+            p.set_phase(Phase.STARTING, "TpuCreating", f"TPU {name}: creating")
+        return plan
+    if obs.node_state == "DELETING":
+        return plan  # an old node of a restart going away; create once it is gone
+    if obs.node_state in ("READY", "REPAIRING"):
+        health = f" ({obs.health})" if obs.health else ""
+        p.set_phase(Phase.RUNNING, "TpuReady", f"TPU {name}: {obs.node_state}{health}")
+    elif p.phase != Phase.RESTARTING.value:
+        p.set_phase(Phase.STARTING, "TpuCreating", f"TPU {name}: {obs.node_state}")
+    return plan
+
+
+def _changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    old = old or {}
+    return any(old.get(k) != v for k, v in new.items() if k != "updatedAt")
+
+
+def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The merge patch turning `old` status into `new` for the fields the TPU pass owns."""
+    return {k: new.get(k) for k in TPU_STATUS_FIELDS if old.get(k) != new.get(k)}

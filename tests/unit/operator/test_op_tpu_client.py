@@ -1,0 +1,103 @@
+"""The real TpuAsyncClient (through berth_operator.tpu_client) against the in-process fake."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from berth_operator.api import TpuSpec
+from berth_operator.tpu_client import TpuApi, TransientTpuError, make_client
+from tests.support.fake_tpu import FakeTpu
+
+SPEC = TpuSpec.model_validate(
+    {
+        "provider": "cloud",
+        "acceleratorType": "v4-8",
+        "runtimeVersion": "tpu-vm-tf-2.16.1-pjrt",
+        "project": "p",
+        "zone": "us-central2-b",
+    }
+)
+NODE = {"accelerator_type": "v4-8", "runtime_version": "tpu-vm-tf-2.16.1-pjrt"}
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeTpu]:
+    server = FakeTpu().start()
+    yield server
+    server.stop()
+
+
+def run(fake: FakeTpu, steps):  # type: ignore[no-untyped-def]
+    async def main():  # type: ignore[no-untyped-def]
+        api = TpuApi(make_client(fake.endpoint, insecure=True))
+        return await steps(api)
+
+    return asyncio.run(main())
+
+
+def test_create_observe_guest_and_delete(fake: FakeTpu) -> None:
+    async def steps(api: TpuApi):  # type: ignore[no-untyped-def]
+        assert (await api.observe("bert", SPEC, None)).node_state is None
+        operation = await api.create("bert", SPEC, NODE)
+        assert operation and operation.startswith("projects/fake/locations/fake/operations/")
+        assert await api.create("bert", SPEC, NODE) is None  # already exists: fine
+        creating = await api.observe("bert", SPEC, operation)
+        fake.set_state("bert", "READY")
+        fake.set_guest("bert", step="7", loss="2.5", state="running")
+        ready = await api.observe("bert", SPEC, operation)
+        await api.delete("bert", SPEC)
+        await api.delete("bert", SPEC)  # gone: fine
+        return creating, ready, await api.exists("bert", SPEC)
+
+    creating, ready, exists = run(fake, steps)
+    assert (creating.node_state, creating.guest) == ("CREATING", {})
+    assert (ready.node_state, ready.health, ready.endpoints) == (
+        "READY",
+        "HEALTHY",
+        ("10.0.0.2:8470",),
+    )
+    assert ready.guest == {"step": "7", "loss": "2.5", "state": "running"}
+    assert not exists
+    node = fake.created[0]
+    assert node == "projects/p/locations/us-central2-b/nodes/bert" and fake.deleted == [node]
+
+
+def test_failed_create_operation_is_reported(fake: FakeTpu) -> None:
+    fake.fail_create = (grpc.StatusCode.RESOURCE_EXHAUSTED, "Quota 'TPUV4' exceeded")
+
+    async def steps(api: TpuApi):  # type: ignore[no-untyped-def]
+        operation = await api.create("bert", SPEC, NODE)
+        return await api.observe("bert", SPEC, operation)
+
+    observed = run(fake, steps)
+    assert observed.node_state is None and observed.create_error == "Quota 'TPUV4' exceeded"
+
+
+def test_spot_uses_a_queued_resource(fake: FakeTpu) -> None:
+    spot = SPEC.model_copy(update={"spot": True})
+
+    async def steps(api: TpuApi):  # type: ignore[no-untyped-def]
+        await api.create("bert", spot, NODE)
+        seen = await api.observe("bert", spot, None)
+        await api.delete("bert", spot)
+        return seen
+
+    assert run(fake, steps).node_state == "CREATING"
+    assert list(fake.queued) == [] and fake.deleted == fake.created
+
+
+def test_unavailable_api_is_a_transient_error(fake: FakeTpu) -> None:
+    fake.unavailable = True
+
+    async def steps(api: TpuApi):  # type: ignore[no-untyped-def]
+        with pytest.raises(TransientTpuError, match="unavailable"):
+            await api.observe("bert", SPEC, None)
+        with pytest.raises(TransientTpuError):
+            await api.create("bert", SPEC, NODE)
+
+    run(fake, steps)
+    assert fake.refused == 2
