@@ -21,7 +21,7 @@ from typing import Any
 
 import kopf
 
-from berth_operator import builders, labels, metrics, policy, progress, tpu_handlers
+from berth_operator import builders, labels, metrics, outcome, policy, progress, tpu_handlers
 from berth_operator.k8s import Cluster
 from berth_operator.settings import Settings
 from berth_operator.workers import format_time
@@ -117,22 +117,7 @@ def reconcile(
                 reason="CreatedWorkers",
                 message=f"created pods {', '.join(created)} (restart {plan.restart})",
             )
-    for event in plan.events:
-        # Our own logger: kopf's would post warnings as events a second time.
-        log.log(
-            logging.WARNING if event.type == "Warning" else logging.INFO,
-            "%s/%s %s: %s",
-            namespace,
-            name,
-            event.reason,
-            event.message,
-        )
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
-    if plan.restart > int(old_status.get("restarts") or 0):
-        metrics.RESTARTS.inc()
-    new_phase = plan.status.get("phase")
-    if new_phase != old_status.get("phase") and new_phase in ("Succeeded", "Failed"):
-        metrics.FINISHED.labels(phase=new_phase).inc()
+    outcome.record_pass(body, namespace, name, plan.events, plan.restart, old_status, plan.status)
     if plan.delete_training:
         log.info("%s/%s: runPolicy.ttlSecondsAfterFinished passed: deleting", namespace, name)
         ctx.cluster.delete_training(namespace, name)

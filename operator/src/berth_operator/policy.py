@@ -83,6 +83,19 @@ def should_retry(policy: str, worker: WorkerState) -> bool:
     return worker.exit_code is None or is_retryable(worker.exit_code)
 
 
+def deadline_exceeded(deadline: int | None, status: Mapping[str, Any], now: datetime) -> str | None:
+    """The failure message once runPolicy.activeDeadlineSeconds has passed since startTime.
+
+    >>> deadline_exceeded(5, {"startTime": "2025-01-01T00:00:00Z"},
+    ...                   datetime.fromisoformat("2025-01-01T00:00:06+00:00"))
+    'runPolicy.activeDeadlineSeconds: training ran longer than 5s'
+    """
+    started = parse_time(status.get("startTime"))
+    if deadline is None or started is None or now < started + timedelta(seconds=deadline):
+        return None
+    return f"runPolicy.activeDeadlineSeconds: training ran longer than {deadline}s"
+
+
 def clean_up(states: Sequence[WorkerState], policy: str) -> list[str]:
     """Pods to delete after the training finished, per runPolicy.cleanPodPolicy."""
     if policy == CleanPodPolicy.ALL.value:
@@ -207,18 +220,9 @@ def reconcile(
         p.event("Normal", "Resumed", "runPolicy.suspend is false: recreating workers")
         p.status.pop("startTime", None)
 
-    deadline = run_policy.active_deadline_seconds
-    started = parse_time(p.status.get("startTime"))
-    if (
-        deadline is not None
-        and started is not None
-        and now >= started + timedelta(seconds=deadline)
-    ):
-        return finish(
-            Phase.FAILED,
-            "DeadlineExceeded",
-            f"runPolicy.activeDeadlineSeconds: training ran longer than {deadline}s",
-        )
+    overdue = deadline_exceeded(run_policy.active_deadline_seconds, p.status, now)
+    if overdue:
+        return finish(Phase.FAILED, "DeadlineExceeded", overdue)
 
     failures = sorted((s for s in current.values() if s.failed), key=lambda s: s.index)
     if p.phase == Phase.RUNNING.value:  # a worker vanishing from a running group is a failure

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import kopf
 from pydantic import ValidationError
 
-from berth_operator import builders, labels, metrics, tpu, tpu_policy
-from berth_operator.api import FINISHED_PHASES, TpuSpec
+from berth_operator import builders, labels, outcome, tpu, tpu_policy
+from berth_operator.api import TpuSpec
 from berth_operator.tpu_client import TpuApi, TpuRejected, TransientTpuError, make_client, parse_key
 
 if TYPE_CHECKING:
@@ -130,21 +130,7 @@ async def reconcile_tpu(
         raise kopf.TemporaryError(str(error), delay=backoff(retry)) from error
     except (ValidationError, TpuRejected) as error:  # no TPU can come of this spec
         plan = tpu_policy.decide(training, tpu_policy.TpuObservation(create_error=str(error)), now)
-    for event in plan.events:
-        log.log(
-            logging.WARNING if event.type == "Warning" else logging.INFO,
-            "%s/%s %s: %s",
-            namespace,
-            name,
-            event.reason,
-            event.message,
-        )
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
-    if plan.restart > int(old_status.get("restarts") or 0):
-        metrics.RESTARTS.inc()
-    new_phase = plan.status.get("phase")
-    if new_phase != old_status.get("phase") and new_phase in FINISHED_PHASES:
-        metrics.FINISHED.labels(phase=new_phase).inc()
+    outcome.record_pass(body, namespace, name, plan.events, plan.restart, old_status, plan.status)
     if plan.delete_training:
         await asyncio.to_thread(ctx.cluster.delete_training, namespace, name)
     else:

@@ -35,7 +35,13 @@ from pydantic import ValidationError
 
 from berth_operator.api import FINISHED_PHASES, ConditionType, Phase
 from berth_operator.builders import parse_spec
-from berth_operator.policy import OWNED_STATUS_FIELDS, Event, _Pass, should_retry
+from berth_operator.policy import (
+    OWNED_STATUS_FIELDS,
+    Event,
+    _Pass,
+    deadline_exceeded,
+    should_retry,
+)
 from berth_operator.tpu import node_name
 from berth_operator.workers import WorkerState, parse_time
 
@@ -168,18 +174,9 @@ def decide(training: Mapping[str, Any], obs: TpuObservation, now: datetime) -> T
 
     if obs.create_error:
         return finish(Phase.FAILED, "TpuCreateFailed", f"creating the TPU: {obs.create_error}")
-    deadline = run_policy.active_deadline_seconds
-    started = parse_time(p.status.get("startTime"))
-    if (
-        deadline is not None
-        and started is not None
-        and now >= started + timedelta(seconds=deadline)
-    ):
-        return finish(
-            Phase.FAILED,
-            "DeadlineExceeded",
-            f"runPolicy.activeDeadlineSeconds: training ran longer than {deadline}s",
-        )
+    overdue = deadline_exceeded(run_policy.active_deadline_seconds, p.status, now)
+    if overdue:
+        return finish(Phase.FAILED, "DeadlineExceeded", overdue)
 
     state = obs.guest.get("state")
     if p.phase == Phase.RESTARTING.value and (obs.node_state in LOST_STATES or state == "failed"):
