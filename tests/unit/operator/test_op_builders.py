@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 import yaml
@@ -146,9 +147,9 @@ POD_TEMPLATE = {
 )
 def test_pod_template_merge(path: tuple, expected: object) -> None:
     training = make_training().with_gpu(8).with_spec(podTemplate=POD_TEMPLATE)
-    value: object = builders.build_worker_pod(training, 0, "img", restart=0)
+    value: Any = builders.build_worker_pod(training, 0, "img", restart=0)
     for key in path:
-        value = value[key]  # type: ignore[index]
+        value = value[key]
     assert value == expected
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ def _schema(crd: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def _walk(node: dict[str, Any], path: str = ""):  # type: ignore[no-untyped-def]
+def _walk(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
     yield path, node
     for name, child in node.get("properties", {}).items():
         yield from _walk(child, f"{path}.{name}")

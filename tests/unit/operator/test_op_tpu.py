@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
 from berth_operator.builders import build_worker_pod, parse_spec
 from berth_operator.tpu import chips, node_fields, startup_script
 from berth_operator.tpu_policy import TpuObservation, decide
-from tests.unit.operator.factories import T0, make_training
+from tests.unit.operator.factories import T0, Training, make_training
 
 GKE = {"provider": "gke", "acceleratorType": "tpu-v5-lite-podslice", "topology": "2x4"}
 CLOUD = {
@@ -21,7 +22,7 @@ CLOUD = {
 }
 
 
-def cloud(**status):  # type: ignore[no-untyped-def]
+def cloud(**status: Any) -> Training:
     training = make_training(workers=1).with_spec(tpu=CLOUD)
     return training.with_status(**status) if status else training
 
@@ -170,7 +171,9 @@ CASES = [
     ("status", "obs", "action", "phase", "restarts"),
     [pytest.param(s, o, a, p, r, id=i) for i, s, o, a, p, r in CASES],
 )
-def test_decide(status, obs, action, phase, restarts) -> None:  # type: ignore[no-untyped-def]
+def test_decide(
+    status: dict[str, Any], obs: TpuObservation, action: str | None, phase: str, restarts: int
+) -> None:
     plan = decide(cloud(**status), obs, T0)
     assert (plan.action, plan.status["phase"], plan.status["restarts"]) == (action, phase, restarts)
     assert plan.status["tpu"]["name"] == NAME

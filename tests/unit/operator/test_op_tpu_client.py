@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -31,8 +32,8 @@ def fake() -> Iterator[FakeTpu]:
     server.stop()
 
 
-def run(fake: FakeTpu, steps):  # type: ignore[no-untyped-def]
-    async def main():  # type: ignore[no-untyped-def]
+def run(fake: FakeTpu, steps: Callable[[TpuApi], Awaitable[Any]]) -> Any:
+    async def main() -> Any:
         api = TpuApi(make_client(fake.endpoint, insecure=True))
         return await steps(api)
 
@@ -40,7 +41,7 @@ def run(fake: FakeTpu, steps):  # type: ignore[no-untyped-def]
 
 
 def test_create_observe_guest_and_delete(fake: FakeTpu) -> None:
-    async def steps(api: TpuApi):  # type: ignore[no-untyped-def]
+    async def steps(api: TpuApi) -> Any:
         assert (await api.observe("bert", SPEC, None)).node_state is None
         operation = await api.create("bert", SPEC, NODE)
         assert operation and operation.startswith("projects/fake/locations/fake/operations/")
@@ -69,7 +70,7 @@ def test_create_observe_guest_and_delete(fake: FakeTpu) -> None:
 def test_failed_create_operation_is_reported(fake: FakeTpu) -> None:
     fake.fail_create = (grpc.StatusCode.RESOURCE_EXHAUSTED, "Quota 'TPUV4' exceeded")
 
-    async def steps(api: TpuApi):  # type: ignore[no-untyped-def]
+    async def steps(api: TpuApi) -> Any:
         operation = await api.create("bert", SPEC, NODE)
         return await api.observe("bert", SPEC, operation)
 
@@ -80,7 +81,7 @@ def test_failed_create_operation_is_reported(fake: FakeTpu) -> None:
 def test_spot_uses_a_queued_resource(fake: FakeTpu) -> None:
     spot = SPEC.model_copy(update={"spot": True})
 
-    async def steps(api: TpuApi):  # type: ignore[no-untyped-def]
+    async def steps(api: TpuApi) -> Any:
         await api.create("bert", spot, NODE)
         seen = await api.observe("bert", spot, None)
         await api.delete("bert", spot)
@@ -93,7 +94,7 @@ def test_spot_uses_a_queued_resource(fake: FakeTpu) -> None:
 def test_unavailable_api_is_a_transient_error(fake: FakeTpu) -> None:
     fake.unavailable = True
 
-    async def steps(api: TpuApi):  # type: ignore[no-untyped-def]
+    async def steps(api: TpuApi) -> Any:
         with pytest.raises(TransientTpuError, match="unavailable"):
             await api.observe("bert", SPEC, None)
         with pytest.raises(TransientTpuError):
