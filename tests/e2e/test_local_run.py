@@ -200,6 +200,13 @@ def test_sigint_stops_every_worker(tmp_path: Path, corpus: dict[str, str]) -> No
     assert proc.returncode == 130, out
     assert "interrupted" in status(work)["message"]
     assert_no_orphans(work)
+    # The workers got SIGTERM and saved where they were (checkpoints every 10 steps otherwise).
+    saved = sorted(
+        int(p.name.split("-")[1].split(".")[0]) for p in (tmp_path / "ckpt").glob("ckpt-*.index")
+    )
+    assert saved, "no checkpoint kept"
+    for index in (0, 1):
+        assert "preempted (SIGTERM)" in (work / "logs" / f"worker-{index}.log").read_text()
 
 
 @pytest.mark.parametrize(
