@@ -224,6 +224,14 @@ class BertTrainingSpec(TrainerConfig):
                     "training.sequenceLength",
                 },
                 {
+                    "rule": "!has(self.training.stepsPerExecution) || "
+                    "(self.training.logEverySteps % self.training.stepsPerExecution == 0 && "
+                    "self.checkpoint.everySteps % self.training.stepsPerExecution == 0)",
+                    "fieldPath": ".training.stepsPerExecution",
+                    "message": "spec.training.stepsPerExecution: must divide "
+                    "training.logEverySteps and checkpoint.everySteps",
+                },
+                {
                     "rule": "self.task != 'classification' || has(self.training.numClasses)",
                     "fieldPath": ".training.numClasses",
                     "message": "spec.training.numClasses: required when task is classification",

@@ -222,6 +222,12 @@ class TrainingConfig(ApiModel):
         default=False,
         description="jitCompile: compile each replica's forward and backward pass with XLA.",
     )
+    steps_per_execution: Annotated[int, Field(ge=1, le=1000)] | None = Field(
+        default=None,
+        description="stepsPerExecution: optimizer steps run inside one tf.function call (one "
+        "host round trip); must divide logEverySteps and checkpoint.everySteps. Default 1, on "
+        "TPUs the greatest common divisor of those two.",
+    )
 
 
 class CheckpointConfig(ApiModel):
@@ -286,6 +292,12 @@ def check_trainer_rules(cfg: TrainerConfig) -> None:
     if cfg.training.max_predictions_per_sequence > cfg.training.sequence_length:
         raise ValueError(
             "training.maxPredictionsPerSequence: must not exceed training.sequenceLength"
+        )
+    k = cfg.training.steps_per_execution
+    if k is not None and (cfg.training.log_every_steps % k or cfg.checkpoint.every_steps % k):
+        raise ValueError(
+            "training.stepsPerExecution: must divide training.logEverySteps and "
+            "checkpoint.everySteps"
         )
 
 

@@ -7,7 +7,10 @@ import json
 import logging
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # tpu imports TensorFlow; this module must not
+    from berth_trainer.tpu import GuestAttributes
 
 log = logging.getLogger("berth_trainer")
 
@@ -40,9 +43,17 @@ class Reporter:
     """Gauges on `metrics_port` (0 = off), TensorBoard under `tb_dir` (None = off), log lines."""
 
     def __init__(
-        self, total_steps: int, metrics_port: int, tb_dir: str | None, worker: int
+        self,
+        total_steps: int,
+        metrics_port: int,
+        tb_dir: str | None,
+        worker: int,
+        guest: GuestAttributes | None = None,
     ) -> None:
         self.worker = worker
+        #: On a Cloud TPU VM: progress for the operator, which cannot scrape the VM.
+        self.guest = guest
+        self._last_checkpoint: int | None = None
         self.total_steps = total_steps
         self._gauges: dict[str, Any] = {}
         if metrics_port:
@@ -106,6 +117,8 @@ class Reporter:
         fields.update({k: round(v, 6) for k, v in metrics.items()})
         fields["examples_per_second"] = round(eps, 2)
         log.info("train step", extra={"fields": fields})
+        if self.guest is not None:
+            self.guest.report(step, metrics["loss"], eps, self._last_checkpoint)
         self.scalars(step, {**metrics, "examples_per_second": eps}, prefix="train/")
 
     def scalars(self, step: int, values: dict[str, float], prefix: str = "") -> None:
@@ -124,6 +137,7 @@ class Reporter:
         self._writer.flush()
 
     def checkpoint(self, step: int) -> None:
+        self._last_checkpoint = step
         self._set("berth_last_checkpoint_step", step)
 
     def close(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import time
@@ -11,6 +12,7 @@ import time
 import keras
 import tensorflow as tf
 
+from berth_trainer import tpu
 from berth_trainer.config import Precision, Task, TrainerConfig
 from berth_trainer.data import ExampleEncoder, describe_shard, make_dataset, plan_data
 from berth_trainer.errors import TrainerError
@@ -38,7 +40,19 @@ def train(cfg: TrainerConfig, metrics_port: int = 0) -> dict[str, float]:
     """Train per `cfg`; returns the final metrics (also written to output.dir/metrics.json)."""
     threads = configure_threads()
     strategy, worker, strategy_name = resolve_strategy()
+    on_tpu = isinstance(strategy, tf.distribute.TPUStrategy)
+    if tpu.provider() == "cloud":
+        tpu.validate_cloud_paths(cfg)
+    if on_tpu and cfg.training.precision != Precision.MIXED_BFLOAT16:
+        # TPUs compute in bfloat16 (float16 has no TPU kernels; no loss scaling is needed).
+        log.info("TPU: using mixed_bfloat16 instead of %s", cfg.training.precision)
+        training = cfg.training.model_copy(update={"precision": Precision.MIXED_BFLOAT16})
+        cfg = cfg.model_copy(update={"training": training})
     t = cfg.training
+    # Several steps per tf.function call (one host round trip): the TPU default.
+    per_call = t.steps_per_execution or (
+        math.gcd(t.log_every_steps, cfg.checkpoint.every_steps) if on_tpu else 1
+    )
     replicas = strategy.num_replicas_in_sync
     if t.global_batch_size % (replicas * t.gradient_accumulation_steps):
         raise TrainerError(
@@ -55,6 +69,7 @@ def train(cfg: TrainerConfig, metrics_port: int = 0) -> dict[str, float]:
                 "workers": worker.count,
                 "replicas": replicas,
                 "threads": threads,
+                "steps_per_execution": per_call,
             }
         },
     )
@@ -115,8 +130,10 @@ def train(cfg: TrainerConfig, metrics_port: int = 0) -> dict[str, float]:
 
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
     step_fn = make_train_step(model, optimizer, strategy, cfg, variables, loss_scale)
+    multi_step_fn = tpu.make_multi_step(step_fn, per_call, len(STEP_OUTPUTS))
     tb_dir = os.path.join(cfg.output.dir, "tensorboard") if worker.is_chief else None
-    reporter = Reporter(t.steps, metrics_port, tb_dir, worker.index)
+    guest = tpu.GuestAttributes.from_environment() if worker.is_chief else None
+    reporter = Reporter(t.steps, metrics_port, tb_dir, worker.index, guest)
     sigterm = _Sigterm()
     reporter.start(start)
     metrics: dict[str, float] = {}
@@ -124,14 +141,18 @@ def train(cfg: TrainerConfig, metrics_port: int = 0) -> dict[str, float]:
     good_steps = 0
     try:
         while step < t.steps:
-            out = step_fn(iterator, tf.constant(1.0 if sigterm.received else 0.0))
+            stop = tf.constant(1.0 if sigterm.received else 0.0)
+            # Whole calls of `per_call` steps once aligned (after a resume from a SIGTERM
+            # checkpoint the step may not be), so log and checkpoint boundaries fall on calls.
+            steps = per_call if step % per_call == 0 and step + per_call <= t.steps else 1
+            out = multi_step_fn(iterator, stop) if steps > 1 else step_fn(iterator, stop)
             values = dict(zip(STEP_OUTPUTS, out.numpy().tolist(), strict=True))
-            step += 1
+            step += steps
             step_var.assign(step)
             if t.precision == Precision.MIXED_FLOAT16:
                 good_steps = _update_loss_scale(loss_scale, values["nonfinite"] > 0, good_steps)
             metrics = {
-                "loss": values["loss"],
+                "loss": values["loss"] / steps,
                 "accuracy": values["correct"] / max(values["count"], 1),
             }
             log_now = step % t.log_every_steps == 0 or step == t.steps

@@ -71,12 +71,9 @@ def resolve_strategy() -> tuple[tf.distribute.Strategy, WorkerInfo, str]:
         workers = WorkerInfo(int(resolver.task_id), workers.count)
         name = f"MultiWorkerMirroredStrategy({workers.count} workers)"
     elif tpu:
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
-            tpu="" if tpu == "local" else tpu
-        )
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-        strategy = tf.distribute.TPUStrategy(resolver)
+        from berth_trainer.tpu import resolve_tpu_strategy
+
+        strategy = resolve_tpu_strategy(tpu)
         name = f"TPUStrategy({tpu})"
     elif len(tf.config.list_physical_devices("GPU")) > 1:
         strategy = tf.distribute.MirroredStrategy()
