@@ -17,6 +17,7 @@ from berth_trainer.data import ExampleEncoder, make_dataset, plan_data
 from berth_trainer.errors import TrainerError
 from berth_trainer.exit_codes import ExitCode
 from berth_trainer.modeling import build_model
+from berth_trainer.observability import Reporter
 from berth_trainer.optim import build_optimizer
 from berth_trainer.runner import trainable_variables
 from berth_trainer.tpu import GuestAttributes, make_multi_step, use_bfloat16, validate_cloud_paths
@@ -90,10 +91,23 @@ def test_guest_attributes_are_put_to_the_metadata_server(monkeypatch):
     try:
         url = f"http://127.0.0.1:{server.server_port}/computeMetadata/v1/instance/berth"
         GuestAttributes(url).report(step=12, loss=2.5, examples_per_second=640.0)
+        assert seen == {
+            "state": "running",
+            "step": "12",
+            "loss": "2.5",
+            "examples_per_second": "640",
+        }
+        # The training loop's reporter forwards each logged step and the last checkpoint.
+        reporter = Reporter(40, 0, None, 0, guest=GuestAttributes(url))
+        reporter.start(0)
+        reporter.checkpoint(20)
+        reporter.step(20, {"loss": 1.25, "accuracy": 0.5}, 8, log_now=True)
+        reporter.step(21, {"loss": 9.0, "accuracy": 0.5}, 8, log_now=False)
+        reporter.close()
     finally:
         server.shutdown()
         server.server_close()
-    assert seen == {"state": "running", "step": "12", "loss": "2.5", "examples_per_second": "640"}
+    assert (seen["step"], seen["loss"], seen["last_checkpoint_step"]) == ("20", "1.25", "20")
     monkeypatch.setenv("BERTH_TPU_PROVIDER", "cloud")
     assert GuestAttributes.from_environment() is not None
     monkeypatch.setenv("BERTH_TPU_PROVIDER", "gke")
