@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from berth_operator.local.runner import die_with_parent
 from berth_trainer.synthetic import write_quickstart_corpus
 from tests.support.waiting import wait_for
 
@@ -67,6 +68,7 @@ def start(path: Path, work_dir: Path, *extra: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=die_with_parent,  # no orphan if pytest dies
     )
 
 

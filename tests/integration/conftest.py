@@ -17,6 +17,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from berth_operator.local.runner import die_with_parent
 from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,6 +89,7 @@ class Operator:
                 argv,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,  # no orphan if pytest dies
                 env=os.environ.copy(),
                 start_new_session=True,
             )

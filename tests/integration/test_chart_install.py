@@ -24,6 +24,7 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from berth_operator.local.runner import die_with_parent
 from tests.support.kwok import terminate_pod
 from tests.support.waiting import wait_for
 
@@ -131,7 +132,11 @@ def operator_process(command: list[str], kubeconfig: Path, log: Path) -> Iterato
     env["KUBECONFIG"] = str(kubeconfig)
     with log.open("w") as out:
         process = subprocess.Popen(
-            [str(executable), *command[1:]], stdout=out, stderr=subprocess.STDOUT, env=env
+            [str(executable), *command[1:]],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,  # no orphan if pytest dies
+            env=env,
         )
     try:
         yield

@@ -20,6 +20,7 @@ from trainer_testlib import (
     write_config,
 )
 
+from berth_operator.local.runner import die_with_parent
 from berth_trainer.exit_codes import ExitCode, is_retryable
 
 STEPS = 120
@@ -47,6 +48,7 @@ def _start_workers(config: str, logs: Path, tag: str) -> list[subprocess.Popen]:
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,  # no orphan if pytest dies
                 env=env,
             )
         )
@@ -128,6 +130,7 @@ def test_trainer_sigterm_saves_and_exits_preempted(tmp_path, corpus):
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,  # no orphan if pytest dies
             env=cli_env(),
         )
         _wait_for_step(log, 10)

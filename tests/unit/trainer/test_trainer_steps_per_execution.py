@@ -27,7 +27,7 @@ def train(tmp_path: Path, corpus: dict[str, str], **training: object) -> tuple[l
     return steps, metrics
 
 
-def test_five_steps_per_call_keep_log_and_checkpoint_steps(
+def test_five_steps_per_call_keep_boundaries_and_train_identically(
     tmp_path: Path, corpus: dict[str, str]
 ) -> None:
     steps, metrics = train(tmp_path, corpus, stepsPerExecution=5)
@@ -41,6 +41,12 @@ def test_five_steps_per_call_keep_log_and_checkpoint_steps(
     ]
     # The loss reported per call is the mean over its steps, and it trains.
     assert 0 < steps[-1]["loss"] < steps[0]["loss"] < 10
+    # Runs are reproducible (training.seed), so one step per call must reach the very same
+    # state: step 22 runs alone in both and sees the same weights and batch.
+    single_steps, single = train(tmp_path / "single", corpus)
+    assert single_steps[-1]["step"] == 22
+    assert steps[-1]["loss"] == pytest.approx(single_steps[-1]["loss"], rel=1e-5)
+    assert metrics["train_loss"] == pytest.approx(single["train_loss"], rel=1e-5)
 
 
 def test_steps_per_execution_must_divide_the_boundaries(

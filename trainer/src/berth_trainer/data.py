@@ -266,12 +266,16 @@ def make_dataset(
         if pretraining:
             (raw,) = example
             ids = tf.cast(raw, tf.int32) if tokenized else encoder.tokenizer(raw)
-            return encoder.masked(encoder.pack((ids,)))
+            return encoder.pack((ids,))
         texts, label = example
         features = encoder.pack(tuple(encoder.tokenizer(t) for t in texts))
         return features, {"label": tf.cast(label, tf.int32)}
 
     ds = ds.map(encode, num_parallel_calls=tf.data.AUTOTUNE)
+    if pretraining:
+        # Masking draws random numbers: in one sequential map they follow training.seed, so a
+        # run is reproducible (in parallel calls the draws would interleave at random).
+        ds = ds.map(encoder.masked)
     return ds.batch(batch_size, drop_remainder=not validation).prefetch(2)
 
 

@@ -58,7 +58,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+def die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     """Workers get SIGKILL if the runner dies, so no orphan keeps training."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -216,7 +216,7 @@ class LocalRun:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches the runner, which stops workers cleanly
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
             log.close()
             (self.work_dir / "logs" / f"worker-{index}.pid").write_text(str(process.pid))
