@@ -128,6 +128,13 @@ tests/integration/test_chart_install.py runs the operator under exactly these ru
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- with .Values.rbac.tpuCredentialsSecrets }}
+# Cloud TPU keys named by spec.tpu.credentialsSecret: only these Secrets, only get (opt-in).
+- apiGroups: [""]
+  resources: ["secrets"]
+  resourceNames: {{ toJson . }}
+  verbs: ["get"]
+{{- end }}
 {{- if and (include "berth.peering" .) .Values.watchNamespaces }}
 # kopf peering (namespaced mode): keep-alives in each watched namespace's KopfPeering.
 - apiGroups: ["kopf.dev"]

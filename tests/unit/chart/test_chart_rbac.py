@@ -6,7 +6,15 @@ from typing import Any
 
 import pytest
 
-from tests.unit.chart.helm import FULLNAME, NAMESPACE, Objects, of_kind, one, render
+from tests.unit.chart.helm import (
+    FULLNAME,
+    NAMESPACE,
+    Objects,
+    of_kind,
+    one,
+    render,
+    render_error,
+)
 
 Rule = tuple[str, str, str]  # (apiGroup, resource, verb)
 
@@ -115,3 +123,28 @@ def test_rbac_create_false_renders_no_rbac() -> None:
     objects = render({"rbac": {"create": False}, "watchNamespaces": ["ml"]})
     for kind in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"):
         assert not of_kind(objects, kind)
+
+
+@pytest.mark.parametrize("watch", [[], ["ml", "nlp"]])
+def test_tpu_credentials_secrets_grant_get_on_those_names_only(watch: list[str]) -> None:
+    objects = render({"rbac": {"tpuCredentialsSecrets": ["tpu-key"]}, "watchNamespaces": watch})
+    holders = of_kind(objects, "Role") if watch else of_kind(objects, "ClusterRole")
+    assert len(holders) == max(1, len(watch))
+    for role in holders:
+        secret_rules = [r for r in role["rules"] if "secrets" in r["resources"]]
+        assert secret_rules == [
+            {
+                "apiGroups": [""],
+                "resources": ["secrets"],
+                "resourceNames": ["tpu-key"],
+                "verbs": ["get"],
+            }
+        ]
+    if watch:  # the cluster-wide part never reads secrets
+        assert not {r for r in flatten(one(objects, "ClusterRole")) if r[1] == "secrets"}
+
+
+def test_tpu_credentials_secrets_must_be_names() -> None:
+    assert "/rbac/tpuCredentialsSecrets/0" in render_error(
+        {"rbac": {"tpuCredentialsSecrets": ["*"]}}
+    )
