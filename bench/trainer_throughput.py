@@ -4,8 +4,14 @@ ceiling measured in the same run, and peak RSS — one subprocess per configurat
     .venv/bin/python bench/trainer_throughput.py                       # the full grid
     .venv/bin/python bench/trainer_throughput.py --models tiny --steps 20
 
-FLOPs are counted analytically (training = 3 x forward): every dense matmul of the encoder,
-the attention score/context matmuls, and the MLM head at the masked positions only.
+FLOPs are counted exactly for the matmuls (training = 3 x forward, 2 FLOPs per multiply-add):
+every dense matmul of the encoder, the attention score/context matmuls, and the MLM head at
+the masked positions only; the untrained pooler and non-matmul work (softmax, LayerNorm, GELU,
+AdamW) count zero: 6 x encoder weight-matrix parameters x tokens, plus attention and head.
+The ceiling is a 2048x2048 float32 `tf.matmul`, timed in the same process with the same
+threads right after the steps; `mixed_bfloat16` rows also report a bfloat16 ceiling ("own").
+Threads follow $BERTH_NUM_THREADS exactly as in the trainer. "load1" is the 1-minute load
+average when the configuration started (it includes the previous configuration's tail).
 """
 
 from __future__ import annotations
@@ -47,8 +53,17 @@ def matmul_ceiling(dtype: str, seconds: float = 3.0) -> float:
     return 2 * n**3 * count / (time.perf_counter() - start) / 1e9
 
 
-def run_one(model: str, batch: int, seq: int, precision: str, steps: int, warmup: int) -> dict:
+def run_one(
+    model: str,
+    batch: int,
+    seq: int,
+    precision: str,
+    steps: int,
+    warmup: int,
+    jit_compile: bool = False,
+) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    load = os.getloadavg()[0]
     import keras
     import tensorflow as tf
 
@@ -56,7 +71,10 @@ def run_one(model: str, batch: int, seq: int, precision: str, steps: int, warmup
     from berth_trainer.modeling import build_model
     from berth_trainer.optim import build_optimizer
     from berth_trainer.runner import trainable_variables
+    from berth_trainer.runtime import configure_threads
     from berth_trainer.train_step import make_train_step
+
+    configure_threads()  # as the trainer does: $BERTH_NUM_THREADS, before any op
 
     layers, hidden = SIZES[model]
     cfg = TrainerConfig.model_validate(
@@ -72,6 +90,7 @@ def run_one(model: str, batch: int, seq: int, precision: str, steps: int, warmup
                 "precision": precision,
                 "maxPredictionsPerSequence": PREDICTIONS,
                 "steps": 1000,
+                "jitCompile": jit_compile,
             },
         }
     )
@@ -102,7 +121,9 @@ def run_one(model: str, batch: int, seq: int, precision: str, steps: int, warmup
         step(data, stop).numpy()
     seconds = (time.perf_counter() - start) / steps
     achieved = training_flops(layers, hidden, batch, seq) / seconds / 1e9
-    ceiling = matmul_ceiling("bfloat16" if precision == "mixed_bfloat16" else "float32")
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    ceiling = matmul_ceiling("float32")
+    own = matmul_ceiling("bfloat16") if precision == "mixed_bfloat16" else ceiling
     return {
         "model": model,
         "batch": batch,
@@ -113,7 +134,10 @@ def run_one(model: str, batch: int, seq: int, precision: str, steps: int, warmup
         "gflops": round(achieved, 1),
         "ceiling_gflops": round(ceiling, 1),
         "pct_of_ceiling": round(100 * achieved / ceiling, 1),
-        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "own_dtype_ceiling_gflops": round(own, 1),
+        "pct_of_own_dtype_ceiling": round(100 * achieved / own, 1),
+        "peak_rss_gib": round(peak_rss, 2),
+        "load1": round(load, 2),
     }
 
 
@@ -125,15 +149,20 @@ def main() -> None:
     p.add_argument("--precisions", nargs="+", default=["float32", "mixed_bfloat16"])
     p.add_argument("--steps", type=int, default=5, help="timed steps per configuration")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps (tracing, compile)")
+    p.add_argument("--jit-compile", action="store_true", help="training.jitCompile: true")
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
         model, batch, precision = args.one.split(",")
-        print(json.dumps(run_one(model, int(batch), args.seq, precision, args.steps, args.warmup)))
+        r = run_one(
+            model, int(batch), args.seq, precision, args.steps, args.warmup, args.jit_compile
+        )
+        print(json.dumps(r))
         return
     header = (
         f"{'model':6} {'batch':>5} {'seq':>4} {'precision':15} {'s/step':>7} {'seq/s':>8} "
-        f"{'GFLOP/s':>8} {'ceiling':>8} {'%ceil':>6} {'RSS GiB':>8}"
+        f"{'GFLOP/s':>8} {'fp32 ceil':>9} {'%fp32':>6} {'own ceil':>9} {'%own':>6} "
+        f"{'RSS GiB':>8} {'load1':>6}"
     )
     print(header)
     for model, batch, precision in itertools.product(args.models, args.batches, args.precisions):
@@ -148,6 +177,7 @@ def main() -> None:
             str(args.steps),
             "--warmup",
             str(args.warmup),
+            *(["--jit-compile"] if args.jit_compile else []),
         ]
         out = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if out.returncode:
@@ -156,8 +186,9 @@ def main() -> None:
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(
             f"{model:6} {batch:>5} {args.seq:>4} {precision:15} {r['s_per_step']:>7} "
-            f"{r['seq_per_s']:>8} {r['gflops']:>8} {r['ceiling_gflops']:>8} "
-            f"{r['pct_of_ceiling']:>6} {r['peak_rss_gib']:>8}",
+            f"{r['seq_per_s']:>8} {r['gflops']:>8} {r['ceiling_gflops']:>9} "
+            f"{r['pct_of_ceiling']:>6} {r['own_dtype_ceiling_gflops']:>9} "
+            f"{r['pct_of_own_dtype_ceiling']:>6} {r['peak_rss_gib']:>8} {r['load1']:>6}",
             flush=True,
         )
 

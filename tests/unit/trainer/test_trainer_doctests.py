@@ -1,4 +1,4 @@
-"""The examples in the trainer's TensorFlow-free modules' docstrings run and hold."""
+"""The examples in the trainer's docstrings run and hold."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("module", ["config", "exit_codes", "synthetic"])
+@pytest.mark.parametrize("module", ["bert_pretrainer", "config", "exit_codes", "synthetic"])
 def test_docstring_examples(module: str) -> None:
     result = doctest.testmod(importlib.import_module(f"berth_trainer.{module}"))
     assert result.attempted > 0

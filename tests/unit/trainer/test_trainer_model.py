@@ -36,7 +36,9 @@ def test_trainer_model_config_round_trip_and_clone(tmp_path, corpus, task):
     features, _ = _batch(cfg, corpus)
     expected = model(features)["logits"]
 
-    rebuilt = keras.Model.from_config(model.get_config())
+    # Pretraining is a subclassed `BertPretrainer`: `keras.Model.from_config` rebuilds only
+    # functional configs, so rebuild through the model's own class.
+    rebuilt = type(model).from_config(model.get_config())
     rebuilt.set_weights(model.get_weights())
     np.testing.assert_allclose(rebuilt(features)["logits"], expected, atol=1e-5)
     clone = keras.models.clone_model(model)
@@ -45,6 +47,32 @@ def test_trainer_model_config_round_trip_and_clone(tmp_path, corpus, task):
     for layer in model.layers:
         again = layer.__class__.from_config(layer.get_config())
         assert again.get_config() == layer.get_config(), layer.name
+
+
+def test_trainer_mlm_head_stays_tied_through_config_clone_and_save(tmp_path, corpus):
+    cfg = _cfg(corpus, tmp_path, "pretraining")
+    model = build_model(cfg, 60)
+    features, _ = _batch(cfg, corpus)
+    expected = model(features)["logits"]
+
+    def embedding(m):
+        return m.get_layer("bert").token_embedding
+
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    for again in (
+        type(model).from_config(model.get_config()),
+        keras.models.clone_model(model),
+        keras.saving.load_model(path),
+    ):
+        assert again.get_layer("mlm_head").token_embedding is embedding(again)
+        assert len(again.weights) == len(model.weights)  # no second vocabulary matrix
+        again.set_weights(model.get_weights())
+        np.testing.assert_allclose(again(features)["logits"], expected, atol=1e-5)
+        # The tie is live: changing the input embedding changes the output projection.
+        embedding(again).embeddings.assign(embedding(again).embeddings * 2.0)
+        assert not np.allclose(again(features)["logits"], expected, atol=1e-3)
+    assert "output_kernel" not in {w.path.rsplit("/", 1)[-1] for w in model.weights}
 
 
 def test_trainer_schedule_round_trip():

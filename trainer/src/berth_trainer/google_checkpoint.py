@@ -116,8 +116,6 @@ def load_google_checkpoint(
         if name in saved:
             value = reader.get_tensor(name)
             var.assign(np.reshape(value, var.shape).astype(var.dtype))
-    if pretraining and "bert/embeddings/word_embeddings" in saved:
-        heads["output_kernel"].assign(reader.get_tensor("bert/embeddings/word_embeddings").T)
 
 
 def _reshaped(shape: tuple, kind: str, var) -> tuple:

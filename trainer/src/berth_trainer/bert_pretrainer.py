@@ -1,0 +1,87 @@
+"""`BertPretrainer`: a `BertBackbone` plus a masked-LM head tied to its token embedding.
+
+The head's output projection is the backbone's token embedding (transposed), as in the
+original BERT: 23.4 M fewer parameters on BERT-base than an untied head, so ~0.37 GB less
+for weights, gradients and the two Adam slots. keras-hub's `MaskedLMHead` serializes its
+`token_embedding` as a *new* layer, so a plain functional model would come back untied from
+`from_config` or `clone_model`. This model therefore keeps the backbone in its config (as
+keras-hub's `Task` models do) and re-creates the tie in `__init__`: `from_config`,
+`keras.models.clone_model` and `.keras` files all rebuild a tied model.
+
+>>> import keras_hub
+>>> backbone = keras_hub.models.BertBackbone(
+...     vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=8, intermediate_dim=16,
+...     max_sequence_length=16, name="bert")
+>>> model = BertPretrainer(backbone, sequence_length=16, max_predictions_per_sequence=3)
+>>> clone = keras.models.clone_model(model)
+>>> clone.get_layer("mlm_head").token_embedding is clone.get_layer("bert").token_embedding
+True
+"""
+
+from __future__ import annotations
+
+import keras
+import keras_hub
+
+
+@keras.saving.register_keras_serializable(package="berth")
+class BertPretrainer(keras.Model):
+    """MLM pretraining model: named dict inputs, output `{"logits": [batch, predictions, V]}`.
+
+    Inputs `token_ids`, `segment_ids`, `padding_mask` (`[batch, sequence_length]`) and
+    `mask_positions` (`[batch, max_predictions_per_sequence]`), all int32 and of fixed shape,
+    so the step compiles with XLA. Logits are float32, and only at `mask_positions`.
+
+    A subclassed model rather than a functional one: `clone_model` clones a functional model
+    layer by layer (which would give the head a fresh, untied embedding), but rebuilds any
+    other model from its config, and the config rebuilds the tie.
+    """
+
+    def __init__(
+        self,
+        backbone: keras_hub.models.BertBackbone,
+        sequence_length: int,
+        max_predictions_per_sequence: int,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        # === Layers ===
+        self.backbone = backbone
+        self.mlm_head = keras_hub.layers.MaskedLMHead(
+            token_embedding=backbone.token_embedding,
+            intermediate_activation="gelu",
+            activation=None,
+            kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+            layer_norm_epsilon=1e-12,
+            dtype=backbone.dtype_policy,
+            name="mlm_head",
+        )
+        self.mlm_head.build((None, sequence_length, backbone.hidden_dim))
+
+        # === Config ===
+        self.sequence_length = sequence_length
+        self.max_predictions_per_sequence = max_predictions_per_sequence
+        self.built = True
+
+    def call(self, inputs: dict, training: bool | None = None) -> dict:
+        encoded = self.backbone(
+            {k: inputs[k] for k in ("token_ids", "segment_ids", "padding_mask")},
+            training=training,
+        )
+        logits = self.mlm_head(encoded["sequence_output"], mask_positions=inputs["mask_positions"])
+        return {"logits": keras.ops.cast(logits, "float32")}
+
+    def get_config(self) -> dict:
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "backbone": keras.layers.serialize(self.backbone),
+            "sequence_length": self.sequence_length,
+            "max_predictions_per_sequence": self.max_predictions_per_sequence,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> BertPretrainer:
+        config = dict(config)
+        config["backbone"] = keras.layers.deserialize(config["backbone"])
+        return cls(**config)
