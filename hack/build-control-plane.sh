@@ -33,7 +33,7 @@ build_kubernetes() {
   [ ${#missing[@]} -eq 0 ] && return 0
   local log=$logs/kubernetes-$KUBERNETES_VERSION.log work
   work=$(mktemp -d)
-  echo "building ${missing[*]} $KUBERNETES_VERSION (cold: ~15-25 min on 2 cores; log: $log)"
+  echo "building ${missing[*]} $KUBERNETES_VERSION (cold: about 4 min on 2 cores; log: $log)"
   (
     set -euo pipefail
     cd "$work"

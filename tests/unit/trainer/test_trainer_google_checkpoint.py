@@ -9,7 +9,13 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
-from trainer_testlib import classification_config, pretraining_config, run_cli, write_config
+from trainer_testlib import (
+    classification_config,
+    pretraining_config,
+    run_cli,
+    train_args,
+    write_config,
+)
 
 from berth_trainer.config import TrainerConfig
 from berth_trainer.errors import TrainerError
@@ -186,17 +192,7 @@ def test_trainer_google_checkpoint_wrong_shape_through_cli(tmp_path, corpus):
     )
     cfg = pretraining_config(corpus, tmp_path)
     cfg["initCheckpoint"] = str(tmp_path / "bert_model.ckpt")
-    result = run_cli(
-        [
-            "train",
-            "--config",
-            write_config(tmp_path / "cfg.yaml", cfg),
-            "--metrics-port",
-            "0",
-            "--termination-log",
-            str(tmp_path / "term"),
-        ]
-    )
+    result = run_cli(train_args(write_config(tmp_path / "cfg.yaml", cfg), tmp_path / "term"))
     assert result.returncode == ExitCode.CHECKPOINT_MISMATCH, result.stdout[-2000:]
     message = (tmp_path / "term").read_text()
     assert (

@@ -6,17 +6,18 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from trainer_testlib import (
+    TRAINER,
     cli_env,
     free_ports,
     json_lines,
     pretraining_config,
     tf_config,
+    train_args,
     write_config,
 )
 
@@ -34,18 +35,7 @@ def _start_workers(config: str, logs: Path, tag: str) -> list[subprocess.Popen]:
         out = open(logs / f"{tag}-{i}.log", "w")  # noqa: SIM115 (closed with the process)
         procs.append(
             subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "berth_trainer",
-                    "train",
-                    "--config",
-                    config,
-                    "--metrics-port",
-                    "0",
-                    "--termination-log",
-                    str(logs / f"{tag}-{i}.term"),
-                ],
+                [*TRAINER, *train_args(config, logs / f"{tag}-{i}.term")],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 preexec_fn=die_with_parent,  # no orphan if pytest dies
@@ -116,18 +106,7 @@ def test_trainer_sigterm_saves_and_exits_preempted(tmp_path, corpus):
     log = tmp_path / "run.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "berth_trainer",
-                "train",
-                "--config",
-                config,
-                "--metrics-port",
-                "0",
-                "--termination-log",
-                str(tmp_path / "term"),
-            ],
+            [*TRAINER, *train_args(config, tmp_path / "term")],
             stdout=out,
             stderr=subprocess.STDOUT,
             preexec_fn=die_with_parent,  # no orphan if pytest dies

@@ -10,6 +10,7 @@ from trainer_testlib import (
     json_lines,
     pretraining_config,
     run_cli,
+    train_args,
     write_config,
 )
 
@@ -17,17 +18,7 @@ from berth_trainer.cli import main
 
 
 def _train(tmp_path, cfg: dict, capsys: pytest.CaptureFixture) -> list[dict]:
-    code = main(
-        [
-            "train",
-            "--config",
-            write_config(tmp_path / "cfg.yaml", cfg),
-            "--metrics-port",
-            "0",
-            "--termination-log",
-            str(tmp_path / "term"),
-        ]
-    )
+    code = main(train_args(write_config(tmp_path / "cfg.yaml", cfg), tmp_path / "term"))
     lines = json_lines(capsys.readouterr().out)
     assert code == 0, lines[-3:]
     return [x for x in lines if x["msg"] == "train step"]

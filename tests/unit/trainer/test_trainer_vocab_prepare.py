@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from trainer_testlib import json_lines, pretraining_config, write_config
+from trainer_testlib import json_lines, pretraining_config, train_args, write_config
 
 from berth_trainer.cli import main
 from berth_trainer.vocab import SPECIAL_TOKENS, load_vocabulary, make_tokenizer
@@ -28,17 +28,7 @@ def test_trainer_vocab_prepare_then_train_on_tfrecord(tmp_path, corpus, capsys):
     cfg["vocabulary"] = vocab
     cfg["model"]["maxSequenceLength"] = 32
     cfg["data"] = {"train": record, "format": "tfrecord"}
-    code = main(
-        [
-            "train",
-            "--config",
-            write_config(tmp_path / "cfg.yaml", cfg),
-            "--metrics-port",
-            "0",
-            "--termination-log",
-            str(tmp_path / "term"),
-        ]
-    )
+    code = main(train_args(write_config(tmp_path / "cfg.yaml", cfg), tmp_path / "term"))
     lines = json_lines(capsys.readouterr().out)
     assert code == 0, lines[-3:]
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["steps"] == 10

@@ -54,6 +54,23 @@ def classification_config(corpus: dict[str, str], out: Path, **training) -> dict
     return cfg
 
 
+#: `berth-trainer` in a fresh process of this interpreter.
+TRAINER = [sys.executable, "-m", "berth_trainer"]
+
+
+def train_args(config: str, termination_log: Path) -> list[str]:
+    """`berth-trainer` arguments of a training without a metrics server."""
+    return [
+        "train",
+        "--config",
+        config,
+        "--metrics-port",
+        "0",
+        "--termination-log",
+        str(termination_log),
+    ]
+
+
 def write_config(path: Path, cfg: dict) -> str:
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     return str(path)
@@ -81,7 +98,7 @@ def cli_env(**extra: str) -> dict[str, str]:
 def run_cli(args: list[str], timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
     """`berth-trainer ARGS` in a fresh process."""
     return subprocess.run(
-        [sys.executable, "-m", "berth_trainer", *args],
+        [*TRAINER, *args],
         capture_output=True,
         text=True,
         timeout=timeout,
