@@ -9,4 +9,6 @@ data=runs/quickstart-data
 rm -rf runs/quickstart
 .venv/bin/python -c 'import sys; from berth_trainer.synthetic import write_quickstart_corpus as w; w(sys.argv[1])' "$data"
 .venv/bin/berth run examples/quickstart.yaml
-.venv/bin/python hack/demo_report.py runs/quickstart/model
+# TensorFlow's C++ start-up chatter (absl/oneDNN/CUDA lines) is not for this screen.
+.venv/bin/python hack/demo_report.py runs/quickstart/model \
+  2> >(grep -v -E '^(I0000|W0000|E0000|WARNING: All log messages)' >&2)

@@ -37,7 +37,8 @@ def main(model_dir: str) -> int:
     after = metrics["validation_accuracy"]
     console.print(
         f"MLM accuracy on held-out sentences (masked tokens): before training {before:.1%} "
-        f"→ after {int(metrics['steps'])} steps {after:.1%}"
+        f"→ after {int(metrics['steps'])} steps {after:.1%}",
+        soft_wrap=True,
     )
     return 0 if after > before else 1
 

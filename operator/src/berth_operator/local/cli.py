@@ -15,8 +15,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from berth_operator.local.manifest import (
     ManifestError,
     load_manifest,
@@ -81,11 +79,12 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_INTERRUPTED
         view.update(run.status, run.events)
     status = run.status
-    print(yaml.safe_dump({"status": status}, sort_keys=False), end="")
+    where = f"status in {work_dir / 'status.yaml'}"
     if phase != "Succeeded":
-        print(f"berth: {name} {phase}: {status.get('message', '')}", file=sys.stderr)
+        print(f"berth: {name} {phase}: {status.get('message', '')}; {where}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"berth: {name} succeeded; model in {manifest['spec']['output']['dir']}", file=sys.stderr)
+    model = manifest["spec"]["output"]["dir"]
+    print(f"berth: {name} succeeded; model in {model}; {where}", file=sys.stderr)
     return 0
 
 
