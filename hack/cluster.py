@@ -176,16 +176,23 @@ def write_kubeconfig(path: Path, server: str, user: str) -> None:
     path.chmod(0o600)
 
 
+#: Components started by this invocation: their liveness comes from the child handle itself.
+STARTED: dict[str, subprocess.Popen[bytes]] = {}
+
+
 def start(name: str, argv: list[str]) -> None:
     log = open(LOGS / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
         argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
     )
+    STARTED[name] = proc
     (PIDS / f"{name}.pid").write_text(str(proc.pid))
     (PIDS / f"{name}.argv").write_text(json.dumps(argv))
 
 
 def pid_alive(name: str) -> bool:
+    if name in STARTED:
+        return STARTED[name].poll() is None
     pid_file = PIDS / f"{name}.pid"
     if not pid_file.exists():
         return False
@@ -434,19 +441,27 @@ def stop(names: tuple[str, ...]) -> None:
     for name in names:
         if pid_alive(name):
             pid = int((PIDS / f"{name}.pid").read_text())
-            procs.append(pid)
+            procs.append((name, pid))
             os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + 15
-    for pid in procs:
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
+    for name, pid in procs:
+        while time.monotonic() < deadline and still_running(name, pid):
             time.sleep(0.1)
-        else:
+        if still_running(name, pid):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
+        if name in STARTED:  # our own child: reap it
+            STARTED.pop(name).wait()
+
+
+def still_running(name: str, pid: int) -> bool:
+    if name in STARTED:
+        return STARTED[name].poll() is None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def restart_apiserver() -> None:
