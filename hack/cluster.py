@@ -207,7 +207,8 @@ def pid_alive(name: str) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return stat.split(") ", 1)[1][0] != "Z" and str(STATE).encode() in cmdline
+    # cmdline reads empty for a moment after exec on some kernels: that is still our process.
+    return stat.split(") ", 1)[1][0] != "Z" and (not cmdline or str(STATE).encode() in cmdline)
 
 
 def wait_until(what: str, check, timeout: float, log: str | None = None) -> None:
