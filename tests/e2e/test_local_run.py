@@ -81,6 +81,18 @@ def worker_pids(work_dir: Path) -> list[int]:
     return [int(p.read_text()) for p in sorted((work_dir / "logs").glob("worker-*.pid"))]
 
 
+def wait_progress(work_dir: Path, field: str, at_least: int) -> list[int]:
+    """The worker pids once status.progress[field] (as `berth run` writes it) >= at_least."""
+    return wait_for(
+        lambda: (
+            (status(work_dir).get("progress") or {}).get(field, 0) >= at_least
+            and worker_pids(work_dir)
+        ),
+        timeout=240,
+        what=f"progress.{field} >= {at_least}",
+    )
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -147,14 +159,7 @@ def test_killed_worker_restarts_the_group_and_resumes(
 ) -> None:
     work = tmp_path / "run"
     proc = start(manifest(tmp_path, corpus, steps=120), work)
-    first = wait_for(
-        lambda: (
-            (status(work).get("progress") or {}).get("lastCheckpointStep", 0) >= 20
-            and worker_pids(work)
-        ),
-        timeout=240,
-        what="a checkpoint at step >= 20",
-    )
+    first = wait_progress(work, "lastCheckpointStep", 20)
     os.kill(first[1], signal.SIGKILL)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
@@ -174,11 +179,7 @@ def test_failure_policy_never_fails_and_leaves_no_orphans(
     work = tmp_path / "run"
     path = manifest(tmp_path, corpus, steps=400, runPolicy={"restartPolicy": "Never"})
     proc = start(path, work)
-    pids = wait_for(
-        lambda: (status(work).get("progress") or {}).get("step", 0) >= 5 and worker_pids(work),
-        timeout=240,
-        what="training under way",
-    )
+    pids = wait_progress(work, "step", 5)
     os.kill(pids[1], signal.SIGKILL)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 1, out
@@ -192,11 +193,7 @@ def test_failure_policy_never_fails_and_leaves_no_orphans(
 def test_sigint_stops_every_worker(tmp_path: Path, corpus: dict[str, str]) -> None:
     work = tmp_path / "run"
     proc = start(manifest(tmp_path, corpus, steps=2000), work)
-    wait_for(
-        lambda: (status(work).get("progress") or {}).get("step", 0) >= 5,
-        timeout=240,
-        what="training under way",
-    )
+    wait_progress(work, "step", 5)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
