@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,7 +16,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from berth_operator.local.runner import die_with_parent
+from berth_operator.local.runner import die_with_parent, free_port
 from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,12 +47,6 @@ def crd(kubeconfig: str) -> str:
     # Discovery can lag Established by a moment; kubectl get must know the resource.
     wait_for(lambda: kubectl("get", "bt", "-A").returncode == 0, timeout=30, what="bt discovery")
     return name
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Operator:

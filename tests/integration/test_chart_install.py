@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import urllib.request
 import uuid
@@ -24,7 +23,7 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from berth_operator.local.runner import die_with_parent
+from berth_operator.local.runner import die_with_parent, free_port
 from tests.support.kwok import terminate_pod
 from tests.support.waiting import wait_for
 
@@ -43,12 +42,6 @@ def helm(*args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=180,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
