@@ -71,7 +71,7 @@ def run_one(
     from berth_trainer.modeling import build_model
     from berth_trainer.optim import build_optimizer
     from berth_trainer.runner import trainable_variables
-    from berth_trainer.runtime import configure_threads
+    from berth_trainer.runtime import configure_threads, release_free_memory
     from berth_trainer.train_step import make_train_step
 
     configure_threads()  # as the trainer does: $BERTH_NUM_THREADS, before any op
@@ -114,8 +114,10 @@ def run_one(
     }
     data = iter(tf.data.Dataset.from_tensors((features, labels)).repeat())
     stop = tf.constant(0.0)
-    for _ in range(warmup):
+    for i in range(warmup):
         step(data, stop).numpy()
+        if i == 0:
+            release_free_memory()  # as the trainer does after its first step
     start = time.perf_counter()
     for _ in range(steps):
         step(data, stop).numpy()

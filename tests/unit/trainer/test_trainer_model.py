@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import keras_hub
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -74,6 +75,17 @@ def test_trainer_mlm_head_stays_tied_through_config_clone_and_save(tmp_path, cor
         assert not np.allclose(again(features)["logits"], expected, atol=1e-3)
     assert "output_kernel" not in {w.path.rsplit("/", 1)[-1] for w in model.weights}
 
+    # The head skips keras-hub's transposed copy of the embedding, not its arithmetic.
+    head = model.get_layer("mlm_head")
+    encoded = model.get_layer("bert")(
+        {k: features[k] for k in ("token_ids", "segment_ids", "padding_mask")}
+    )["sequence_output"]
+    np.testing.assert_allclose(
+        head(encoded, mask_positions=features["mask_positions"]),
+        keras_hub.layers.MaskedLMHead.call(head, encoded, features["mask_positions"]),
+        atol=1e-5,
+    )
+
 
 def test_trainer_schedule_round_trip():
     schedule = WarmupLinearDecay(peak=1e-3, warmup_steps=10, total_steps=100)
@@ -118,3 +130,47 @@ def test_trainer_step_compiles_with_xla_and_accumulation_matches(tmp_path, corpu
     assert acc_loss == pytest.approx(loss, rel=1e-5)
     for a, b in zip(plain, accumulated, strict=True):
         np.testing.assert_allclose(a, b, atol=atol)
+
+
+def _gradient_graph(model: keras.Model, cfg: TrainerConfig, features: dict):
+    """The traced graph of d(sum of logits)/d(trained weights), and the gradients themselves."""
+    variables = trainable_variables(model, cfg)
+
+    @tf.function
+    def grads(features):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(model(features, training=False)["logits"])
+        return tape.gradient(loss, variables)
+
+    return grads.get_concrete_function(features).graph, grads(features)
+
+
+@pytest.mark.parametrize("task", ["pretraining", "classification"])
+def test_trainer_backbone_recomputes_gelu_and_layer_norm_with_the_same_gradients(
+    tmp_path, corpus, task
+):
+    cfg = _cfg(corpus, tmp_path, task)
+    model = build_model(cfg, 60)
+    features, _ = _batch(cfg, corpus)
+    # Rebuilt from its config, the same model keeps every intermediate (no remat).
+    plain = type(model).from_config(model.get_config())
+    plain.set_weights(model.get_weights())
+    remat_graph, remat_grads = _gradient_graph(model, cfg, features)
+    plain_graph, plain_grads = _gradient_graph(plain, cfg, features)
+
+    def count(graph, op_type: str) -> int:
+        return sum(op.type == op_type for op in graph.get_operations())
+
+    # Recomputed in the backward pass: each LayerNormalization's rsqrt and each GELU's tanh
+    # appear once more. Fails if Keras stops honouring RematScope or `Layer._remat_mode`.
+    layer_norms = 1 + 2 * cfg.model.resolved().num_layers
+    assert count(remat_graph, "Rsqrt") - count(plain_graph, "Rsqrt") == layer_norms
+    assert count(remat_graph, "Tanh") > count(plain_graph, "Tanh")
+    # ...and give the same gradients, LayerNorm scales and offsets included.
+    variables = trainable_variables(model, cfg)
+    assert len(remat_grads) == len(plain_grads) == len(variables)
+    for v, a, b in zip(variables, remat_grads, plain_grads, strict=True):
+        assert a is not None and b is not None, v.path
+        np.testing.assert_allclose(
+            tf.convert_to_tensor(a), tf.convert_to_tensor(b), atol=1e-5, err_msg=v.path
+        )

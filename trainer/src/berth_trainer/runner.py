@@ -18,7 +18,7 @@ from berth_trainer.data import ExampleEncoder, describe_shard, make_dataset, pla
 from berth_trainer.errors import TrainerError
 from berth_trainer.exit_codes import ExitCode
 from berth_trainer.observability import Reporter
-from berth_trainer.runtime import configure_threads, resolve_strategy
+from berth_trainer.runtime import configure_threads, release_free_memory, resolve_strategy
 from berth_trainer.train_step import STEP_OUTPUTS, make_train_step, task_loss
 from berth_trainer.vocab import load_vocabulary
 
@@ -147,6 +147,8 @@ def train(cfg: TrainerConfig, metrics_port: int = 0) -> dict[str, float]:
             steps = per_call if step % per_call == 0 and step + per_call <= t.steps else 1
             out = multi_step_fn(iterator, stop) if steps > 1 else step_fn(iterator, stop)
             values = dict(zip(STEP_OUTPUTS, out.numpy().tolist(), strict=True))
+            if step == start:
+                release_free_memory()  # what building the step's graph left behind
             step += steps
             step_var.assign(step)
             if t.precision == Precision.MIXED_FLOAT16:
