@@ -11,7 +11,7 @@ from trainer_testlib import classification_config, pretraining_config
 
 from berth_trainer.config import TrainerConfig
 from berth_trainer.data import ExampleEncoder, make_dataset, plan_data
-from berth_trainer.modeling import build_model
+from berth_trainer.modeling import build_model, without_rematerialization
 from berth_trainer.optim import WarmupLinearDecay, build_optimizer
 from berth_trainer.runner import trainable_variables
 from berth_trainer.train_step import make_train_step
@@ -166,6 +166,12 @@ def test_trainer_backbone_recomputes_gelu_and_layer_norm_with_the_same_gradients
     layer_norms = 1 + 2 * cfg.model.resolved().num_layers
     assert count(remat_graph, "Rsqrt") - count(plain_graph, "Rsqrt") == layer_norms
     assert count(remat_graph, "Tanh") > count(plain_graph, "Tanh")
+    # Export traces without it (a SavedModel would carry the custom gradients), then restores.
+    with without_rematerialization(model):
+        assert count(_gradient_graph(model, cfg, features)[0], "Rsqrt") == count(
+            plain_graph, "Rsqrt"
+        )
+    assert count(_gradient_graph(model, cfg, features)[0], "Rsqrt") == count(remat_graph, "Rsqrt")
     # ...and give the same gradients, LayerNorm scales and offsets included.
     variables = trainable_variables(model, cfg)
     assert len(remat_grads) == len(plain_grads) == len(variables)

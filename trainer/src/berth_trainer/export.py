@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from berth_trainer.config import Task, TrainerConfig
 from berth_trainer.data import ExampleEncoder
+from berth_trainer.modeling import without_rematerialization
 
 #: How many candidates the pretraining signature returns per [MASK].
 TOP_K = 5
@@ -40,9 +41,10 @@ def export_all(
     out = cfg.output.dir
     tf.io.gfile.makedirs(out)
     model.save(os.path.join(out, "model.keras"))
-    export_saved_model(
-        cfg, model, encoder, vocabulary, label_names, os.path.join(out, "saved_model")
-    )
+    with without_rematerialization(model):
+        export_saved_model(
+            cfg, model, encoder, vocabulary, label_names, os.path.join(out, "saved_model")
+        )
     with tf.io.gfile.GFile(os.path.join(out, "vocab.txt"), "w") as f:
         f.write("".join(tok + "\n" for tok in vocabulary))
     config = {**cfg.to_wire(), "labels": label_names}

@@ -14,6 +14,9 @@ gradients, and 0.3-0.6 GiB less peak memory on BERT-base at batch 8 (docs/benchm
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import keras
 import keras_hub
 from keras.src.backend.common.remat import RematMode
@@ -41,6 +44,21 @@ def rematerialize_elementwise(backbone: keras.Model) -> keras.Model:
         if isinstance(layer, keras.layers.LayerNormalization):
             layer._remat_mode = RematMode("list_of_layers", None, [layer.name])
     return backbone
+
+
+@contextlib.contextmanager
+def without_rematerialization(model: keras.Model) -> Iterator[keras.Model]:
+    """Trace `model` without recomputation, e.g. for serving: a SavedModel would otherwise carry
+    the custom gradients of `tf.recompute_grad` (and loading it warns about each one)."""
+    layers = list(model._flatten_layers(include_self=True, recursive=True))
+    modes = [layer._remat_mode for layer in layers]
+    for layer in layers:
+        layer._remat_mode = None
+    try:
+        yield model
+    finally:
+        for layer, mode in zip(layers, modes, strict=True):
+            layer._remat_mode = mode
 
 
 def build_backbone(cfg: TrainerConfig, vocabulary_size: int) -> keras_hub.models.BertBackbone:

@@ -48,7 +48,7 @@ def configure_threads() -> int | None:
 
 
 def release_free_memory() -> bool:
-    """Return the C heap's free pages to the OS (glibc `malloc_trim(0)`); False off glibc.
+    """Return the C heap's free pages to the OS (glibc `malloc_trim(0)`): True if any were.
 
     The first call of a step function traces, optimises and instantiates its graph, which
     leaves ~0.1 GiB (BERT-base) of freed but still resident heap: memory that counts against
