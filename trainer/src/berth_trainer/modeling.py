@@ -8,7 +8,7 @@ that `from_config` and `keras.models.clone_model` rebuild the tie. Rebuild eithe
 `type(model).from_config(model.get_config())`.
 
 The backbone built for training recomputes its cheap element-wise work in the backward pass
-instead of keeping the intermediates (`rematerialize_elementwise`): no extra matmuls, the same
+instead of keeping the intermediates (`build_backbone`): no extra matmuls, the same
 gradients, and 0.3-0.6 GiB less peak memory on BERT-base at batch 8 (docs/benchmarks.md).
 """
 
@@ -28,24 +28,6 @@ from berth_trainer.config import Task, TrainerConfig
 CLASSIFIER_NAME = "classifier"
 
 
-def rematerialize_elementwise(backbone: keras.Model) -> keras.Model:
-    """Recompute every LayerNormalization in the backward pass (on top of the activations).
-
-    Build the backbone under `keras.RematScope(mode="activations")` first: that covers the
-    feed-forward GELU, whose tanh approximation otherwise keeps four `[batch, seq, 4·hidden]`
-    tensors per layer for the backward pass. A LayerNormalization computes in float32 and keeps
-    a float32 copy of its input and of `gamma / std`; recomputed, it keeps only its input.
-    `RematScope` holds one mode at a time, so the LayerNormalizations get Keras' own
-    "list_of_layers" mode afterwards, through the attribute the scope would have set at
-    construction (`Layer._remat_mode`, read by `Layer.__call__`); a test fails if Keras stops
-    honouring it. Nothing is recomputed that calls an RNG (dropout) or a matmul.
-    """
-    for layer in backbone._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.layers.LayerNormalization):
-            layer._remat_mode = RematMode("list_of_layers", None, [layer.name])
-    return backbone
-
-
 @contextlib.contextmanager
 def without_rematerialization(model: keras.Model) -> Iterator[keras.Model]:
     """Trace `model` without recomputation, e.g. for serving: a SavedModel would otherwise carry
@@ -63,6 +45,14 @@ def without_rematerialization(model: keras.Model) -> Iterator[keras.Model]:
 
 def build_backbone(cfg: TrainerConfig, vocabulary_size: int) -> keras_hub.models.BertBackbone:
     m = cfg.model.resolved()
+    # Recompute the cheap element-wise work in the backward pass instead of keeping its
+    # intermediates. The scope covers the feed-forward GELU, whose tanh approximation otherwise
+    # keeps four `[batch, seq, 4·hidden]` tensors per layer. A LayerNormalization computes in
+    # float32 and keeps a float32 copy of its input and of `gamma / std`; recomputed, it keeps
+    # only its input. `RematScope` holds one mode at a time, so each LayerNormalization then
+    # gets Keras' own "list_of_layers" mode through the attribute a scope sets at construction
+    # (`Layer._remat_mode`, read by `Layer.__call__`); a test fails if Keras stops honouring
+    # either. Nothing is recomputed that calls an RNG (dropout) or a matmul.
     with keras.RematScope(mode="activations"):
         backbone = keras_hub.models.BertBackbone(
             vocabulary_size=vocabulary_size,
@@ -74,7 +64,10 @@ def build_backbone(cfg: TrainerConfig, vocabulary_size: int) -> keras_hub.models
             max_sequence_length=m.max_sequence_length,
             name="bert",
         )
-    return rematerialize_elementwise(backbone)
+    for layer in backbone._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.LayerNormalization):
+            layer._remat_mode = RematMode("list_of_layers", None, [layer.name])
+    return backbone
 
 
 def build_model(
