@@ -52,8 +52,9 @@ def crd(kubeconfig: str) -> str:
 class Operator:
     """`berth-operator --namespace NS` as a subprocess, logging to a file."""
 
-    def __init__(self, namespace: str, log: Path, extra: list[str]):
+    def __init__(self, namespace: str, log: Path, extra: list[str], kubeconfig: Path | None = None):
         self.namespace, self.log, self.extra = namespace, log, extra
+        self.kubeconfig = kubeconfig
         self.proc: subprocess.Popen[bytes] | None = None
         self.liveness_port = free_port()
         self.metrics_port = free_port()
@@ -83,7 +84,10 @@ class Operator:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 preexec_fn=die_with_parent,  # no orphan if pytest dies
-                env=os.environ.copy(),
+                env={
+                    **os.environ,
+                    **({"KUBECONFIG": str(self.kubeconfig)} if self.kubeconfig else {}),
+                },
                 start_new_session=True,
             )
         return self
@@ -107,13 +111,14 @@ class Operator:
 def operator_factory(
     namespace: str, crd: str, api: client.ApiClient, tmp_path: Path
 ) -> Iterator[Callable[..., Operator]]:
-    """Start operators watching `namespace`; at teardown delete every BertTraining while one
+    """Start operators watching `namespace` (admin credentials unless a kubeconfig is given);
+    at teardown delete every BertTraining while one
     still runs (its finalizer needs it), stop them, and print the log (shown on failure)."""
     log = tmp_path / "operator.log"
     started: list[Operator] = []
 
-    def make(*extra: str) -> Operator:
-        op = Operator(namespace, log, list(extra)).start()
+    def make(*extra: str, kubeconfig: Path | None = None) -> Operator:
+        op = Operator(namespace, log, list(extra), kubeconfig).start()
         started.append(op)
         return op
 
@@ -233,7 +238,7 @@ def manifest(name: str, workers: int = 3, **spec: Any) -> dict[str, Any]:
     return body
 
 
-TRAINER_METRICS = b"""# HELP berth_train_step Optimizer steps done.
+TRAINER_METRICS = """# HELP berth_train_step Optimizer steps done.
 # TYPE berth_train_step gauge
 berth_train_step 120.0
 # TYPE berth_train_total_steps gauge
@@ -244,30 +249,39 @@ berth_train_loss 2.5
 berth_train_examples_per_second 320.0
 # TYPE berth_last_checkpoint_step gauge
 berth_last_checkpoint_step 100.0
+# TYPE berth_trainer_info gauge
+berth_trainer_info{{namespace="{namespace}",restart="{restart}",training="{training}",\
+worker="0"}} 1.0
 """
 
 
-class _MetricsHandler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = TRAINER_METRICS if self.path == "/metrics" else b""
-        self.send_response(200 if body else 404)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.end_headers()
-        self.wfile.write(body)
+def _metrics_handler(body: bytes) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            found = self.path == "/metrics"
+            self.send_response(200 if found else 404)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.end_headers()
+            self.wfile.write(body if found else b"")
 
-    def log_message(self, *args: Any) -> None:
-        pass
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    return Handler
 
 
 @pytest.fixture
-def metrics_server() -> Iterator[Callable[[str], None]]:
-    """Serve the trainer's metric names on <pod IP>:9090 (KWOK pod IPs are loopback)."""
+def metrics_server() -> Iterator[Callable[..., ThreadingHTTPServer]]:
+    """Serve the trainer's metrics on <pod IP>:9090 (KWOK pod IPs are loopback), labelled as
+    worker 0 of `training` in `namespace` and group restart `restart`."""
     servers: list[ThreadingHTTPServer] = []
 
-    def serve(ip: str) -> None:
-        server = ThreadingHTTPServer((ip, 9090), _MetricsHandler)
+    def serve(ip: str, namespace: str, training: str, restart: int = 0) -> ThreadingHTTPServer:
+        body = TRAINER_METRICS.format(namespace=namespace, training=training, restart=restart)
+        server = ThreadingHTTPServer((ip, 9090), _metrics_handler(body.encode()))
         servers.append(server)
         threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
 
     yield serve
     for server in servers:

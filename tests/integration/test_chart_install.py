@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from berth_operator.local.runner import die_with_parent, free_port
+from tests.support.apicount import service_account_kubeconfig
 from tests.support.kwok import terminate_pod
 from tests.support.waiting import wait_for
 
@@ -83,37 +83,6 @@ def release(
     }
     uninstall = helm("uninstall", name, "--namespace", namespace, "--wait", "--timeout", "60s")
     assert uninstall.returncode == 0, uninstall.stderr
-
-
-def service_account_kubeconfig(
-    api: client.ApiClient, admin_kubeconfig: str, namespace: str, account: str, path: Path
-) -> Path:
-    """A kubeconfig that authenticates as `account` with a TokenRequest token."""
-    token = (
-        client.CoreV1Api(api)
-        .create_namespaced_service_account_token(
-            account, namespace, {"spec": {"expirationSeconds": 3600}}
-        )
-        .status.token
-    )
-    admin = yaml.safe_load(Path(admin_kubeconfig).read_text())
-    cluster = admin["clusters"][0]["cluster"]
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "berth-test", "cluster": cluster}],
-                "users": [{"name": account, "user": {"token": token}}],
-                "contexts": [
-                    {"name": "chart", "context": {"cluster": "berth-test", "user": account}}
-                ],
-                "current-context": "chart",
-            }
-        )
-    )
-    path.chmod(0o600)
-    return path
 
 
 @contextlib.contextmanager

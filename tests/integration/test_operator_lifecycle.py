@@ -6,6 +6,7 @@ import json
 import time
 import urllib.request
 from collections.abc import Callable
+from http.server import ThreadingHTTPServer
 
 import pytest
 from kubernetes import client
@@ -201,15 +202,38 @@ def test_operator_restart_keeps_pods(
     assert trainings.status("steady")["phase"] == "Running"
 
 
+def _scrape_failures(operator: Operator) -> float:
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5
+    ) as response:
+        text = response.read().decode()
+    line = next(
+        line
+        for line in text.splitlines()
+        if line.startswith("berth_operator_progress_scrape_failures_total ")
+    )
+    return float(line.split()[1])
+
+
 def test_progress_from_worker_metrics(
-    operator: Operator, trainings: Trainings, metrics_server: Callable[[str], None]
+    operator: Operator,
+    trainings: Trainings,
+    metrics_server: Callable[..., ThreadingHTTPServer],
 ) -> None:
     trainings.create(manifest("watched"))
     pods = _running_group(trainings, "watched")
-    metrics_server(pods[0].status.pod_ip)
+    ip = pods[0].status.pod_ip
+    # Another process on worker 0's address (an old group's worker, a reused IP) is never read.
+    failures = _scrape_failures(operator)
+    impostor = metrics_server(ip, trainings.namespace, "watched", restart=7)
+    wait_for(lambda: _scrape_failures(operator) > failures, what="the impostor scraped")
+    assert "progress" not in trainings.status("watched")
+    impostor.shutdown()
+    impostor.server_close()
+    metrics_server(ip, trainings.namespace, "watched")
     progress = wait_for(
         lambda: (trainings.status("watched").get("progress") or {}).get("step"),
-        timeout=20,
+        timeout=30,
         what="status.progress.step",
     )
     assert progress == 120

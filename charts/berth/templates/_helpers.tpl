@@ -103,24 +103,25 @@ ClusterRole (cluster-wide mode) and each Role (namespaced mode). Only what the o
 tests/integration/test_chart_install.py runs the operator under exactly these rules.
 */}}
 {{- define "berth.namespacedRules" -}}
-# BertTrainings: kopf lists and watches them and patches finalizers and annotations; the
-# reconcile pass reads a fresh copy and deletes finished ones after ttlSecondsAfterFinished.
+# BertTrainings: kopf lists and watches them (the controller's cache) and patches finalizers
+# and annotations of Cloud TPU ones; finished ones are deleted after ttlSecondsAfterFinished.
 - apiGroups: ["berth.dev"]
   resources: ["berttrainings"]
-  verbs: ["get", "list", "watch", "patch", "delete"]
-# One status patch per pass.
+  verbs: ["list", "watch", "patch", "delete"]
+# A status patch when a pass changes something.
 - apiGroups: ["berth.dev"]
   resources: ["berttrainings/status"]
   verbs: ["patch"]
-# Worker pods: listed by label, read for worker 0's IP, created and deleted (group restarts).
+# Worker pods: listed and watched by label (the controller's cache), created and deleted.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "create", "delete"]
+  verbs: ["list", "watch", "create", "delete"]
 # Each training's headless Service (created once; owned by the training, garbage-collected).
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["create"]
-# Each training's ConfigMap (created, or its data patched up to date).
+# Each training's ConfigMap (created, or its data patched up to date). A server-side dry-run
+# create also tells whether the namespace is being deleted before a failure is acted on.
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["create", "patch"]

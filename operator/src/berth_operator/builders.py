@@ -23,7 +23,7 @@ import yaml
 from berth_operator import labels
 from berth_operator.api import BertTrainingSpec, TpuProvider
 from berth_operator.podtemplate import merge_pod_template
-from berth_operator.tpu import apply_gke
+from berth_operator.tpu.node import apply_gke
 
 TF_PORT = 2222
 TF_PORT_NAME = "tf-port"
@@ -126,7 +126,11 @@ def build_worker_pod(
     name, namespace = _meta(training)
     spec = parse_spec(training)
     env: list[dict[str, Any]] = [
+        # Who this worker is: the trainer labels its metrics with it (berth_trainer_info), so
+        # the operator never takes another process's endpoint for this worker's.
+        {"name": "BERTH_NAMESPACE", "value": namespace},
         {"name": "BERTH_TRAINING", "value": name},
+        {"name": "BERTH_RESTART", "value": str(restart)},
         {"name": "BERTH_WORKER_INDEX", "value": str(index)},
         {"name": "BERTH_NUM_WORKERS", "value": str(spec.workers)},
         {"name": "BERTH_METRICS_PORT", "value": str(METRICS_PORT)},

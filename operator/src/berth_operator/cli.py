@@ -9,6 +9,8 @@ from collections.abc import Sequence
 import kopf
 
 from berth_operator import handlers, metrics
+from berth_operator.context import Context
+from berth_operator.controller import CONCURRENCY
 from berth_operator.k8s import Cluster, load_config
 from berth_operator.settings import parse_settings
 
@@ -20,10 +22,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)-7s [%(name)s] %(message)s",
         stream=sys.stderr,
     )
-    if settings.log_level != "DEBUG":  # kopf logs every timer run at INFO
+    if settings.log_level != "DEBUG":  # kopf logs every handler run at INFO
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    load_config()
-    context = handlers.Context(settings=settings, cluster=Cluster(), phases=metrics.PhaseTracker())
+    load_config(pool_size=CONCURRENCY)
+    context = Context(settings=settings, cluster=Cluster(), phases=metrics.PhaseTracker())
     logging.getLogger("berth_operator").info(
         "watching %s; default image %s",
         ", ".join(settings.namespaces) or "all namespaces",

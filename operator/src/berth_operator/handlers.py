@@ -1,186 +1,154 @@
-"""kopf handlers: thin, typed glue between kopf and the pure policy/builders.
+"""kopf handlers of the pod path: watch, index, enqueue. Thin, typed glue.
 
-Two timers per BertTraining (timers, not change handlers, so that deadlines, pending timeouts
-and TTLs fire without waiting for an event, and every pass re-reads the cluster):
+kopf watches BertTrainings and the worker pods (server-side label selector), keeps both in
+in-memory indexes, and every watch event puts the training's key on the controller's work queue
+(`berth_operator.controller`), which reconciles from those indexes. There are no timers: a pass
+runs because something changed, or because a time-based rule of that training is due.
 
-* `reconcile` every --reconcile-interval: fresh training + its pods → `policy.reconcile` →
-  delete/create pods, record events, one status patch;
-* `progress` every --progress-interval while Running: scrape worker 0's /metrics → one
-  `status.progress` patch when something changed.
-
-Trainings with `spec.tpu.provider: cloud` have no pods; `tpu_handlers` handles them instead.
+Trainings with `spec.tpu.provider: cloud` have no pods; `berth_operator.tpu.handlers` handles
+them instead.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import time
-from datetime import UTC, datetime
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
-from berth_operator import builders, labels, metrics, outcome, policy, progress, tpu_handlers
-from berth_operator.k8s import Cluster
+from berth_operator import labels, metrics
+from berth_operator.context import from_memo
+from berth_operator.controller import Controller
 from berth_operator.settings import Settings
-from berth_operator.workers import format_time
+from berth_operator.tpu import handlers as tpu_handlers
 
 log = logging.getLogger(__name__)
 
-
-@dataclasses.dataclass
-class Context:
-    """What every handler needs, handed over in kopf's `memo`."""
-
-    settings: Settings
-    cluster: Cluster
-    phases: metrics.PhaseTracker
-    #: Cloud TPU API clients by (endpoint, namespace, credentialsSecret, key id).
-    tpu_clients: dict[tuple[str, ...], Any] = dataclasses.field(default_factory=dict)
+TRAININGS = (labels.GROUP, labels.VERSION, labels.PLURAL)
+PODS = ("", "v1", "pods")
+TRAINING_LABEL = labels.TRAINING
+#: Only Berth's worker pods are watched (and cached): the selector is applied by the API server.
+WORKER_SELECTOR = f"{labels.TRAINING},{labels.ROLE}={labels.ROLE_WORKER}"
+#: Index names: kopf hands each index to handlers as a keyword argument of this name.
+TRAINING_INDEX, POD_INDEX = "berth_trainings", "berth_pods"
 
 
-def _ctx(memo: Any) -> Context:
-    ctx: Context = memo["context"]
-    return ctx
-
-
-def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+def startup(settings: kopf.OperatorSettings, memo: Any, **indexes: Any) -> None:
     settings.posting.level = logging.WARNING  # events: ours (kopf.event) and kopf's errors only
     settings.persistence.finalizer = f"{labels.GROUP}/operator"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=labels.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=labels.GROUP, key="last-handled-configuration"
     )
+    settings.watching.label_selectors[PODS] = WORKER_SELECTOR
     settings.watching.server_timeout = 120
     settings.watching.client_timeout = 150
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 30
-    settings.execution.max_workers = 32
-    metrics.serve(_ctx(memo).settings.metrics_port)
+    settings.execution.max_workers = 4  # sync handlers: only login and the rare TPU thread
+    ctx = from_memo(memo)
+    ctx.controller = Controller(
+        ctx.settings, ctx.cluster, indexes[TRAINING_INDEX], indexes[POD_INDEX]
+    )
+    metrics.serve(ctx.settings.metrics_port)
 
 
-def track_phase(
-    namespace: str | None, name: str, type: str, status: kopf.Status, memo: Any, **_: Any
-) -> None:
-    """Keep the trainings-by-phase gauge current from the watch stream."""
-    phase = None if type == "DELETED" else str(status.get("phase") or "Pending")
-    _ctx(memo).phases.set(namespace or "", name, phase)
+async def cleanup(memo: Any, **_: Any) -> None:
+    controller = from_memo(memo).controller
+    if controller is not None:
+        await controller.stop()
 
 
-def reconcile(
+#: What the caches keep of each object: what `policy.reconcile` reads, and what `kopf.adopt`
+#: and `kopf.event` need of an owner. Pods drop their spec: a worker's state is in its status.
+TRAINING_META = (
+    "name",
+    "namespace",
+    "uid",
+    "generation",
+    "resourceVersion",
+    "labels",
+    "deletionTimestamp",
+)
+POD_META = ("name", "namespace", "uid", "labels", "creationTimestamp", "deletionTimestamp")
+POD_STATUS = ("phase", "conditions", "containerStatuses", "podIP", "reason", "message")
+
+
+def _pick(mapping: Mapping[str, Any] | None, keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: mapping[k] for k in keys if mapping and k in mapping}
+
+
+def cached_training(body: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": _pick(body.get("metadata"), TRAINING_META),
+        "spec": dict(body.get("spec") or {}),
+        "status": dict(body.get("status") or {}),
+    }
+
+
+def cached_pod(body: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "metadata": _pick(body.get("metadata"), POD_META),
+        "status": _pick(body.get("status"), POD_STATUS),
+    }
+
+
+async def index_training(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """BertTrainings by (namespace, name), as the controller reads them."""
+    return {(namespace or "", name): cached_training(body)}
+
+
+async def index_pod(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Worker pods by (namespace, training), only what `workers.observe_pod` reads."""
+    return {(namespace or "", labels[TRAINING_LABEL]): cached_pod(body)}
+
+
+async def training_event(
     namespace: str | None,
     name: str,
-    body: kopf.Body,
-    patch: kopf.Patch,
-    memo: Any,
-    **_: Any,
-) -> None:
-    """One reconcile pass over a training (see berth_operator.policy)."""
-    ctx = _ctx(memo)
-    assert namespace is not None  # BertTraining is namespaced
-    started = time.monotonic()
-    training = ctx.cluster.get_training(namespace, name)  # fresh: never act on a stale status
-    if training is None or training["metadata"].get("deletionTimestamp"):
-        return
-    pods = ctx.cluster.list_worker_pods(namespace, name)
-    plan = policy.reconcile(training, pods, datetime.now(UTC))
-    old_status = training.get("status") or {}
-
-    deleted = [pod for pod in plan.delete if ctx.cluster.delete_pod(namespace, pod)]
-    if deleted:
-        metrics.PODS_DELETED.inc(len(deleted))
-        kopf.event(
-            body,
-            type="Normal",
-            reason="DeletedWorkers",
-            message=f"deleted pods {', '.join(deleted)}",
-        )
-    if plan.create:
-        config_map, service = builders.build_config_map(training), builders.build_service(training)
-        kopf.adopt([config_map, service], owner=body)
-        ctx.cluster.sync_config_map(config_map)
-        ctx.cluster.create(service)
-        created = []
-        for index in plan.create:
-            pod = builders.build_worker_pod(
-                training, index, ctx.settings.default_image, plan.restart
-            )
-            kopf.adopt(pod, owner=body)
-            if ctx.cluster.create(pod):
-                created.append(pod["metadata"]["name"])
-        if created:
-            metrics.PODS_CREATED.inc(len(created))
-            kopf.event(
-                body,
-                type="Normal",
-                reason="CreatedWorkers",
-                message=f"created pods {', '.join(created)} (restart {plan.restart})",
-            )
-    outcome.record_pass(body, namespace, name, plan.events, plan.restart, old_status, plan.status)
-    if plan.delete_training:
-        log.info("%s/%s: runPolicy.ttlSecondsAfterFinished passed: deleting", namespace, name)
-        ctx.cluster.delete_training(namespace, name)
-    else:
-        patch.status.update(policy.status_patch(old_status, plan.status))
-    metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
-
-
-def poll_progress(
-    namespace: str | None,
-    name: str,
-    spec: kopf.Spec,
+    type: str,
     status: kopf.Status,
-    patch: kopf.Patch,
+    spec: kopf.Spec,
     memo: Any,
-    logger: kopf.Logger,
     **_: Any,
 ) -> None:
-    """Scrape worker 0 while Running; never fails (an unreachable endpoint is normal)."""
-    if status.get("phase") != "Running":
-        return
-    ctx = _ctx(memo)
-    assert namespace is not None
-    pod = ctx.cluster.get_pod(namespace, builders.worker_name(name, 0))
-    pod_ip = (pod or {}).get("status", {}).get("podIP")
-    if not pod_ip:
-        return
-    try:
-        text = progress.fetch_metrics(
-            progress.metrics_url(pod_ip), timeout=min(2.0, ctx.settings.progress_interval)
-        )
-        batch = int((spec.get("training") or {}).get("globalBatchSize") or 1)
-        new = progress.progress_from_metrics(text, global_batch_size=batch)
-    except (OSError, ValueError) as error:
-        metrics.SCRAPE_FAILURES.inc()
-        logger.debug("metrics of %s unavailable: %s", pod_ip, error)
-        return
-    if progress.progress_changed(status.get("progress"), new):
-        patch.status["progress"] = {**new, "updatedAt": format_time(datetime.now(UTC))}
+    """Keep the trainings-by-phase gauge current; reconcile pod trainings on any change."""
+    ctx = from_memo(memo)
+    phase = None if type == "DELETED" else str(status.get("phase") or "Pending")
+    ctx.phases.set(namespace or "", name, phase)
+    if ctx.controller is not None and not tpu_handlers.is_cloud(spec):
+        ctx.controller.enqueue((namespace or "", name))
+
+
+async def pod_event(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
+    """A worker pod changed: reconcile its training."""
+    controller = from_memo(memo).controller
+    if controller is not None:
+        controller.enqueue((namespace or "", labels[TRAINING_LABEL]))
 
 
 def register(settings: Settings) -> kopf.OperatorRegistry:
-    """A kopf registry with every handler, intervals taken from `settings`."""
+    """A kopf registry with every handler of both paths."""
     registry = kopf.OperatorRegistry()
-    resource = (labels.GROUP, labels.VERSION, labels.PLURAL)
     kopf.on.login(registry=registry)(kopf.login_via_client)  # in-cluster, else $KUBECONFIG
     kopf.on.startup(registry=registry)(startup)
-    kopf.on.event(*resource, registry=registry)(track_phase)
-    # Cloud TPU trainings have no pods: tpu_handlers reconciles them instead.
-    not_cloud = tpu_handlers.is_not_cloud
-    kopf.timer(
-        *resource,
-        registry=registry,
-        id="reconcile",
-        interval=settings.reconcile_interval,
-        when=not_cloud,
-    )(reconcile)
-    kopf.timer(
-        *resource,
-        registry=registry,
-        id="progress",
-        interval=settings.progress_interval,
-        when=not_cloud,
-    )(poll_progress)
+    kopf.on.cleanup(registry=registry)(cleanup)
+    kopf.index(*TRAININGS, registry=registry, id=TRAINING_INDEX, when=tpu_handlers.is_not_cloud)(
+        index_training
+    )
+    kopf.index(*PODS, registry=registry, id=POD_INDEX, labels={TRAINING_LABEL: kopf.PRESENT})(
+        index_pod
+    )
+    kopf.on.event(*TRAININGS, registry=registry, id="training-event")(training_event)
+    kopf.on.event(*PODS, registry=registry, id="pod-event", labels={TRAINING_LABEL: kopf.PRESENT})(
+        pod_event
+    )
     tpu_handlers.register(registry, settings.reconcile_interval)
     return registry

@@ -18,12 +18,29 @@ from kubernetes.client.exceptions import ApiException
 from berth_operator import labels
 
 
-def load_config() -> None:
-    """In-cluster service account if there is one, else the kubeconfig ($KUBECONFIG)."""
+def load_config(pool_size: int | None = None) -> None:
+    """In-cluster service account if there is one, else the kubeconfig ($KUBECONFIG).
+
+    `pool_size`: HTTP connections kept per API server, sized to the threads that call it, so no
+    request waits for, or throws away, a connection.
+    """
     try:
         kubernetes.config.load_incluster_config()
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()
+    if pool_size:
+        configuration = kubernetes.client.Configuration.get_default_copy()
+        configuration.connection_pool_maxsize = pool_size
+        kubernetes.client.Configuration.set_default(configuration)
+
+
+def namespace_terminating(error: ApiException) -> bool:
+    """Whether the API server refused a create because the namespace is being deleted."""
+    return error.status == 403 and "NamespaceTerminating" in str(error.body or "")
+
+
+class NamespaceTerminatingError(Exception):
+    """The namespace is being deleted: nothing new can be created in it."""
 
 
 def _json(response: Any) -> Any:
@@ -36,25 +53,6 @@ class Cluster:
     def __init__(self, api_client: kubernetes.client.ApiClient | None = None) -> None:
         self.core = kubernetes.client.CoreV1Api(api_client)
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
-
-    def get_training(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return dict(
-                _json(
-                    self.custom.get_namespaced_custom_object(
-                        labels.GROUP,
-                        labels.VERSION,
-                        namespace,
-                        labels.PLURAL,
-                        name,
-                        _preload_content=False,
-                    )
-                )
-            )
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
 
     def delete_training(self, namespace: str, name: str) -> None:
         try:
@@ -70,21 +68,35 @@ class Cluster:
             if error.status != 404:
                 raise
 
-    def list_worker_pods(self, namespace: str, training: str) -> list[dict[str, Any]]:
-        response = self.core.list_namespaced_pod(
-            namespace, label_selector=labels.worker_selector(training), _preload_content=False
-        )
-        return list(_json(response)["items"])
-
-    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> str | None:
+        """Merge-patch the training's status; its new resourceVersion (None: it is gone)."""
         try:
-            return dict(
-                _json(self.core.read_namespaced_pod(name, namespace, _preload_content=False))
+            result = self.custom.patch_namespaced_custom_object_status(
+                labels.GROUP,
+                labels.VERSION,
+                namespace,
+                labels.PLURAL,
+                name,
+                {"status": dict(status)},
+                _preload_content=False,
             )
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
+        return str(_json(result)["metadata"]["resourceVersion"])
+
+    def namespace_terminating(self, namespace: str) -> bool:
+        """Whether `namespace` is being deleted: a server-side dry-run create tells, with no
+        permission beyond the ConfigMap create the operator has anyway."""
+        probe: Any = {"metadata": {"generateName": "berth-probe-", "namespace": namespace}}
+        try:
+            self.core.create_namespaced_config_map(namespace, probe, dry_run="All")
+        except ApiException as error:
+            if namespace_terminating(error):
+                return True
+            raise
+        return False
 
     def create(self, obj: Mapping[str, Any]) -> bool:
         """Create a Pod, Service or ConfigMap; False if it already existed."""
@@ -102,6 +114,8 @@ class Cluster:
         except ApiException as error:
             if error.status == 409:
                 return False
+            if namespace_terminating(error):
+                raise NamespaceTerminatingError(namespace) from error
             raise
         return True
 

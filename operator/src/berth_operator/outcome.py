@@ -1,6 +1,6 @@
 """What a reconcile pass reports: its events (posted and logged) and the operator's counters.
 
-Shared by the pod path (`handlers`) and the Cloud TPU path (`tpu_handlers`).
+Shared by the pod path (`controller`) and the Cloud TPU path (`tpu.handlers`).
 """
 
 from __future__ import annotations

@@ -301,6 +301,50 @@ def reconcile(
     return plan
 
 
+def next_due(training: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> datetime | None:
+    """When a time-based rule next needs a pass, with no event to trigger it (None: never).
+
+    `training` carries the status the last pass wrote. The rules: the TTL of a finished training,
+    runPolicy.activeDeadlineSeconds since startTime, and pendingTimeoutSeconds of a worker of the
+    current group that is still Pending.
+
+    >>> t = {"metadata": {"name": "b"}, "status": {"phase": "Running", "restarts": 0,
+    ...      "startTime": "2025-01-01T00:00:00Z"},
+    ...      "spec": {"vocabulary": "v", "data": {"train": "d"}, "output": {"dir": "o"},
+    ...               "checkpoint": {"dir": "c"}, "runPolicy": {"activeDeadlineSeconds": 60}}}
+    >>> next_due(t, []).isoformat()
+    '2025-01-01T00:01:00+00:00'
+    """
+    try:
+        run_policy = parse_spec(training).run_policy
+    except ValidationError:
+        return None
+    status = training.get("status") or {}
+    phase = status.get("phase") or Phase.PENDING.value
+    if phase in FINISHED_PHASES:
+        done = parse_time(status.get("completionTime"))
+        ttl = run_policy.ttl_seconds_after_finished
+        return None if ttl is None or done is None else done + timedelta(seconds=ttl)
+    if run_policy.suspend or phase == Phase.SUSPENDED.value:
+        return None
+    dues: list[datetime] = []
+    started = parse_time(status.get("startTime"))
+    if run_policy.active_deadline_seconds is not None and started is not None:
+        dues.append(started + timedelta(seconds=run_policy.active_deadline_seconds))
+    restart = int(status.get("restarts") or 0)
+    timeout = timedelta(seconds=run_policy.pending_timeout_seconds)
+    for state in (observe_pod(pod) for pod in pods):
+        if (
+            state is not None
+            and state.restart == restart
+            and state.phase == "Pending"
+            and not state.terminating
+            and state.created is not None
+        ):
+            dues.append(state.created + timeout)
+    return min(dues, default=None)
+
+
 def _lost(name: str, index: int, restart: int) -> WorkerState:
     """A stand-in failure for a worker pod deleted while the group was running."""
     return WorkerState(

@@ -61,6 +61,36 @@ def _eta(
     return max(0, round((total - step) * global_batch_size / examples_per_second))
 
 
+#: Info metric the trainer labels with who it is (berth_trainer.observability.worker_identity).
+IDENTITY_METRIC = "berth_trainer_info"
+
+
+def identity_from_metrics(text: str) -> dict[str, str] | None:
+    """The labels of `berth_trainer_info`, or None when the endpoint does not say who it is.
+
+    >>> text = 'berth_trainer_info{namespace="ml",restart="0",training="b",worker="0"} 1.0\\n'
+    >>> identity_from_metrics(text)
+    {'namespace': 'ml', 'restart': '0', 'training': 'b', 'worker': '0'}
+    """
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == IDENTITY_METRIC:
+                return dict(sample.labels)
+    return None
+
+
+def expected_identity(
+    namespace: str, training: str, restart: int, worker: int = 0
+) -> dict[str, str]:
+    """What `berth_trainer_info` of `worker` of group restart `restart` must say."""
+    return {
+        "namespace": namespace,
+        "training": training,
+        "restart": str(restart),
+        "worker": str(worker),
+    }
+
+
 def progress_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
     """Whether `new` differs from `old` ignoring updatedAt (skip no-op status writes)."""
     old = {k: v for k, v in (old or {}).items() if k != "updatedAt"}

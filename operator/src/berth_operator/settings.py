@@ -120,7 +120,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--reconcile-interval",
         type=_positive,
         default=_positive(env.get("BERTH_RECONCILE_INTERVAL", "2")),
-        help="seconds between reconcile passes of each training",
+        help="seconds between polls of the Cloud TPU API (provider cloud); pods are watched",
     )
     parser.add_argument(
         "--log-level",

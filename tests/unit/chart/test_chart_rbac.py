@@ -20,9 +20,9 @@ Rule = tuple[str, str, str]  # (apiGroup, resource, verb)
 
 #: Everything the operator does in a namespace it watches (docs/operator.md).
 NAMESPACED: set[Rule] = {
-    *(("berth.dev", "berttrainings", v) for v in ("get", "list", "watch", "patch", "delete")),
+    *(("berth.dev", "berttrainings", v) for v in ("list", "watch", "patch", "delete")),
     ("berth.dev", "berttrainings/status", "patch"),
-    *(("", "pods", v) for v in ("get", "list", "create", "delete")),
+    *(("", "pods", v) for v in ("list", "watch", "create", "delete")),
     ("", "services", "create"),
     ("", "configmaps", "create"),
     ("", "configmaps", "patch"),

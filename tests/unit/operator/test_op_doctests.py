@@ -11,6 +11,7 @@ MODULES = [
     "api",
     "builders",
     "conditions",
+    "expectations",
     "labels",
     "local.manifest",
     "local.view",
@@ -18,6 +19,7 @@ MODULES = [
     "policy",
     "progress",
     "workers",
+    "workqueue",
 ]
 
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from berth_operator.builders import build_worker_pod, parse_spec
-from berth_operator.tpu import chips, node_fields, startup_script
-from berth_operator.tpu_policy import TpuObservation, decide
+from berth_operator.tpu.node import chips, node_fields, startup_script
+from berth_operator.tpu.policy import TpuObservation, decide
 from tests.unit.operator.factories import T0, Training, make_training
 
 GKE = {"provider": "gke", "acceleratorType": "tpu-v5-lite-podslice", "topology": "2x4"}

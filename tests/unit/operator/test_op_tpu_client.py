@@ -1,4 +1,4 @@
-"""The real TpuAsyncClient (through berth_operator.tpu_client) against the in-process fake."""
+"""The real TpuAsyncClient (through berth_operator.tpu.client) against the in-process fake."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from berth_operator.api import TpuSpec
-from berth_operator.tpu_client import TpuApi, TransientTpuError, make_client
+from berth_operator.tpu.client import TpuApi, TransientTpuError, make_client
 from tests.support.fake_tpu import FakeTpu
 
 SPEC = TpuSpec.model_validate(

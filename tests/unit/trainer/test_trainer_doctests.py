@@ -8,7 +8,9 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("module", ["bert_pretrainer", "config", "exit_codes", "synthetic"])
+@pytest.mark.parametrize(
+    "module", ["bert_pretrainer", "config", "exit_codes", "observability", "synthetic"]
+)
 def test_docstring_examples(module: str) -> None:
     result = doctest.testmod(importlib.import_module(f"berth_trainer.{module}"))
     assert result.attempted > 0

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # tpu imports TensorFlow; this module must not
@@ -37,6 +39,21 @@ def setup_logging(worker: int | None = None) -> None:
     log.handlers[:] = [handler]
     log.setLevel(logging.INFO)
     log.propagate = False
+
+
+def worker_identity(env: Mapping[str, str], worker: int) -> dict[str, str]:
+    """Labels of `berth_trainer_info`: the pod's namespace, training, group restart and index.
+
+    >>> worker_identity({"BERTH_NAMESPACE": "ml", "BERTH_TRAINING": "bert",
+    ...                  "BERTH_RESTART": "2"}, 1)
+    {'namespace': 'ml', 'training': 'bert', 'restart': '2', 'worker': '1'}
+    """
+    return {
+        "namespace": env.get("BERTH_NAMESPACE", ""),
+        "training": env.get("BERTH_TRAINING", ""),
+        "restart": env.get("BERTH_RESTART", ""),
+        "worker": str(worker),
+    }
 
 
 class Reporter:
@@ -86,6 +103,12 @@ class Reporter:
         ):
             self._gauges[name] = prom.Gauge(name, doc, registry=registry)
         self._gauges["berth_train_total_steps"].set(self.total_steps)
+        info = prom.Info(
+            "berth_trainer",
+            "Which worker serves these metrics (the operator checks it before using them).",
+            registry=registry,
+        )
+        info.info(worker_identity(os.environ, self.worker))
         try:
             prom.start_http_server(port, registry=registry)
         except OSError as err:  # several local workers on one port: the first one serves

@@ -42,7 +42,7 @@ from berth_operator.policy import (
     deadline_exceeded,
     should_retry,
 )
-from berth_operator.tpu import node_name
+from berth_operator.tpu.node import node_name
 from berth_operator.workers import WorkerState, parse_time
 
 Action = Literal["create", "delete", "none"]

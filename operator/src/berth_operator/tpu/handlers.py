@@ -1,7 +1,9 @@
 """kopf handlers of Cloud TPU trainings (`spec.tpu.provider: cloud`): thin glue.
 
 * `reconcile-tpu`, a timer every --reconcile-interval: observe the node through the Cloud TPU
-  API → `tpu_policy.decide` → create/delete the node, record events, one status patch;
+  API → `tpu.policy.decide` → create/delete the node, record events, one status patch. The
+  Cloud TPU API has no watch, so this path polls it; the training itself comes from kopf's
+  watch, never from a GET;
 * `delete-tpu`, on deletion of the BertTraining (behind kopf's finalizer): delete the TPU and
   wait until the API no longer lists it, so nothing is left billing.
 
@@ -15,24 +17,19 @@ import asyncio
 import dataclasses
 import logging
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import kopf
 from pydantic import ValidationError
 
-from berth_operator import builders, labels, outcome, tpu, tpu_policy
+from berth_operator import builders, labels, outcome
 from berth_operator.api import TpuSpec
-from berth_operator.tpu_client import TpuApi, TpuRejected, TransientTpuError, make_client, parse_key
-
-if TYPE_CHECKING:
-    from berth_operator.handlers import Context
+from berth_operator.context import Context, from_memo
+from berth_operator.tpu import node as tpu
+from berth_operator.tpu import policy as tpu_policy
+from berth_operator.tpu.client import TpuApi, TpuRejected, TransientTpuError, make_client, parse_key
 
 log = logging.getLogger(__name__)
-
-
-def _ctx(memo: Any) -> Context:
-    ctx: Context = memo["context"]
-    return ctx
 
 
 def is_cloud(spec: kopf.Spec, **_: Any) -> bool:
@@ -82,12 +79,12 @@ async def reconcile_tpu(
     memo: Any,
     **kwargs: Any,
 ) -> None:
-    """One pass over a Cloud TPU training (see berth_operator.tpu_policy)."""
-    ctx = _ctx(memo)
+    """One pass over a Cloud TPU training (see berth_operator.tpu.policy)."""
+    ctx = from_memo(memo)
     retry = int(kwargs.get("retry") or 0)
     assert namespace is not None
-    training = await asyncio.to_thread(ctx.cluster.get_training, namespace, name)
-    if training is None or training["metadata"].get("deletionTimestamp"):
+    training: dict[str, Any] = {**body, "metadata": dict(body.metadata)}
+    if training["metadata"].get("deletionTimestamp"):
         return
     old_status = training.get("status") or {}
     now = datetime.now(UTC)
@@ -141,7 +138,7 @@ async def delete_tpu(
     namespace: str | None, name: str, spec: kopf.Spec, memo: Any, retry: int, **_: Any
 ) -> None:
     """Finalizer: delete the training's TPU and hold the BertTraining until it is gone."""
-    ctx = _ctx(memo)
+    ctx = from_memo(memo)
     assert namespace is not None
     try:
         tpu_spec = _tpu_spec(spec)

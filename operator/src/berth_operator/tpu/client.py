@@ -23,8 +23,14 @@ from google.longrunning import operations_pb2
 from google.oauth2 import service_account
 
 from berth_operator.api import TpuSpec
-from berth_operator.tpu import GUEST_NAMESPACE, node_id, node_name, parent, queued_resource_name
-from berth_operator.tpu_policy import TpuObservation
+from berth_operator.tpu.node import (
+    GUEST_NAMESPACE,
+    node_id,
+    node_name,
+    parent,
+    queued_resource_name,
+)
+from berth_operator.tpu.policy import TpuObservation
 
 #: Seconds one API call may take before the pass gives up (and retries later).
 CALL_TIMEOUT = 10.0

@@ -1,0 +1,358 @@
+"""The pod path's controller: reconcile a training when it or one of its pods changes.
+
+What controller-runtime does with informers and a work queue, on kopf's watches and indexes:
+
+* kopf watches BertTrainings and worker pods and keeps them in two in-memory indexes
+  (`handlers.py`); every watch event `enqueue`s the training's key.
+* A few workers take keys from a coalescing `WorkQueue` (one key is never worked on twice at
+  once) and run the pure `policy.reconcile` over the cached training and pods. Only what the plan
+  changes is written: pods deleted and created, events posted, one status patch.
+* Writes show up in the caches a moment later. Until they do, the key waits (`Expectations`):
+  the next pass never acts on its own stale view.
+* Time-based rules (activeDeadlineSeconds, pendingTimeoutSeconds, ttlSecondsAfterFinished) put
+  the key back at their due time (`policy.next_due`). Nothing polls.
+* Progress: every --progress-interval, worker 0 of each Running training is scraped at the
+  address the pod cache knows, and its metrics are used only if `berth_trainer_info` names that
+  very worker. An endpoint that does not answer is tried less and less often (up to a minute).
+
+While nothing changes, the API server sees nothing from the operator but its open watches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import aiohttp
+import kopf
+
+from berth_operator import builders, labels, metrics, outcome, policy, progress
+from berth_operator.api import Phase
+from berth_operator.expectations import Expectations
+from berth_operator.k8s import Cluster, NamespaceTerminatingError
+from berth_operator.settings import Settings
+from berth_operator.workers import format_time
+from berth_operator.workqueue import QueueClosed, WorkQueue
+
+log = logging.getLogger(__name__)
+
+#: (namespace, training name).
+Key = tuple[str, str]
+#: kopf's index shape: key → the cached objects under it.
+Index = Mapping[Key, Iterable[Mapping[str, Any]]]
+T = TypeVar("T")
+
+#: Trainings reconciled at once; also the API calls in flight and the HTTP connection pool.
+CONCURRENCY = 8
+#: How long a pass waits for the caches to show the last pass's writes before it trusts the API.
+EXPECTATION_TIMEOUT = 30.0
+#: A failed pass is retried after this many seconds, doubling per failure up to RETRY_MAX.
+RETRY_BASE, RETRY_MAX = 0.5, 60.0
+#: Scrapes of an endpoint that does not answer back off up to this many seconds.
+SCRAPE_BACKOFF_MAX = 60.0
+#: Phases that record a failure: before writing one, check the namespace is not being deleted.
+ALARMS = frozenset({Phase.RESTARTING.value, Phase.FAILED.value})
+
+
+class Controller:
+    """Work queue, expectations and workers of the pod path (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        cluster: Cluster,
+        trainings: Index,
+        pods: Index,
+        concurrency: int = CONCURRENCY,
+    ) -> None:
+        self.settings, self.cluster = settings, cluster
+        self.trainings, self.pods = trainings, pods
+        self.concurrency = concurrency
+        self.queue: WorkQueue[Key] = WorkQueue()
+        self.expectations: dict[Key, Expectations] = {}
+        self.retries: dict[Key, int] = {}
+        #: Trainings (key → uid) whose namespace is being deleted: left alone until they go.
+        self.doomed: dict[Key, str] = {}
+        self.scrape_failures: dict[Key, int] = {}
+        self.scrape_after: dict[Key, float] = {}
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=concurrency, thread_name_prefix="berth-api"
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self._http: aiohttp.ClientSession | None = None
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the workers and the progress loop (once).
+
+        Called from the first watch-event handler, not at start-up: kopf runs event handlers
+        only once both indexes hold the initial listing, so no pass ever sees a training without
+        its pods; and the tasks inherit the handler's context, through which `kopf.event` posts.
+        """
+        if self._tasks:
+            return
+        self._tasks = [
+            asyncio.create_task(self._worker(), name=f"berth-worker-{i}")
+            for i in range(self.concurrency)
+        ]
+        self._tasks.append(asyncio.create_task(self._progress_loop(), name="berth-progress"))
+
+    async def stop(self) -> None:
+        self.queue.close()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._http is not None:
+            await self._http.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def enqueue(self, key: Key) -> None:
+        """Something about this training changed (or may have): reconcile it soon."""
+        self.start()
+        self.queue.add(key)
+
+    # -- the cache ---------------------------------------------------------------------------
+
+    def training(self, key: Key) -> Mapping[str, Any] | None:
+        return next(iter(self.trainings.get(key) or ()), None)
+
+    def worker_pods(self, key: Key) -> list[Mapping[str, Any]]:
+        return list(self.pods.get(key) or ())
+
+    def forget(self, key: Key) -> None:
+        for table in (self.expectations, self.retries, self.doomed, self.scrape_failures):
+            table.pop(key, None)
+        self.scrape_after.pop(key, None)
+        self.queue.forget(key)
+
+    # -- workers -----------------------------------------------------------------------------
+
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking API call on the controller's own threads (one per pooled connection)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                key = await self.queue.get()
+            except QueueClosed:
+                return
+            try:
+                await self.sync(key)
+                self.retries.pop(key, None)
+            except Exception as error:
+                retry = self.retries.get(key, 0)
+                self.retries[key] = retry + 1
+                delay = min(RETRY_MAX, RETRY_BASE * 2**retry)
+                log.warning("%s/%s: pass failed (retry in %.1fs): %s", *key, delay, error)
+                self.queue.add_at(key, loop.time() + delay)
+            finally:
+                self.queue.done(key)
+
+    async def sync(self, key: Key) -> None:
+        """One reconcile pass of `key` from the caches (see berth_operator.policy)."""
+        loop = asyncio.get_running_loop()
+        training, pods = self.training(key), self.worker_pods(key)
+        waiting = self.expectations.get(key)
+        if waiting is not None:
+            if not waiting.met(training, pods) and loop.time() < waiting.deadline:
+                self.queue.add_at(key, waiting.deadline)  # a cache event usually comes first
+                return
+            del self.expectations[key]
+        if training is None:
+            self.forget(key)
+            return
+        meta = training["metadata"]
+        if meta.get("deletionTimestamp") or self.doomed.get(key) == meta.get("uid"):
+            return
+        started = time.monotonic()
+        namespace = key[0]
+        plan = policy.reconcile(training, pods, datetime.now(UTC))
+        old_status = training.get("status") or {}
+        phase = plan.status.get("phase")
+        try:
+            if (
+                phase in ALARMS
+                and phase != old_status.get("phase")
+                and await self._io(self.cluster.namespace_terminating, namespace)
+            ):
+                raise NamespaceTerminatingError(namespace)
+            expected = await self._apply(key, training, pods, plan, old_status)
+        except NamespaceTerminatingError:
+            log.debug("%s/%s: namespace is being deleted: leaving the training alone", *key)
+            self.doomed[key] = str(meta.get("uid"))
+            return
+        if not expected.empty:
+            self.expectations[key] = expected
+        self._schedule(key, {**training, "status": {**old_status, **plan.status}}, pods)
+        metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+        log.debug(
+            "%s/%s reconciled: %s, create %s, delete %s",
+            *key,
+            phase,
+            plan.create,
+            plan.delete,
+        )
+
+    async def _apply(
+        self,
+        key: Key,
+        training: Mapping[str, Any],
+        pods: list[Mapping[str, Any]],
+        plan: policy.Plan,
+        old_status: Mapping[str, Any],
+    ) -> Expectations:
+        """Carry out `plan`: delete, create, post events, write status. What to expect after."""
+        namespace, name = key
+        owner = kopf.Body(dict(training))  # type: ignore[arg-type]  # for kopf.event, kopf.adopt
+        uids = {p["metadata"]["name"]: p["metadata"].get("uid") for p in pods}
+        deleted: list[str] = []
+        if plan.delete:
+            done = await asyncio.gather(
+                *(self._io(self.cluster.delete_pod, namespace, pod) for pod in plan.delete)
+            )
+            deleted = [pod for pod, ok in zip(plan.delete, done, strict=True) if ok]
+        if deleted:
+            metrics.PODS_DELETED.inc(len(deleted))
+            kopf.event(
+                owner,
+                type="Normal",
+                reason="DeletedWorkers",
+                message=f"deleted pods {', '.join(deleted)}",
+            )
+        created = await self._create(owner, plan) if plan.create else []
+        outcome.record_pass(
+            owner, namespace, name, plan.events, plan.restart, old_status, plan.status
+        )
+        expected = Expectations(
+            created=frozenset(builders.worker_name(name, i) for i in plan.create),
+            deleted=frozenset(str(uids[p]) for p in plan.delete if uids.get(p)),
+            deadline=asyncio.get_running_loop().time() + EXPECTATION_TIMEOUT,
+        )
+        if created:
+            metrics.PODS_CREATED.inc(len(created))
+            kopf.event(
+                owner,
+                type="Normal",
+                reason="CreatedWorkers",
+                message=f"created pods {', '.join(created)} (restart {plan.restart})",
+            )
+        if plan.delete_training:
+            log.info("%s/%s: runPolicy.ttlSecondsAfterFinished passed: deleting", *key)
+            await self._io(self.cluster.delete_training, namespace, name)
+            return Expectations(training_gone=True, deadline=expected.deadline)
+        patch = policy.status_patch(old_status, plan.status)
+        if patch:
+            version = await self._io(self.cluster.patch_status, namespace, name, patch)
+            return Expectations(
+                resource_version=version,
+                created=expected.created,
+                deleted=expected.deleted,
+                deadline=expected.deadline,
+            )
+        return expected
+
+    async def _create(self, owner: kopf.Body, plan: policy.Plan) -> list[str]:
+        """The ConfigMap, the headless Service and the missing worker pods; names created."""
+        config_map, service = builders.build_config_map(owner), builders.build_service(owner)
+        kopf.adopt([config_map, service], owner=owner)
+        await asyncio.gather(
+            self._io(self.cluster.sync_config_map, config_map),
+            self._io(self.cluster.create, service),
+        )
+        new = [
+            builders.build_worker_pod(owner, i, self.settings.default_image, plan.restart)
+            for i in plan.create
+        ]
+        kopf.adopt(new, owner=owner)
+        done = await asyncio.gather(*(self._io(self.cluster.create, pod) for pod in new))
+        return [pod["metadata"]["name"] for pod, ok in zip(new, done, strict=True) if ok]
+
+    def _schedule(
+        self, key: Key, training: Mapping[str, Any], pods: list[Mapping[str, Any]]
+    ) -> None:
+        """Put `key` back when its next time-based rule is due."""
+        due = policy.next_due(training, pods)
+        if due is None:
+            return
+        # Status times have second precision: wake just after the rule's moment, never in a
+        # tight loop on a rule that is already past (the pass acted on it).
+        delay = max((due - datetime.now(UTC)).total_seconds() + 0.05, 1.0)
+        self.queue.add_at(key, asyncio.get_running_loop().time() + delay)
+
+    # -- progress ----------------------------------------------------------------------------
+
+    async def _progress_loop(self) -> None:
+        interval = self.settings.progress_interval
+        while True:
+            await asyncio.sleep(interval)
+            now = asyncio.get_running_loop().time()
+            targets = []
+            for key in list(self.trainings):
+                training = self.training(key)
+                if training is None or (training.get("status") or {}).get("phase") != "Running":
+                    continue
+                if now < self.scrape_after.get(key, 0.0):
+                    continue
+                chief = self._chief(key, training)
+                if chief is not None:
+                    targets.append((key, training, chief))
+            if targets:
+                await asyncio.gather(*(self._scrape(*target) for target in targets))
+
+    def _chief(self, key: Key, training: Mapping[str, Any]) -> str | None:
+        """The pod IP of worker 0 of the current group, from the pod cache."""
+        restart = str((training.get("status") or {}).get("restarts") or 0)
+        for pod in self.worker_pods(key):
+            pod_labels = pod["metadata"].get("labels") or {}
+            if pod_labels.get(labels.INDEX) == "0" and pod_labels.get(labels.RESTART) == restart:
+                ip = (pod.get("status") or {}).get("podIP")
+                return str(ip) if ip else None
+        return None
+
+    async def _fetch(self, url: str) -> str:
+        if self._http is None:
+            self._http = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=min(2.0, self.settings.progress_interval)),
+                connector=aiohttp.TCPConnector(limit=4 * self.concurrency, force_close=True),
+            )
+        async with self._http.get(url) as response:
+            response.raise_for_status()
+            return (await response.content.read(1 << 20)).decode("utf-8", errors="replace")
+
+    async def _scrape(self, key: Key, training: Mapping[str, Any], ip: str) -> None:
+        """Scrape worker 0 and write `status.progress` when it changed; never raises."""
+        namespace, name = key
+        status = training.get("status") or {}
+        url = progress.metrics_url(ip)
+        want = progress.expected_identity(namespace, name, int(status.get("restarts") or 0))
+        try:
+            text = await self._fetch(url)
+            identity = progress.identity_from_metrics(text)
+            if identity != want:
+                raise ValueError(f"{url} is {identity or 'unlabelled'}, not {want}")
+            batch = int((training.get("spec", {}).get("training") or {}).get("globalBatchSize", 1))
+            new = progress.progress_from_metrics(text, global_batch_size=batch)
+        except (OSError, ValueError, aiohttp.ClientError, TimeoutError) as error:
+            metrics.SCRAPE_FAILURES.inc()
+            failures = self.scrape_failures[key] = self.scrape_failures.get(key, 0) + 1
+            backoff = min(SCRAPE_BACKOFF_MAX, self.settings.progress_interval * 2 ** (failures - 1))
+            self.scrape_after[key] = asyncio.get_running_loop().time() + backoff
+            log.debug("%s/%s: metrics unavailable: %s", *key, error)
+            return
+        self.scrape_failures.pop(key, None)
+        self.scrape_after.pop(key, None)
+        if progress.progress_changed(status.get("progress"), new):
+            entry = {**new, "updatedAt": format_time(datetime.now(UTC))}
+            with contextlib.suppress(Exception):  # the next scrape tries again
+                await self._io(self.cluster.patch_status, namespace, name, {"progress": entry})
