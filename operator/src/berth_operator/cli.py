@@ -24,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if settings.log_level != "DEBUG":  # kopf logs every handler run at INFO
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    load_config(pool_size=CONCURRENCY)
+    load_config(pool_size=CONCURRENCY + handlers.SYNC_THREADS)  # every thread one connection
     context = Context(settings=settings, cluster=Cluster(), phases=metrics.PhaseTracker())
     logging.getLogger("berth_operator").info(
         "watching %s; default image %s",

@@ -50,6 +50,8 @@ T = TypeVar("T")
 
 #: Trainings reconciled at once; also the API calls in flight and the HTTP connection pool.
 CONCURRENCY = 8
+#: Seconds a pod event waits for the events of its sibling pods before the training's pass.
+POD_COALESCE = 0.05
 #: How long a pass waits for the caches to show the last pass's writes before it trusts the API.
 EXPECTATION_TIMEOUT = 30.0
 #: A failed pass is retried after this many seconds, doubling per failure up to RETRY_MAX.
@@ -115,10 +117,17 @@ class Controller:
             await self._http.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def enqueue(self, key: Key) -> None:
-        """Something about this training changed (or may have): reconcile it soon."""
+    def enqueue(self, key: Key, within: float = 0.0) -> None:
+        """Something about this training changed (or may have): reconcile it `within` seconds.
+
+        A pod event waits POD_COALESCE for its siblings: the workers of a group are created,
+        scheduled and started together, and one pass (one status write) serves them all.
+        """
         self.start()
-        self.queue.add(key)
+        if within > 0:
+            self.queue.add_at(key, asyncio.get_running_loop().time() + within)
+        else:
+            self.queue.add(key)
 
     # -- the cache ---------------------------------------------------------------------------
 
@@ -171,6 +180,7 @@ class Controller:
             del self.expectations[key]
         if training is None:
             self.forget(key)
+            await self._orphans(key, pods)
             return
         meta = training["metadata"]
         if meta.get("deletionTimestamp") or self.doomed.get(key) == meta.get("uid"):
@@ -204,6 +214,24 @@ class Controller:
             plan.delete,
         )
 
+    async def _orphans(self, key: Key, pods: list[Mapping[str, Any]]) -> None:
+        """Delete the workers of a training that is gone, rather than leave them to the
+        garbage collector, which deletes at its client's rate limit (tens of objects a second).
+        Each delete is conditional on the pod's UID: a new training of the same name keeps its
+        pods. The headless Service and the ConfigMap are left to the garbage collector."""
+        doomed = [
+            pod["metadata"]
+            for pod in pods
+            if not pod["metadata"].get("deletionTimestamp")
+            and any(  # made by a BertTraining (the garbage collector would delete it too)
+                ref.get("kind") == labels.KIND and ref.get("controller")
+                for ref in pod["metadata"].get("ownerReferences") or ()
+            )
+        ]
+        await asyncio.gather(
+            *(self._io(self.cluster.delete_pod, key[0], m["name"], m.get("uid")) for m in doomed)
+        )
+
     async def _apply(
         self,
         key: Key,
@@ -231,14 +259,6 @@ class Controller:
                 message=f"deleted pods {', '.join(deleted)}",
             )
         created = await self._create(owner, plan) if plan.create else []
-        outcome.record_pass(
-            owner, namespace, name, plan.events, plan.restart, old_status, plan.status
-        )
-        expected = Expectations(
-            created=frozenset(builders.worker_name(name, i) for i in plan.create),
-            deleted=frozenset(str(uids[p]) for p in plan.delete if uids.get(p)),
-            deadline=asyncio.get_running_loop().time() + EXPECTATION_TIMEOUT,
-        )
         if created:
             metrics.PODS_CREATED.inc(len(created))
             kopf.event(
@@ -247,6 +267,14 @@ class Controller:
                 reason="CreatedWorkers",
                 message=f"created pods {', '.join(created)} (restart {plan.restart})",
             )
+        outcome.record_pass(
+            owner, namespace, name, plan.events, plan.restart, old_status, plan.status
+        )
+        expected = Expectations(
+            created=frozenset(builders.worker_name(name, i) for i in plan.create),
+            deleted=frozenset(str(uids[p]) for p in plan.delete if uids.get(p)),
+            deadline=asyncio.get_running_loop().time() + EXPECTATION_TIMEOUT,
+        )
         if plan.delete_training:
             log.info("%s/%s: runPolicy.ttlSecondsAfterFinished passed: deleting", *key)
             await self._io(self.cluster.delete_training, namespace, name)

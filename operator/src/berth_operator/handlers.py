@@ -19,7 +19,7 @@ import kopf
 
 from berth_operator import labels, metrics
 from berth_operator.context import from_memo
-from berth_operator.controller import Controller
+from berth_operator.controller import POD_COALESCE, Controller
 from berth_operator.settings import Settings
 from berth_operator.tpu import handlers as tpu_handlers
 
@@ -30,6 +30,8 @@ PODS = ("", "v1", "pods")
 TRAINING_LABEL = labels.TRAINING
 #: Only Berth's worker pods are watched (and cached): the selector is applied by the API server.
 WORKER_SELECTOR = f"{labels.TRAINING},{labels.ROLE}={labels.ROLE_WORKER}"
+#: kopf's threads for sync work: logging in, and the Cloud TPU path's few API calls.
+SYNC_THREADS = 4
 #: Index names: kopf hands each index to handlers as a keyword argument of this name.
 TRAINING_INDEX, POD_INDEX = "berth_trainings", "berth_pods"
 
@@ -46,7 +48,7 @@ def startup(settings: kopf.OperatorSettings, memo: Any, **indexes: Any) -> None:
     settings.watching.client_timeout = 150
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 30
-    settings.execution.max_workers = 4  # sync handlers: only login and the rare TPU thread
+    settings.execution.max_workers = SYNC_THREADS
     ctx = from_memo(memo)
     ctx.controller = Controller(
         ctx.settings, ctx.cluster, indexes[TRAINING_INDEX], indexes[POD_INDEX]
@@ -71,7 +73,15 @@ TRAINING_META = (
     "labels",
     "deletionTimestamp",
 )
-POD_META = ("name", "namespace", "uid", "labels", "creationTimestamp", "deletionTimestamp")
+POD_META = (
+    "name",
+    "namespace",
+    "uid",
+    "labels",
+    "ownerReferences",
+    "creationTimestamp",
+    "deletionTimestamp",
+)
 POD_STATUS = ("phase", "conditions", "containerStatuses", "podIP", "reason", "message")
 
 
@@ -131,7 +141,7 @@ async def pod_event(namespace: str | None, labels: kopf.Labels, memo: Any, **_: 
     """A worker pod changed: reconcile its training."""
     controller = from_memo(memo).controller
     if controller is not None:
-        controller.enqueue((namespace or "", labels[TRAINING_LABEL]))
+        controller.enqueue((namespace or "", labels[TRAINING_LABEL]), within=POD_COALESCE)
 
 
 def register(settings: Settings) -> kopf.OperatorRegistry:

@@ -47,8 +47,17 @@ def _json(response: Any) -> Any:
     return json.loads(response.data)
 
 
+def _drain(response: Any) -> None:
+    """Read a raw response so its connection goes back to the pool."""
+    response.data  # noqa: B018
+
+
 class Cluster:
-    """Typed wrappers over the few API calls the operator makes."""
+    """Typed wrappers over the few API calls the operator makes.
+
+    Responses are never turned into the client's model objects (`_preload_content=False`):
+    that costs milliseconds of CPU per call, and the operator reads its objects from watches.
+    """
 
     def __init__(self, api_client: kubernetes.client.ApiClient | None = None) -> None:
         self.core = kubernetes.client.CoreV1Api(api_client)
@@ -56,17 +65,20 @@ class Cluster:
 
     def delete_training(self, namespace: str, name: str) -> None:
         try:
-            self.custom.delete_namespaced_custom_object(
+            response = self.custom.delete_namespaced_custom_object(
                 labels.GROUP,
                 labels.VERSION,
                 namespace,
                 labels.PLURAL,
                 name,
                 propagation_policy="Background",
+                _preload_content=False,
             )
         except ApiException as error:
             if error.status != 404:
                 raise
+        else:
+            _drain(response)
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> str | None:
         """Merge-patch the training's status; its new resourceVersion (None: it is gone)."""
@@ -91,7 +103,11 @@ class Cluster:
         permission beyond the ConfigMap create the operator has anyway."""
         probe: Any = {"metadata": {"generateName": "berth-probe-", "namespace": namespace}}
         try:
-            self.core.create_namespaced_config_map(namespace, probe, dry_run="All")
+            _drain(
+                self.core.create_namespaced_config_map(
+                    namespace, probe, dry_run="All", _preload_content=False
+                )
+            )
         except ApiException as error:
             if namespace_terminating(error):
                 return True
@@ -102,13 +118,18 @@ class Cluster:
         """Create a Pod, Service or ConfigMap; False if it already existed."""
         namespace, kind = obj["metadata"]["namespace"], obj["kind"]
         body: Any = dict(obj)  # the client serialises plain dicts as they are
+        response: Any
         try:
             if kind == "Pod":
-                self.core.create_namespaced_pod(namespace, body)
+                response = self.core.create_namespaced_pod(namespace, body, _preload_content=False)
             elif kind == "Service":
-                self.core.create_namespaced_service(namespace, body)
+                response = self.core.create_namespaced_service(
+                    namespace, body, _preload_content=False
+                )
             elif kind == "ConfigMap":
-                self.core.create_namespaced_config_map(namespace, body)
+                response = self.core.create_namespaced_config_map(
+                    namespace, body, _preload_content=False
+                )
             else:
                 raise ValueError(f"cannot create a {kind}")
         except ApiException as error:
@@ -117,21 +138,30 @@ class Cluster:
             if namespace_terminating(error):
                 raise NamespaceTerminatingError(namespace) from error
             raise
+        _drain(response)
         return True
 
     def sync_config_map(self, obj: Mapping[str, Any]) -> None:
         """Create the ConfigMap, or bring an existing one's data up to date."""
         if not self.create(obj):
-            self.core.patch_namespaced_config_map(
-                obj["metadata"]["name"], obj["metadata"]["namespace"], {"data": obj["data"]}
+            _drain(
+                self.core.patch_namespaced_config_map(
+                    obj["metadata"]["name"],
+                    obj["metadata"]["namespace"],
+                    {"data": obj["data"]},
+                    _preload_content=False,
+                )
             )
 
-    def delete_pod(self, namespace: str, name: str) -> bool:
-        """Delete a pod; False if it was already gone."""
+    def delete_pod(self, namespace: str, name: str, uid: str | None = None) -> bool:
+        """Delete a pod (only if it still has `uid`, when given); False if it was gone."""
+        body: Any = {"preconditions": {"uid": uid}} if uid else None
         try:
-            self.core.delete_namespaced_pod(name, namespace)
+            _drain(
+                self.core.delete_namespaced_pod(name, namespace, body=body, _preload_content=False)
+            )
         except ApiException as error:
-            if error.status == 404:
+            if error.status == 404 or (uid and error.status == 409):  # gone, or another pod
                 return False
             raise
         return True
