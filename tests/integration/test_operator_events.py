@@ -153,3 +153,21 @@ def test_namespace_deletion_is_not_a_failure(
         after = log.read()
     for sign in ("Restarting", "WorkerFailed", "pass failed", "Forbidden", "ERROR", "Traceback"):
         assert sign not in after, f"{sign!r} in the operator log after the namespace deletion"
+
+
+def test_pod_trainings_carry_no_finalizer_and_lose_the_old_one(
+    operator: Operator, trainings: Trainings
+) -> None:
+    """Deleting a pod training never waits for the operator; a training that an older operator
+    gave kopf's finalizer gets it removed."""
+    trainings.create(manifest("fresh"))
+    old = manifest("upgraded")
+    old["metadata"]["finalizers"] = ["berth.dev/operator"]
+    trainings.create(old)
+    _running(trainings, "fresh")
+    _running(trainings, "upgraded")
+    wait_for(
+        lambda: not trainings.get("upgraded")["metadata"].get("finalizers"),
+        what="the old finalizer removed",
+    )
+    assert not trainings.get("fresh")["metadata"].get("finalizers")

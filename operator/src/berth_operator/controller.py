@@ -228,9 +228,10 @@ class Controller:
                 for ref in pod["metadata"].get("ownerReferences") or ()
             )
         ]
-        await asyncio.gather(
+        done = await asyncio.gather(
             *(self._io(self.cluster.delete_pod, key[0], m["name"], m.get("uid")) for m in doomed)
         )
+        metrics.PODS_DELETED.inc(sum(done))
 
     async def _apply(
         self,
