@@ -79,7 +79,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # for tests.support, shared with the integration tests
 
 from berth_operator.local.runner import die_with_parent, free_port  # noqa: E402
-from tests.support.apicount import flow_schema, service_account_kubeconfig  # noqa: E402
+from tests.support.apicount import (  # noqa: E402
+    admin_account,
+    flow_schema,
+    service_account_kubeconfig,
+)
 
 CRD = REPO / "crds" / "berth.dev_berttrainings.yaml"
 GROUP, VERSION, PLURAL = "berth.dev", "v1alpha1", "berttrainings"
@@ -370,30 +374,10 @@ def operator_identity(cp: ControlPlane, system_ns: str, run: str, path: Path) ->
     too); writes a TokenRequest-token kubeconfig to `path`. Returns the FlowSchema's name."""
     account = "berth-operator"
     schema = f"berth-bench-{run}"
-    objects: list[dict[str, Any]] = [
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {"name": account, "namespace": system_ns},
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": schema},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": "cluster-admin",
-            },
-            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": system_ns}],
-        },
-        flow_schema(schema, system_ns, account, verbs=("*",)),
-    ]
-    out = cp.kubectl(
-        "apply", "--server-side", "-f", "-", stdin="\n---\n".join(map(json.dumps, objects))
+    admin_account(cp.core.api_client, system_ns, account, schema)
+    client.FlowcontrolApiserverV1Api(cp.core.api_client).create_flow_schema(
+        flow_schema(schema, system_ns, account, verbs=("*",))
     )
-    if out.returncode:
-        sys.exit(f"error: ServiceAccount/binding/FlowSchema apply failed: {out.stderr}")
     service_account_kubeconfig(cp.core.api_client, str(cp.kubeconfig), system_ns, account, path)
     return schema
 

@@ -17,7 +17,12 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tests.integration.conftest import Operator, Trainings, manifest
-from tests.support.apicount import dispatched, flow_schema, service_account_kubeconfig
+from tests.support.apicount import (
+    admin_account,
+    dispatched,
+    flow_schema,
+    service_account_kubeconfig,
+)
 from tests.support.kwok import terminate_pod
 from tests.support.waiting import wait_for
 
@@ -71,27 +76,15 @@ def counted_identity(
 ) -> Iterator[tuple[Path, str]]:
     """A ServiceAccount with cluster-admin whose non-watch requests a FlowSchema counts."""
     account = "berth-operator"
-    core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
-    flows = client.FlowcontrolApiserverV1Api(api)
-    core.create_namespaced_service_account(namespace, {"metadata": {"name": account}})
     binding = f"{namespace}-{account}"
-    rbac.create_cluster_role_binding(
-        {
-            "metadata": {"name": binding},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": "cluster-admin",
-            },
-            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
-        }
-    )
+    admin_account(api, namespace, account, binding)
+    flows = client.FlowcontrolApiserverV1Api(api)
     schema = f"berth-test-{uuid.uuid4().hex[:8]}"
     flows.create_flow_schema(flow_schema(schema, namespace, account))
     path = service_account_kubeconfig(api, kubeconfig, namespace, account, tmp_path / "sa.yaml")
     yield path, schema
     flows.delete_flow_schema(schema)
-    rbac.delete_cluster_role_binding(binding)
+    client.RbacAuthorizationV1Api(api).delete_cluster_role_binding(binding)
 
 
 def test_a_change_that_needs_no_write_costs_the_api_server_nothing(

@@ -19,6 +19,24 @@ from kubernetes import client
 READS_AND_WRITES = ("get", "list", "create", "update", "patch", "delete", "deletecollection")
 
 
+def admin_account(api: client.ApiClient, namespace: str, account: str, binding: str) -> None:
+    """ServiceAccount `account` in `namespace`, bound to cluster-admin by `binding`."""
+    client.CoreV1Api(api).create_namespaced_service_account(
+        namespace, {"metadata": {"name": account}}
+    )
+    client.RbacAuthorizationV1Api(api).create_cluster_role_binding(
+        {
+            "metadata": {"name": binding},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "cluster-admin",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+        }
+    )
+
+
 def service_account_kubeconfig(
     api: client.ApiClient, admin_kubeconfig: str, namespace: str, account: str, path: Path
 ) -> Path:
