@@ -81,6 +81,9 @@ class Controller:
         self.retries: dict[Key, int] = {}
         #: Trainings (key → uid) whose namespace is being deleted: left alone until they go.
         self.doomed: dict[Key, str] = {}
+        #: Trainings (key → uid) the API server no longer has but the index still holds: kopf
+        #: does not drop objects deleted while a watch was re-listing.
+        self.gone: dict[Key, str] = {}
         self.scrape_failures: dict[Key, int] = {}
         self.scrape_after: dict[Key, float] = {}
         self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -172,6 +175,11 @@ class Controller:
         """One reconcile pass of `key` from the caches (see berth_operator.policy)."""
         loop = asyncio.get_running_loop()
         training, pods = self.training(key), self.worker_pods(key)
+        ghost = self.gone.get(key)
+        if training is not None and ghost == training["metadata"].get("uid"):
+            training = None  # the API server said it is gone; the index has not heard (relist)
+        elif ghost is not None:
+            del self.gone[key]
         waiting = self.expectations.get(key)
         if waiting is not None:
             if not waiting.met(training, pods) and loop.time() < waiting.deadline:
@@ -283,6 +291,10 @@ class Controller:
         patch = policy.status_patch(old_status, plan.status)
         if patch:
             version = await self._io(self.cluster.patch_status, namespace, name, patch)
+            if version is None:  # deleted while kopf's watch was away: never act on it again
+                self.gone[key] = str(owner["metadata"].get("uid"))
+                self.queue.add(key)  # to delete its pods
+                return Expectations()
             return Expectations(
                 resource_version=version,
                 created=expected.created,
