@@ -20,6 +20,10 @@ class Context:
     controller: Controller | None = None
     #: Cloud TPU API clients by (endpoint, namespace, credentialsSecret, key id).
     tpu_clients: dict[tuple[str, ...], Any] = dataclasses.field(default_factory=dict)
+    #: Cloud TPU credentials Secrets by (namespace, name): (loop time they expire, data).
+    tpu_secrets: dict[tuple[str, str], tuple[float, dict[str, str]]] = dataclasses.field(
+        default_factory=dict
+    )
 
 
 def from_memo(memo: Any) -> Context:

@@ -31,6 +31,9 @@ from berth_operator.tpu.client import TpuApi, TpuRejected, TransientTpuError, ma
 
 log = logging.getLogger(__name__)
 
+#: Seconds a credentials Secret read is reused.
+SECRET_TTL = 300.0
+
 
 def is_cloud(spec: kopf.Spec, **_: Any) -> bool:
     """kopf `when` filter: trainings whose TPU comes from the Cloud TPU API."""
@@ -46,15 +49,26 @@ def backoff(retry: int) -> float:
     return float(min(60, 2 ** min(retry, 6)))
 
 
+async def _secret(ctx: Context, namespace: str, name: str) -> dict[str, str] | None:
+    """The credentials Secret's data, read at most once per SECRET_TTL (not every pass): a
+    rotated key is picked up within that time."""
+    now = asyncio.get_running_loop().time()
+    cached = ctx.tpu_secrets.get((namespace, name))
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    data = await asyncio.to_thread(ctx.cluster.get_secret_data, namespace, name)
+    if data is not None:
+        ctx.tpu_secrets[(namespace, name)] = (now + SECRET_TTL, data)
+    return data
+
+
 async def _api(ctx: Context, namespace: str, spec: TpuSpec) -> TpuApi:
     """A TpuApi with the training's credentials, cached per endpoint and credentials."""
     settings = ctx.settings
     key: dict[str, Any] | None = None
     version = ""
     if spec.credentials_secret and not settings.tpu_api_insecure:
-        data = await asyncio.to_thread(
-            ctx.cluster.get_secret_data, namespace, spec.credentials_secret
-        )
+        data = await _secret(ctx, namespace, spec.credentials_secret)
         if data is None:
             raise TransientTpuError(f"credentialsSecret {spec.credentials_secret} not found")
         key = parse_key(data)
