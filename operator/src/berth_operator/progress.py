@@ -21,6 +21,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from berth_operator.builders import METRICS_PORT
+from berth_trainer.observability import identity
 
 #: Prometheus metric → (status.progress field, integer?).
 METRICS: dict[str, tuple[str, bool]] = {
@@ -83,12 +84,7 @@ def expected_identity(
     namespace: str, training: str, restart: int, worker: int = 0
 ) -> dict[str, str]:
     """What `berth_trainer_info` of `worker` of group restart `restart` must say."""
-    return {
-        "namespace": namespace,
-        "training": training,
-        "restart": str(restart),
-        "worker": str(worker),
-    }
+    return identity(namespace, training, restart, worker)
 
 
 def progress_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:

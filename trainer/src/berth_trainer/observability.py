@@ -41,19 +41,32 @@ def setup_logging(worker: int | None = None) -> None:
     log.propagate = False
 
 
+def identity(namespace: str, training: str, restart: int | str, worker: int) -> dict[str, str]:
+    """Labels of `berth_trainer_info`: which worker of which group restart of which training.
+
+    The operator compares a scraped endpoint's labels with these before it uses its numbers.
+    """
+    return {
+        "namespace": namespace,
+        "training": training,
+        "restart": str(restart),
+        "worker": str(worker),
+    }
+
+
 def worker_identity(env: Mapping[str, str], worker: int) -> dict[str, str]:
-    """Labels of `berth_trainer_info`: the pod's namespace, training, group restart and index.
+    """This process's `identity`, from the pod's environment (the operator sets it).
 
     >>> worker_identity({"BERTH_NAMESPACE": "ml", "BERTH_TRAINING": "bert",
     ...                  "BERTH_RESTART": "2"}, 1)
     {'namespace': 'ml', 'training': 'bert', 'restart': '2', 'worker': '1'}
     """
-    return {
-        "namespace": env.get("BERTH_NAMESPACE", ""),
-        "training": env.get("BERTH_TRAINING", ""),
-        "restart": env.get("BERTH_RESTART", ""),
-        "worker": str(worker),
-    }
+    return identity(
+        env.get("BERTH_NAMESPACE", ""),
+        env.get("BERTH_TRAINING", ""),
+        env.get("BERTH_RESTART", ""),
+        worker,
+    )
 
 
 class Reporter:
