@@ -39,6 +39,7 @@ from berth_operator.k8s import Cluster, NamespaceTerminatingError
 from berth_operator.settings import Settings
 from berth_operator.workers import format_time
 from berth_operator.workqueue import QueueClosed, WorkQueue
+from berth_trainer.observability import identity
 
 log = logging.getLogger(__name__)
 
@@ -376,12 +377,12 @@ class Controller:
         namespace, name = key
         status = training.get("status") or {}
         url = progress.metrics_url(ip)
-        want = progress.expected_identity(namespace, name, int(status.get("restarts") or 0))
+        want = identity(namespace, name, int(status.get("restarts") or 0), worker=0)
         try:
             text = await self._fetch(url)
-            identity = progress.identity_from_metrics(text)
-            if identity != want:
-                raise ValueError(f"{url} is {identity or 'unlabelled'}, not {want}")
+            seen = progress.identity_from_metrics(text)
+            if seen != want:
+                raise ValueError(f"{url} is {seen or 'unlabelled'}, not {want}")
             batch = int((training.get("spec", {}).get("training") or {}).get("globalBatchSize", 1))
             new = progress.progress_from_metrics(text, global_batch_size=batch)
         except (OSError, ValueError, aiohttp.ClientError, TimeoutError) as error:

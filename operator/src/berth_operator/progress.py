@@ -21,7 +21,6 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from berth_operator.builders import METRICS_PORT
-from berth_trainer.observability import identity
 
 #: Prometheus metric → (status.progress field, integer?).
 METRICS: dict[str, tuple[str, bool]] = {
@@ -62,7 +61,7 @@ def _eta(
     return max(0, round((total - step) * global_batch_size / examples_per_second))
 
 
-#: Info metric the trainer labels with who it is (berth_trainer.observability.worker_identity).
+#: Info metric the trainer labels with who it is (berth_trainer.observability.identity).
 IDENTITY_METRIC = "berth_trainer_info"
 
 
@@ -78,13 +77,6 @@ def identity_from_metrics(text: str) -> dict[str, str] | None:
             if sample.name == IDENTITY_METRIC:
                 return dict(sample.labels)
     return None
-
-
-def expected_identity(
-    namespace: str, training: str, restart: int, worker: int = 0
-) -> dict[str, str]:
-    """What `berth_trainer_info` of `worker` of group restart `restart` must say."""
-    return identity(namespace, training, restart, worker)
 
 
 def progress_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:

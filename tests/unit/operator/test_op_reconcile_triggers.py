@@ -10,9 +10,10 @@ import pytest
 
 from berth_operator.expectations import Expectations, at_least
 from berth_operator.policy import next_due
-from berth_operator.progress import expected_identity, identity_from_metrics
+from berth_operator.progress import identity_from_metrics
 from berth_operator.workers import format_time
 from berth_operator.workqueue import QueueClosed, WorkQueue
+from berth_trainer.observability import identity
 from tests.unit.operator.factories import T0, make_pod, make_training, running_group
 
 
@@ -188,6 +189,6 @@ def test_identity_of_a_metrics_endpoint() -> None:
         'berth_trainer_info{namespace="ml",restart="1",training="bert",worker="0"} 1.0\n'
         "berth_train_step 5.0\n"
     )
-    assert identity_from_metrics(text) == expected_identity("ml", "bert", 1)
-    assert identity_from_metrics(text) != expected_identity("ml", "bert", 0)
+    assert identity_from_metrics(text) == identity("ml", "bert", 1, worker=0)
+    assert identity_from_metrics(text) != identity("ml", "bert", 0, worker=0)
     assert identity_from_metrics("berth_train_step 5.0\n") is None

@@ -6,13 +6,12 @@ import pytest
 
 from berth_operator.local.runner import free_port
 from berth_operator.progress import (
-    expected_identity,
     fetch_metrics,
     identity_from_metrics,
     metrics_url,
     progress_from_metrics,
 )
-from berth_trainer.observability import Reporter
+from berth_trainer.observability import Reporter, identity
 
 
 def test_reporter_serves_its_identity_beside_progress(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -24,6 +23,6 @@ def test_reporter_serves_its_identity_beside_progress(monkeypatch: pytest.Monkey
     reporter.start(0)
     reporter.step(3, {"loss": 1.5}, global_batch=8, log_now=True)
     text = fetch_metrics(metrics_url("127.0.0.1", port))
-    assert identity_from_metrics(text) == expected_identity("ml", "bert", 2, 0)
-    assert identity_from_metrics(text) != expected_identity("ml", "bert", 1, 0)
+    assert identity_from_metrics(text) == identity("ml", "bert", 2, 0)
+    assert identity_from_metrics(text) != identity("ml", "bert", 1, 0)
     assert progress_from_metrics(text)["step"] == 3
