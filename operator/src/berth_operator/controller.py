@@ -49,7 +49,10 @@ Key = tuple[str, str]
 Index = Mapping[Key, Iterable[Mapping[str, Any]]]
 T = TypeVar("T")
 
-#: Trainings reconciled at once; also the API calls in flight and the HTTP connection pool.
+#: Trainings reconciled at once. Few: a burst of new trainings is worked through while the
+#: API server also serves whoever created them (see docs/benchmarks.md).
+WORKERS = 2
+#: API calls in flight (a pass creates or deletes its pods in parallel); also the HTTP pool.
 CONCURRENCY = 8
 #: Seconds a pod event waits for the events of its sibling pods before the training's pass.
 POD_COALESCE = 0.05
@@ -72,11 +75,12 @@ class Controller:
         cluster: Cluster,
         trainings: Index,
         pods: Index,
+        workers: int = WORKERS,
         concurrency: int = CONCURRENCY,
     ) -> None:
         self.settings, self.cluster = settings, cluster
         self.trainings, self.pods = trainings, pods
-        self.concurrency = concurrency
+        self.workers, self.concurrency = workers, concurrency
         self.queue: WorkQueue[Key] = WorkQueue()
         self.expectations: dict[Key, Expectations] = {}
         self.retries: dict[Key, int] = {}
@@ -106,7 +110,7 @@ class Controller:
             return
         self._tasks = [
             asyncio.create_task(self._worker(), name=f"berth-worker-{i}")
-            for i in range(self.concurrency)
+            for i in range(self.workers)
         ]
         self._tasks.append(asyncio.create_task(self._progress_loop(), name="berth-progress"))
 
