@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -91,6 +92,18 @@ class Operator:
                 start_new_session=True,
             )
         return self
+
+    def metric(self, name: str) -> float:
+        """The operator's own metric `name` from its /metrics, summed over its labels."""
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
+        ) as response:
+            text = response.read().decode()
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith((f"{name} ", f"{name}{{"))
+        )
 
     def kill(self) -> None:
         """SIGKILL: no graceful shutdown, as when a node dies."""

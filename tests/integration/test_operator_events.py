@@ -7,7 +7,6 @@ costs the API server nothing; a namespace being deleted is not a failure.
 
 from __future__ import annotations
 
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,18 +29,6 @@ pytestmark = pytest.mark.cluster
 
 #: Timers (the Cloud TPU poll and progress scrapes) an hour apart: only events can drive a pass.
 NO_TIMERS = ("--reconcile-interval", "3600", "--progress-interval", "3600")
-
-
-def _operator_metric(operator: Operator, name: str) -> float:
-    with urllib.request.urlopen(
-        f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5
-    ) as response:
-        text = response.read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(name) and not line.startswith("#")
-    )
 
 
 def _running(trainings: Trainings, name: str, restart: int = 0, workers: int = 3) -> None:
@@ -99,7 +86,7 @@ def test_a_change_that_needs_no_write_costs_the_api_server_nothing(
     trainings.create(manifest("quiet"))
     _running(trainings, "quiet")
     wait_for(lambda: dispatched(schema) > 0, what="the operator's requests counted")
-    passes = _operator_metric(operator, "berth_operator_reconcile_seconds_count")
+    passes = operator.metric("berth_operator_reconcile_seconds_count")
     before = dispatched(schema)
     # A worker pod changes in a way that changes nothing the operator owns: one pass, from
     # the cache, with nothing to write.
@@ -107,7 +94,7 @@ def test_a_change_that_needs_no_write_costs_the_api_server_nothing(
         "quiet-worker-1", namespace, {"metadata": {"annotations": {"example.com/touched": "1"}}}
     )
     wait_for(
-        lambda: _operator_metric(operator, "berth_operator_reconcile_seconds_count") > passes,
+        lambda: operator.metric("berth_operator_reconcile_seconds_count") > passes,
         what="a pass woken by the pod change",
     )
     assert dispatched(schema) == before
@@ -128,7 +115,7 @@ def test_namespace_deletion_is_not_a_failure(
     there = Trainings(api, doomed)
     there.create(manifest("doomed"))
     _running(there, "doomed")
-    restarts = _operator_metric(operator, "berth_operator_group_restarts_total")
+    restarts = operator.metric("berth_operator_group_restarts_total")
     log_size = operator.log.stat().st_size
     core.delete_namespace(doomed, propagation_policy="Background")
 
@@ -140,7 +127,7 @@ def test_namespace_deletion_is_not_a_failure(
         return False
 
     wait_for(gone, timeout=90, what=f"namespace {doomed} deleted")
-    assert _operator_metric(operator, "berth_operator_group_restarts_total") == restarts
+    assert operator.metric("berth_operator_group_restarts_total") == restarts
     with operator.log.open(errors="replace") as log:
         log.seek(log_size)
         after = log.read()

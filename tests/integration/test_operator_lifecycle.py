@@ -202,19 +202,6 @@ def test_operator_restart_keeps_pods(
     assert trainings.status("steady")["phase"] == "Running"
 
 
-def _scrape_failures(operator: Operator) -> float:
-    with urllib.request.urlopen(
-        f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5
-    ) as response:
-        text = response.read().decode()
-    line = next(
-        line
-        for line in text.splitlines()
-        if line.startswith("berth_operator_progress_scrape_failures_total ")
-    )
-    return float(line.split()[1])
-
-
 def test_progress_from_worker_metrics(
     operator: Operator,
     trainings: Trainings,
@@ -224,9 +211,12 @@ def test_progress_from_worker_metrics(
     pods = _running_group(trainings, "watched")
     ip = pods[0].status.pod_ip
     # Another process on worker 0's address (an old group's worker, a reused IP) is never read.
-    failures = _scrape_failures(operator)
+    failures = operator.metric("berth_operator_progress_scrape_failures_total")
     impostor = metrics_server(ip, trainings.namespace, "watched", restart=7)
-    wait_for(lambda: _scrape_failures(operator) > failures, what="the impostor scraped")
+    wait_for(
+        lambda: operator.metric("berth_operator_progress_scrape_failures_total") > failures,
+        what="the impostor scraped",
+    )
     assert "progress" not in trainings.status("watched")
     impostor.shutdown()
     impostor.server_close()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -146,9 +147,14 @@ class Controller:
         return list(self.pods.get(key) or ())
 
     def forget(self, key: Key) -> None:
-        for table in (self.expectations, self.retries, self.doomed, self.scrape_failures):
+        for table in (
+            self.expectations,
+            self.retries,
+            self.doomed,
+            self.scrape_failures,
+            self.scrape_after,
+        ):
             table.pop(key, None)
-        self.scrape_after.pop(key, None)
         self.queue.forget(key)
 
     # -- workers -----------------------------------------------------------------------------
@@ -241,10 +247,16 @@ class Controller:
                 for ref in pod["metadata"].get("ownerReferences") or ()
             )
         ]
+        await self._delete_pods(key[0], [(m["name"], m.get("uid")) for m in doomed])
+
+    async def _delete_pods(self, namespace: str, pods: list[tuple[str, str | None]]) -> list[str]:
+        """Delete (name, uid-or-None) pods in parallel; the names that were still there."""
         done = await asyncio.gather(
-            *(self._io(self.cluster.delete_pod, key[0], m["name"], m.get("uid")) for m in doomed)
+            *(self._io(self.cluster.delete_pod, namespace, name, uid) for name, uid in pods)
         )
-        metrics.PODS_DELETED.inc(sum(done))
+        deleted = [name for (name, _), ok in zip(pods, done, strict=True) if ok]
+        metrics.PODS_DELETED.inc(len(deleted))
+        return deleted
 
     async def _apply(
         self,
@@ -258,14 +270,8 @@ class Controller:
         namespace, name = key
         owner = kopf.Body(dict(training))  # type: ignore[arg-type]  # for kopf.event, kopf.adopt
         uids = {p["metadata"]["name"]: p["metadata"].get("uid") for p in pods}
-        deleted: list[str] = []
-        if plan.delete:
-            done = await asyncio.gather(
-                *(self._io(self.cluster.delete_pod, namespace, pod) for pod in plan.delete)
-            )
-            deleted = [pod for pod, ok in zip(plan.delete, done, strict=True) if ok]
+        deleted = await self._delete_pods(namespace, [(pod, None) for pod in plan.delete])
         if deleted:
-            metrics.PODS_DELETED.inc(len(deleted))
             kopf.event(
                 owner,
                 type="Normal",
@@ -300,12 +306,7 @@ class Controller:
                 self.gone[key] = str(owner["metadata"].get("uid"))
                 self.queue.add(key)  # to delete its pods
                 return Expectations()
-            return Expectations(
-                resource_version=version,
-                created=expected.created,
-                deleted=expected.deleted,
-                deadline=expected.deadline,
-            )
+            return dataclasses.replace(expected, resource_version=version)
         return expected
 
     async def _create(self, owner: kopf.Body, plan: policy.Plan) -> list[str]:
