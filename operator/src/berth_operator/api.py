@@ -301,6 +301,13 @@ class BertTrainingSpec(TrainerConfig):
     resources: ResourceRequirements | None = Field(
         default=None, description="resources: limits and requests of every worker's trainer."
     )
+    allow_cpu_fallback: bool = Field(
+        default=False,
+        description="allowCpuFallback: true lets a worker whose pod requests nvidia.com/gpu "
+        "train on CPU when TensorFlow sees no GPU. By default it exits with code 6 "
+        "(GPU missing: a CPU-only trainer image, or no GPU driver on the node) and the "
+        "training fails with that message.",
+    )
     pod_template: dict[str, Any] | None = Field(
         default=None,
         description="podTemplate: a core/v1 PodTemplateSpec merged into every worker "

@@ -34,9 +34,12 @@ CONFIG_KEY = "config.yaml"
 CONFIG_DIR = "/etc/berth"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
 CONFIG_VOLUME = "berth-config"
+TMP_VOLUME = "berth-tmp"
 TRAIN_COMMAND = ["berth-trainer", "train", "--config", CONFIG_PATH]
-#: UID/GID the trainer image runs as (non-root).
-RUN_AS_USER = 1000
+#: UID/GID the Berth images run as (non-root; the Dockerfile's USER).
+RUN_AS_USER = 65532
+#: Extended resource of NVIDIA GPUs (the device plugin's name).
+GPU_RESOURCE = "nvidia.com/gpu"
 
 
 def parse_spec(training: Mapping[str, Any]) -> BertTrainingSpec:
@@ -151,10 +154,15 @@ def build_worker_pod(
             {"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT, "protocol": "TCP"},
         ],
         "env": env,
-        "volumeMounts": [{"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True}],
+        "volumeMounts": [
+            {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True},
+            # The root filesystem is read-only; HOME, Keras' and TensorFlow's caches are /tmp.
+            {"name": TMP_VOLUME, "mountPath": "/tmp"},
+        ],
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
             "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
             "capabilities": {"drop": ["ALL"]},
         },
     }
@@ -180,7 +188,8 @@ def build_worker_pod(
                         "name": config_map_name(name),
                         "items": [{"key": CONFIG_KEY, "path": CONFIG_KEY}],
                     },
-                }
+                },
+                {"name": TMP_VOLUME, "emptyDir": {}},
             ],
             "securityContext": {
                 "runAsNonRoot": True,
@@ -200,7 +209,31 @@ def build_worker_pod(
     merged = merge_pod_template(pod, spec.pod_template)
     if spec.tpu is not None and spec.tpu.provider == TpuProvider.GKE.value:
         apply_gke(merged, spec.tpu)
+    if not spec.allow_cpu_fallback:
+        _expect_gpus(merged)
     return _quantities_as_strings(merged)
+
+
+def requested_gpus(container: Mapping[str, Any]) -> int:
+    """GPUs (`nvidia.com/gpu`) a container asks for: its limit, else its request.
+
+    >>> requested_gpus({"resources": {"limits": {"nvidia.com/gpu": "2"}}})
+    2
+    """
+    resources = container.get("resources") or {}
+    for part in ("limits", "requests"):
+        value = (resources.get(part) or {}).get(GPU_RESOURCE)
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def _expect_gpus(pod: dict[str, Any]) -> None:
+    """Tell the trainer how many GPUs its pod asked for: it fails fast when it sees fewer."""
+    for container in pod["spec"]["containers"]:
+        gpus = requested_gpus(container) if container["name"] == CONTAINER_NAME else 0
+        if gpus:
+            container["env"].append({"name": "BERTH_EXPECTED_GPUS", "value": str(gpus)})
 
 
 def _quantities_as_strings(pod: dict[str, Any]) -> dict[str, Any]:

@@ -64,8 +64,11 @@ def test_container_command_ports_mount_and_security() -> None:
         "metrics": 9090,
     }
     assert container["volumeMounts"] == [
-        {"name": "berth-config", "mountPath": "/etc/berth", "readOnly": True}
+        {"name": "berth-config", "mountPath": "/etc/berth", "readOnly": True},
+        {"name": "berth-tmp", "mountPath": "/tmp"},
     ]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["spec"]["volumes"][1] == {"name": "berth-tmp", "emptyDir": {}}
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
@@ -80,6 +83,46 @@ def test_spec_image_wins_over_default_and_resources_are_set() -> None:
     ]
     assert container["image"] == "mine:2"
     assert container["resources"] == {"limits": {"nvidia.com/gpu": "8"}}
+
+
+def _gpu_template(resources: dict[str, Any]) -> dict[str, Any]:
+    return {"spec": {"containers": [{"name": "trainer", "resources": resources}]}}
+
+
+@pytest.mark.parametrize(
+    ("training", "expected"),
+    [
+        (make_training(), None),
+        (make_training().with_gpu(8), "8"),
+        (make_training().with_gpu(8).with_spec(allowCpuFallback=True), None),
+        (make_training().with_spec(resources={"requests": {"nvidia.com/gpu": "2"}}), "2"),
+        (make_training().with_spec(resources={"limits": {"cpu": "4"}}), None),
+        # A template's trainer resources count when spec.resources is not set.
+        (
+            make_training().with_spec(podTemplate=_gpu_template({"limits": {"nvidia.com/gpu": 1}})),
+            "1",
+        ),
+        # A sidecar's GPU is not the trainer's.
+        (
+            make_training().with_spec(
+                podTemplate={
+                    "spec": {
+                        "containers": [
+                            {"name": "side", "resources": {"limits": {"nvidia.com/gpu": 1}}}
+                        ]
+                    }
+                }
+            ),
+            None,
+        ),
+    ],
+)
+def test_expected_gpus_reach_the_trainer(training: dict[str, Any], expected: str | None) -> None:
+    """The trainer fails fast (exit 6) when it sees fewer GPUs than BERTH_EXPECTED_GPUS."""
+    pod = builders.build_worker_pod(training, 0, "img", restart=0)
+    (trainer,) = (c for c in pod["spec"]["containers"] if c["name"] == "trainer")
+    env = {e["name"]: e.get("value") for e in trainer["env"]}
+    assert env.get("BERTH_EXPECTED_GPUS") == expected
 
 
 def test_config_map_is_the_trainer_config() -> None:
@@ -137,12 +180,12 @@ POD_TEMPLATE = {
         (("spec", "serviceAccountName"), "trainer"),
         (("spec", "automountServiceAccountToken"), True),
         (("spec", "containers", 1, "name"), "sidecar"),
-        (("spec", "volumes", 1, "name"), "data"),
+        (("spec", "volumes", 2, "name"), "data"),
         (
             ("spec", "containers", 0, "resources"),
             {"limits": {"nvidia.com/gpu": "8"}, "requests": {"memory": "8Gi"}},
         ),
-        (("spec", "containers", 0, "volumeMounts", 1, "mountPath"), "/data"),
+        (("spec", "containers", 0, "volumeMounts", 2, "mountPath"), "/data"),
     ],
 )
 def test_pod_template_merge(path: tuple, expected: object) -> None:

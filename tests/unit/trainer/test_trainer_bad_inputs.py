@@ -12,13 +12,14 @@ from trainer_testlib import classification_config, pretraining_config, run_cli, 
 from berth_trainer.exit_codes import ExitCode
 
 
-def _run(tmp_path, cfg: dict) -> tuple[int, str]:
+def _run(tmp_path, cfg: dict, **env: str) -> tuple[int, str]:
     config = write_config(tmp_path / "cfg.yaml", cfg)
     term = tmp_path / "termination-log"
     result = run_cli(
         ["train", "--config", config, "--metrics-port", "0"],
         timeout=120,
         BERTH_TERMINATION_LOG=str(term),
+        **env,
     )
     message = term.read_text() if term.exists() else ""
     assert message and message in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
@@ -69,3 +70,15 @@ def test_trainer_bad_input_exit_codes(tmp_path, corpus, case, code, expected):
     got, message = _run(tmp_path, cfg)
     assert got == code, message
     assert expected in message
+
+
+def test_trainer_fails_fast_when_the_pod_gets_no_gpu(tmp_path, corpus):
+    """A pod that requests nvidia.com/gpu (the operator sets BERTH_EXPECTED_GPUS) but sees no
+    GPU — this machine has none, and this environment no CUDA libraries — exits permanently
+    before training, telling the user which image to run."""
+    cfg = pretraining_config(corpus, tmp_path)
+    code, message = _run(tmp_path, cfg, BERTH_EXPECTED_GPUS="2")
+    assert code == ExitCode.GPU_MISSING
+    assert "requests nvidia.com/gpu: 2 but TensorFlow sees 0 GPU(s)" in message
+    assert "berth-trainer:<version>-gpu" in message and "spec.allowCpuFallback" in message
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

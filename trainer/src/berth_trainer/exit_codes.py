@@ -27,6 +27,9 @@ class ExitCode(enum.IntEnum):
     VOCAB_INVALID = 4
     #: An init checkpoint or Berth checkpoint does not match the model.
     CHECKPOINT_MISMATCH = 5
+    #: The pod requests GPUs (nvidia.com/gpu) but TensorFlow sees fewer: a CPU-only image, or
+    #: no driver/device on the node.
+    GPU_MISSING = 6
     #: tf.distribute's PreemptionCheckpointHandler default exit code (retryable).
     PREEMPTED_TF_DEFAULT = 42
     #: SIGTERM received; a checkpoint was saved; restart to resume (retryable).

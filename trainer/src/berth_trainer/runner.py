@@ -18,7 +18,12 @@ from berth_trainer.data import ExampleEncoder, describe_shard, make_dataset, pla
 from berth_trainer.errors import TrainerError
 from berth_trainer.exit_codes import ExitCode
 from berth_trainer.observability import Reporter
-from berth_trainer.runtime import configure_threads, release_free_memory, resolve_strategy
+from berth_trainer.runtime import (
+    configure_threads,
+    release_free_memory,
+    require_expected_gpus,
+    resolve_strategy,
+)
 from berth_trainer.train_step import STEP_OUTPUTS, make_train_step, task_loss
 from berth_trainer.vocab import load_vocabulary
 
@@ -39,6 +44,7 @@ class _Sigterm:
 def train(cfg: TrainerConfig, metrics_port: int = 0) -> dict[str, float]:
     """Train per `cfg`; returns the final metrics (also written to output.dir/metrics.json)."""
     threads = configure_threads()
+    require_expected_gpus()
     strategy, worker, strategy_name = resolve_strategy()
     on_tpu = isinstance(strategy, tf.distribute.TPUStrategy)
     if tpu.provider() == "cloud":

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
 
 import tensorflow as tf
+
+from berth_trainer.errors import TrainerError
+from berth_trainer.exit_codes import ExitCode
 
 log = logging.getLogger("berth_trainer")
 
@@ -59,6 +63,32 @@ def release_free_memory() -> bool:
     except OSError:
         return False
     return bool(libc.malloc_trim(0))
+
+
+def require_expected_gpus() -> int:
+    """Fail fast when the pod asked for GPUs ($BERTH_EXPECTED_GPUS) that TensorFlow cannot see.
+
+    The operator sets the variable for a worker whose trainer requests `nvidia.com/gpu`
+    (unless `spec.allowCpuFallback`); without the check a CPU-only image or a node without a
+    driver would train on CPU, silently and far slower. Returns the GPUs TensorFlow sees.
+    """
+    expected = int(os.environ.get("BERTH_EXPECTED_GPUS") or 0)
+    visible = len(tf.config.list_physical_devices("GPU"))
+    if visible < expected:
+        # tensorflow[and-cuda] brings the CUDA libraries as `nvidia.*` packages.
+        cause = (
+            "CUDA libraries are installed, so the node's NVIDIA driver or device is not "
+            "available to the container"
+            if importlib.util.find_spec("nvidia") is not None
+            else "this image has no CUDA libraries: use the GPU trainer image "
+            "(berth-trainer:<version>-gpu)"
+        )
+        raise TrainerError(
+            ExitCode.GPU_MISSING,
+            f"the pod requests nvidia.com/gpu: {expected} but TensorFlow sees {visible} GPU(s): "
+            f"{cause}; set spec.allowCpuFallback: true to train on CPU anyway",
+        )
+    return visible
 
 
 def tf_config_workers() -> WorkerInfo:
