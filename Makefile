@@ -5,14 +5,16 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv control-plane cluster-up cluster-down crds verify lint pytest clean
+.PHONY: demo test venv control-plane images images-gpu cluster-up cluster-down crds verify lint \
+        pytest clean
 
 ## demo: train the quickstart manifest locally (2 worker processes, tiny BERT)
 demo: $(STAMP)
 	bash hack/demo.sh
 
-## test: lint, verify generated files, start the control plane, run every test, stop it
-test: $(STAMP) control-plane lint verify
+## test: lint, verify generated files, build the images, start the control plane, run every
+## test, stop it
+test: $(STAMP) control-plane images lint verify
 	bash hack/test.sh
 
 venv: $(STAMP)
@@ -25,9 +27,20 @@ $(STAMP): trainer/requirements.txt operator/requirements.txt requirements-dev.tx
 	$(PY) -m pip install -q --no-deps -e trainer -e operator
 	touch $@
 
-## control-plane: build kube-apiserver, controller-manager, scheduler, kubectl, etcd, kwok, helm
+## control-plane: build kube-apiserver, controller-manager, scheduler, kubectl, etcd, kwok, helm,
+## and the real node's kubelet, kube-proxy, CoreDNS and pause; apt-get what the node runs
 control-plane:
+	bash hack/install-node-deps.sh
 	bash hack/build-control-plane.sh
+
+## images: build localhost/berth-operator and localhost/berth-trainer (:appVersion) with podman,
+## cached as archives in ~/.cache/berth/images (a warm run takes seconds)
+images: $(STAMP)
+	bash hack/build-images.sh
+
+## images-gpu: build localhost/berth-trainer:<appVersion>-gpu (CUDA libraries, several GB)
+images-gpu: $(STAMP)
+	bash hack/build-images.sh gpu
 
 cluster-up: control-plane
 	$(PYTHON) hack/cluster.py up

@@ -180,9 +180,9 @@ class ControlPlane:
         self.kubectl_path = "kubectl"
         self.api: client.ApiClient | None = None
 
-    def cluster(self, command: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    def cluster(self, *command: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, str(REPO / "hack" / "cluster.py"), command],
+            [sys.executable, str(REPO / "hack" / "cluster.py"), *command],
             env=self.env,
             capture_output=True,
             text=True,
@@ -193,7 +193,8 @@ class ControlPlane:
     def up(self) -> None:
         self.state.mkdir(parents=True, exist_ok=True)
         log(f"control plane: hack/cluster.py up (state {self.state})")
-        result = self.cluster("up")
+        # KWOK nodes only: the real node belongs to the tests' cluster (one per machine).
+        result = self.cluster("up", "--kwok-only")
         if result.returncode:
             sys.exit(f"error: control plane failed:\n{result.stdout}\n{result.stderr}")
         self.kubectl_path = str(self._cluster_module().binaries()["kubectl"])

@@ -2,6 +2,8 @@
 # Build the control-plane binaries the integration tests run, from Go modules, into a cache
 # outside the repository: ${XDG_CACHE_HOME:-$HOME/.cache}/berth/bin/<component>-<version>.
 # A binary already in the cache is not rebuilt, so a warm machine skips this in seconds.
+# Besides the control plane: the real node's kubelet and kube-proxy, a slim CoreDNS and a static
+# `pause` program (hack/cluster.py turns it into the sandbox image; no registry is reachable).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -27,13 +29,14 @@ have() { [ -x "$bin/$1-$2" ]; }
 
 build_kubernetes() {
   local missing=()
-  for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+  for c in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do
     have "$c" "$KUBERNETES_VERSION" || missing+=("$c")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
   local log=$logs/kubernetes-$KUBERNETES_VERSION.log work
   work=$(mktemp -d)
-  echo "building ${missing[*]} $KUBERNETES_VERSION (cold: about 4 min on 2 cores; log: $log)"
+  echo "building ${missing[*]} $KUBERNETES_VERSION (cold: about 4 min on 2 cores, 6 more with"\
+    "kubelet and kube-proxy; log: $log)"
   (
     set -euo pipefail
     cd "$work"
@@ -58,6 +61,8 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 	_ "k8s.io/kubectl/pkg/cmd"
 )
 GO
@@ -73,8 +78,10 @@ GO
     for c in "${missing[@]}"; do
       pkg=k8s.io/kubernetes/cmd/$c
       echo "go build $pkg"
+      start=$SECONDS
       go build -trimpath -tags selinux,notest -ldflags "$ldflags" -o "$bin/$c-$KUBERNETES_VERSION.tmp" "$pkg"
       mv "$bin/$c-$KUBERNETES_VERSION.tmp" "$bin/$c-$KUBERNETES_VERSION"
+      echo "built $c in $((SECONDS - start)) s"
     done
   ) >"$log" 2>&1 || fail "kubernetes (${missing[*]})" "$log"
   rm -rf "$work"
@@ -119,7 +126,96 @@ build_gobin() { # component version package ldflags
   rm -rf "$gobin"
 }
 
-want=${*:-kubernetes etcd kwok helm}
+build_coredns() {
+  # A slim CoreDNS: only the plugins the real node's DNS uses, and no `forward` (nothing may be
+  # looked up off the machine). The wrapper sets the directive order the full build generates
+  # from plugin.cfg, restricted to these plugins.
+  have coredns "$COREDNS_VERSION" && return 0
+  local log=$logs/coredns-$COREDNS_VERSION.log work
+  work=$(mktemp -d)
+  echo "building coredns $COREDNS_VERSION (about 2 min warm; log: $log)"
+  (
+    set -euo pipefail
+    cd "$work"
+    printf 'module berth.dev/coredns\n\ngo 1.24\n' > go.mod
+    cat > main.go <<'GO'
+package main
+
+import (
+	"github.com/coredns/coredns/core/dnsserver"
+	"github.com/coredns/coredns/coremain"
+
+	_ "github.com/coredns/coredns/plugin/bind"
+	_ "github.com/coredns/coredns/plugin/cache"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/health"
+	_ "github.com/coredns/coredns/plugin/kubernetes"
+	_ "github.com/coredns/coredns/plugin/loadbalance"
+	_ "github.com/coredns/coredns/plugin/log"
+	_ "github.com/coredns/coredns/plugin/ready"
+)
+
+func init() {
+	dnsserver.Directives = []string{
+		"bind", "ready", "health", "errors", "log", "loadbalance", "cache", "kubernetes",
+	}
+}
+
+func main() { coremain.Run() }
+GO
+    go get "github.com/coredns/coredns@$COREDNS_VERSION"
+    go mod tidy
+    start=$SECONDS
+    go build -trimpath -ldflags "-s -w" -o "$bin/coredns-$COREDNS_VERSION.tmp" .
+    echo "built coredns in $((SECONDS - start)) s"
+    mv "$bin/coredns-$COREDNS_VERSION.tmp" "$bin/coredns-$COREDNS_VERSION"
+  ) >"$log" 2>&1 || fail coredns "$log"
+  rm -rf "$work"
+}
+
+build_pause() {
+  # The pod sandbox's process: sleeps until SIGTERM/SIGINT and reaps orphans (it is pid 1 of
+  # the pod's namespaces). Static, so the image is this one file FROM scratch.
+  have pause "$PAUSE_VERSION" && return 0
+  local log=$logs/pause-$PAUSE_VERSION.log work
+  work=$(mktemp -d)
+  echo "building pause $PAUSE_VERSION (log: $log)"
+  (
+    set -euo pipefail
+    cd "$work"
+    printf 'module berth.dev/pause\n\ngo 1.24\n' > go.mod
+    cat > main.go <<'GO'
+package main
+
+import (
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	signals := make(chan os.Signal, 16)
+	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM, syscall.SIGCHLD)
+	for s := range signals {
+		if s != syscall.SIGCHLD {
+			os.Exit(0)
+		}
+		for {
+			pid, err := syscall.Wait4(-1, nil, syscall.WNOHANG, nil)
+			if pid <= 0 || err != nil {
+				break
+			}
+		}
+	}
+}
+GO
+    go build -trimpath -ldflags "-s -w" -o "$bin/pause-$PAUSE_VERSION.tmp" .
+    mv "$bin/pause-$PAUSE_VERSION.tmp" "$bin/pause-$PAUSE_VERSION"
+  ) >"$log" 2>&1 || fail pause "$log"
+  rm -rf "$work"
+}
+
+want=${*:-kubernetes etcd kwok helm coredns pause}
 for component in $want; do
   case $component in
     kubernetes) build_kubernetes ;;
@@ -128,15 +224,19 @@ for component in $want; do
             "-X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" ;;
     helm) build_gobin helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
             "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" ;;
+    coredns) build_coredns ;;
+    pause) build_pause ;;
     *) echo "unknown component: $component" >&2; exit 2 ;;
   esac
 done
 # Stable names for the pinned versions, for the Makefile, tests and developers' PATH.
 links=$here/../.cluster/bin
 mkdir -p "$links"
-for name in etcd kwok helm kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+for name in etcd kwok helm coredns kube-apiserver kube-controller-manager kube-scheduler kubectl \
+  kubelet kube-proxy; do
   case $name in
     etcd) v=$ETCD_VERSION ;; kwok) v=$KWOK_VERSION ;; helm) v=$HELM_VERSION ;;
+    coredns) v=$COREDNS_VERSION ;;
     *) v=$KUBERNETES_VERSION ;;
   esac
   [ -x "$bin/$name-$v" ] && ln -sfn "$bin/$name-$v" "$links/$name"

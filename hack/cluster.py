@@ -1,14 +1,25 @@
 #!/usr/bin/env python3
-"""A real Kubernetes control plane on loopback for Berth's tests: `up`, `down`, `status`.
+"""A real Kubernetes control plane for Berth's tests: `up`, `down`, `status`, `leftovers`.
 
-Starts etcd, kube-apiserver (RBAC on), kube-controller-manager (garbage collection and the
-other default controllers), kube-scheduler and KWOK managing fake nodes, from the binaries that
-hack/build-control-plane.sh builds into the cache. Everything lives under `.cluster/` in the
-repository (git-ignored): PKI, kubeconfigs, logs, pid files, etcd data and `bin/` links to the
-binaries. `up` is idempotent; ports are picked free at start.
+Starts etcd, kube-apiserver (Node and RBAC authorization), kube-controller-manager (garbage
+collection and the other default controllers), kube-scheduler and KWOK managing four fake
+nodes, from the binaries that hack/build-control-plane.sh builds into the cache. Everything
+lives under `.cluster/` in the repository (git-ignored): PKI, kubeconfigs, logs, pid files,
+etcd data and `bin/` links to the binaries. `up` is idempotent; ports are picked free at start.
 
-    python3 hack/cluster.py up       # prints how to use .cluster/kubeconfig
-    python3 hack/cluster.py down
+Beside the KWOK nodes, `up` starts one real node, `berth-node-0` (hack/realnode.py: containerd,
+kubelet, kube-proxy, CoreDNS, pods on the bridge `berth0`, 10.244.0.0/24, no default route).
+It needs root and hack/install-node-deps.sh's packages; `--kwok-only` (or BERTH_KWOK_ONLY=1,
+which reaches it through the tests' fixture too) skips it, and then the apiserver listens on
+127.0.0.1 instead of the bridge address 10.244.0.1 (where pods reach it, also as the
+`kubernetes` Service 10.96.0.1). One machine holds one real node. The node is tainted and labelled
+`berth.dev/real-node=true`; state.json's `real_node` tells tests its name, placement, containerd
+socket and network. Images: a `pause` image made here from the built binary, and whatever
+hack/build-images.sh listed in ${BERTH_CACHE_DIR:-~/.cache/berth}/images/current.json.
+
+    python3 hack/cluster.py up [--kwok-only]   # prints how to use .cluster/kubeconfig
+    python3 hack/cluster.py down               # also after a crash: from pid files and /proc
+    python3 hack/cluster.py leftovers          # exit 1 if a real node left anything behind
     python3 hack/cluster.py restart-apiserver   # same port, same etcd: watches must reconnect
 
 Only the standard library is used, so it runs before any virtualenv exists.
@@ -32,12 +43,19 @@ import time
 import urllib.request
 from pathlib import Path
 
+# hack/realnode.py, beside this file (also when this file is loaded by path, as bench/ does).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import realnode
+
 REPO = Path(__file__).resolve().parent.parent
 HACK = REPO / "hack"
 STATE = Path(os.environ.get("BERTH_CLUSTER_DIR", REPO / ".cluster"))
 PKI, LOGS, PIDS = STATE / "pki", STATE / "logs", STATE / "pids"
 KUBECONFIG = STATE / "kubeconfig"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+#: The real node's processes, in start order (kubelet last: the pause image must be there).
+NODE_COMPONENTS = ("containerd", "coredns", "kube-proxy", "kubelet")
+KWOK_NODES = 4
 SERVICE_CIDR = "10.96.0.0/16"
 #: Pod IPs are loopback addresses, so a test can serve a pod's metrics on its IP.
 POD_CIDR = "127.20.0.0/16"
@@ -52,12 +70,16 @@ def versions() -> dict[str, str]:
     return {k.strip(): v.strip() for k, v in pairs}
 
 
-def binaries() -> dict[str, Path]:
-    v = versions()
-    cache = Path(
+def cache_dir() -> Path:
+    return Path(
         os.environ.get("BERTH_CACHE_DIR")
         or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "berth"
     )
+
+
+def binaries(node: bool = False) -> dict[str, Path]:
+    v = versions()
+    cache = cache_dir()
     k8s = v["KUBERNETES_VERSION"]
     wanted = {
         "etcd": v["ETCD_VERSION"],
@@ -68,6 +90,9 @@ def binaries() -> dict[str, Path]:
         "kwok": v["KWOK_VERSION"],
         "helm": v["HELM_VERSION"],
     }
+    if node:
+        wanted |= {"kubelet": k8s, "kube-proxy": k8s}
+        wanted |= {"coredns": v["COREDNS_VERSION"], "pause": v["PAUSE_VERSION"]}
     found = {name: cache / "bin" / f"{name}-{ver}" for name, ver in wanted.items()}
     missing = [str(p) for p in found.values() if not os.access(p, os.X_OK)]
     if missing:
@@ -88,8 +113,10 @@ def openssl(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, capture_output=True)
 
 
-def make_pki() -> None:
-    """One CA, a serving cert, client certs per component, and the service-account key pair."""
+def make_pki(node: bool) -> None:
+    """One CA, a serving cert, client certs per component, and the service-account key pair;
+    with the real node also its kubelet's serving and client certs, kube-proxy's, CoreDNS's
+    and the apiserver's client cert for kubelets (`kubectl logs/exec`)."""
     PKI.mkdir(parents=True, exist_ok=True)
     ca_key, ca_crt = PKI / "ca.key", PKI / "ca.crt"
     openssl("genrsa", "-out", str(ca_key), "2048")
@@ -109,7 +136,8 @@ def make_pki() -> None:
     openssl("genrsa", "-out", str(PKI / "sa.key"), "2048")
     openssl("rsa", "-in", str(PKI / "sa.key"), "-pubout", "-out", str(PKI / "sa.pub"))
     sans = (
-        "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,"
+        f"subjectAltName=IP:127.0.0.1,IP:10.96.0.1,IP:{realnode.BRIDGE_IP},DNS:localhost,"
+        "DNS:kubernetes,"
         "DNS:kubernetes.default,DNS:kubernetes.default.svc"
     )
     certs = {
@@ -119,6 +147,15 @@ def make_pki() -> None:
         "scheduler": ("/CN=system:kube-scheduler", None, "clientAuth"),
         "kwok": ("/O=system:masters/CN=kwok", None, "clientAuth"),
     }
+    if node:
+        kubelet_san = f"subjectAltName=IP:{realnode.BRIDGE_IP},DNS:{realnode.NODE_NAME}"
+        certs |= {
+            "kubelet": (f"/O=system:nodes/CN=system:node:{realnode.NODE_NAME}", None, "clientAuth"),
+            "kubelet-serving": (f"/CN={realnode.NODE_NAME}", kubelet_san, "serverAuth"),
+            "kube-proxy": ("/CN=system:kube-proxy", None, "clientAuth"),
+            "coredns": (f"/CN={COREDNS_USER}", None, "clientAuth"),
+            "apiserver-kubelet-client": ("/O=system:masters/CN=kube-apiserver", None, "clientAuth"),
+        }
     for name, (subject, san, usage) in certs.items():
         key, csr, crt = (PKI / f"{name}.{ext}" for ext in ("key", "csr", "crt"))
         ext = PKI / f"{name}.ext"
@@ -231,13 +268,11 @@ def die(message: str, log: str | None = None) -> None:
     sys.exit(f"error: {message}")
 
 
-def apiserver_ready(port: int) -> bool:
+def apiserver_ready(host: str, port: int) -> bool:
     ctx = ssl.create_default_context(cafile=str(PKI / "ca.crt"))
     ctx.load_cert_chain(str(PKI / "admin.crt"), str(PKI / "admin.key"))
     try:
-        with urllib.request.urlopen(
-            f"https://127.0.0.1:{port}/readyz", context=ctx, timeout=2
-        ) as r:
+        with urllib.request.urlopen(f"https://{host}:{port}/readyz", context=ctx, timeout=2) as r:
             return bool(r.status == 200)
     except OSError:
         return False
@@ -251,21 +286,36 @@ def etcd_ready(port: int) -> bool:
         return False
 
 
-def kubectl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+def kubectl(
+    *args: str, check: bool = True, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(binaries()["kubectl"]), "--kubeconfig", str(KUBECONFIG), *args],
         check=check,
         capture_output=True,
         text=True,
+        input=input,
     )
 
 
-def nodes_ready() -> bool:
+def nodes_ready(real_node: bool) -> bool:
+    """The 4 KWOK nodes, and the real node when there is one, are Ready."""
     out = kubectl("get", "nodes", "-o", "json", check=False)
     if out.returncode:
         return False
     items = json.loads(out.stdout)["items"]
-    return len(items) >= 4 and all(
+    names = {n["metadata"]["name"] for n in items}
+    if real_node and realnode.NODE_NAME not in names:
+        return False
+    return len(items) >= KWOK_NODES + real_node and all(
         any(
             c["type"] == "Ready" and c["status"] == "True"
             for c in n.get("status", {}).get("conditions", [])
@@ -275,25 +325,91 @@ def nodes_ready() -> bool:
 
 
 def running() -> bool:
-    state = STATE / "state.json"
-    if not state.exists() or not all(pid_alive(c) for c in COMPONENTS):
+    path = STATE / "state.json"
+    if not path.exists():
         return False
-    return apiserver_ready(json.loads(state.read_text())["apiserver_port"])
+    state = json.loads(path.read_text())
+    components = COMPONENTS + (NODE_COMPONENTS if state.get("real_node") else ())
+    if not all(pid_alive(c) for c in components):
+        return False
+    return apiserver_ready(state.get("apiserver_host", "127.0.0.1"), state["apiserver_port"])
 
 
-def up() -> None:
+#: The real node's CoreDNS reads Services, EndpointSlices, Namespaces (and Pods) as this user.
+COREDNS_USER = "berth:coredns"
+COREDNS_RBAC = {
+    "apiVersion": "v1",
+    "kind": "List",
+    "items": [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": COREDNS_USER},
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["endpoints", "services", "pods", "namespaces"],
+                    "verbs": ["list", "watch"],
+                },
+                {
+                    "apiGroups": ["discovery.k8s.io"],
+                    "resources": ["endpointslices"],
+                    "verbs": ["list", "watch"],
+                },
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": COREDNS_USER},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": COREDNS_USER,
+            },
+            "subjects": [
+                {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": COREDNS_USER}
+            ],
+        },
+    ],
+}
+
+
+def up(kwok_only: bool) -> None:
     if running():
+        state = json.loads((STATE / "state.json").read_text())
+        if state.get("real_node"):  # rebuilt images reach a running node too
+            import_images(realnode.Node(STATE), state)
         print_usage()
         return
     stop_all()
-    bins = binaries()
+    with_node = not kwok_only
+    bins = binaries(node=with_node)
+    node = realnode.Node(STATE)
+    if with_node:
+        if os.geteuid() != 0:
+            sys.exit("error: the real node needs root; `hack/cluster.py up --kwok-only` does not")
+        if missing := node.missing_host_tools():
+            sys.exit(f"error: missing {', '.join(missing)}: run hack/install-node-deps.sh")
+        if realnode.link_exists(realnode.BRIDGE):  # stop_all() removed our own
+            sys.exit(
+                f"error: bridge {realnode.BRIDGE} exists: another cluster directory runs the one "
+                "real node this machine can have; stop it, or use --kwok-only"
+            )
     for d in (PKI, LOGS, PIDS):
         d.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    make_pki()
-    ports = {k: free_port() for k in ("etcd", "etcd_peer", "apiserver", "kwok")}
-    server = f"https://127.0.0.1:{ports['apiserver']}"
-    for user in ("admin", "controller-manager", "scheduler", "kwok"):
+    make_pki(with_node)
+    names = ["etcd", "etcd_peer", "apiserver", "kwok"]
+    if with_node:
+        names += ["kubelet", "kubelet_healthz", "proxy_healthz", "proxy_metrics"]
+        names += ["dns_health", "dns_ready"]
+    ports = {k: free_port() for k in names}
+    host = realnode.BRIDGE_IP if with_node else "127.0.0.1"
+    server = f"https://{host}:{ports['apiserver']}"
+    users = ["admin", "controller-manager", "scheduler", "kwok"]
+    users += ["kubelet", "kube-proxy", "coredns"] if with_node else []
+    for user in users:
         write_kubeconfig(STATE / f"{user}.kubeconfig", server, user)
     shutil.copy(STATE / "admin.kubeconfig", KUBECONFIG)
     KUBECONFIG.chmod(0o600)
@@ -323,15 +439,32 @@ def up() -> None:
             str(2 << 30),
         ],
     )
+    pause_ref = f"localhost/pause:{versions()['PAUSE_VERSION']}"
+    if with_node:
+        node.prepare_host()  # the bridge address must exist before the apiserver binds it
+        start("containerd", ["containerd", "--config", str(node.containerd_config(pause_ref))])
     wait_until("etcd health", lambda: etcd_ready(ports["etcd"]), 30, "etcd")
 
+    if with_node:
+        # Pods reach the apiserver on the bridge; the `kubernetes` Service's endpoint follows
+        # the advertised address (lease reconciler). Kubelet connections: by InternalIP only.
+        node_flags = [
+            "--endpoint-reconciler-type=lease",
+            "--authorization-mode=Node,RBAC",
+            "--kubelet-preferred-address-types=InternalIP",
+            f"--kubelet-client-certificate={PKI / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={PKI / 'apiserver-kubelet-client.key'}",
+            f"--kubelet-certificate-authority={PKI / 'ca.crt'}",
+        ]
+    else:
+        node_flags = ["--endpoint-reconciler-type=none", "--authorization-mode=RBAC"]
     start(
         "kube-apiserver",
         [
             str(bins["kube-apiserver"]),
             f"--etcd-servers=http://127.0.0.1:{ports['etcd']}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={host}",
+            f"--advertise-address={host}",
             f"--secure-port={ports['apiserver']}",
             f"--tls-cert-file={PKI / 'apiserver.crt'}",
             f"--tls-private-key-file={PKI / 'apiserver.key'}",
@@ -340,16 +473,23 @@ def up() -> None:
             f"--service-account-signing-key-file={PKI / 'sa.key'}",
             "--service-account-issuer=https://kubernetes.default.svc",
             "--api-audiences=https://kubernetes.default.svc",
-            "--authorization-mode=RBAC",
+            *node_flags,
             f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--endpoint-reconciler-type=none",
             "--allow-privileged=true",
             "--profiling=false",
             "--v=1",
         ],
     )
+    if with_node:  # while the apiserver starts
+        containerd_ok = lambda: node.ctr("version", check=False).returncode == 0  # noqa: E731
+        wait_until("containerd", containerd_ok, 30, "containerd")
+        archive = realnode.pause_image(bins["pause"], pause_ref, node.dir / "pause.tar")
+        node.import_archive(pause_ref, archive)
     wait_until(
-        "kube-apiserver /readyz", lambda: apiserver_ready(ports["apiserver"]), 90, "kube-apiserver"
+        "kube-apiserver /readyz",
+        lambda: apiserver_ready(host, ports["apiserver"]),
+        90,
+        "kube-apiserver",
     )
 
     start(
@@ -403,11 +543,29 @@ def up() -> None:
             f"--server-address=127.0.0.1:{ports['kwok']}",
         ],
     )
-    (STATE / "state.json").write_text(
-        json.dumps(
-            {"apiserver_port": ports["apiserver"], "server": server, "ports": ports}, indent=2
-        )
-    )
+    state: dict[str, object] = {
+        "apiserver_port": ports["apiserver"],
+        "apiserver_host": host,
+        "server": server,
+        "ports": ports,
+    }
+    if with_node:
+        kubectl("apply", "--server-side", "-f", "-", input=json.dumps(COREDNS_RBAC))
+        start_node(node, bins, ports)
+        state["real_node"] = {
+            "name": realnode.NODE_NAME,
+            "label": {"key": realnode.LABEL, "value": "true"},
+            "taint": {"key": realnode.LABEL, "value": "true", "effect": "NoSchedule"},
+            "containerd_address": str(node.socket),
+            "bridge": realnode.BRIDGE,
+            "bridge_ip": realnode.BRIDGE_IP,
+            "pod_cidr": realnode.POD_CIDR,
+            "dns_ip": realnode.BRIDGE_IP,
+            "cluster_domain": "cluster.local",
+            "pause_image": pause_ref,
+            "images": [pause_ref],
+        }
+    (STATE / "state.json").write_text(json.dumps(state, indent=2))
 
     wait_until(
         "the default namespace",
@@ -416,15 +574,78 @@ def up() -> None:
         "kube-apiserver",
     )
     kubectl("apply", "--server-side", "-f", str(HACK / "kwok" / "nodes.yaml"))
-    wait_until("4 KWOK nodes Ready", nodes_ready, 60, "kwok")
+    what = f"{KWOK_NODES} KWOK nodes" + (f" and {realnode.NODE_NAME}" if with_node else "")
+    wait_until(
+        f"{what} Ready", lambda: nodes_ready(with_node), 60, "kubelet" if with_node else "kwok"
+    )
     wait_until(
         "the default ServiceAccount",
         lambda: kubectl("get", "serviceaccount", "default", check=False).returncode == 0,
         60,
         "kube-controller-manager",
     )
-    print(f"control plane up in {time.monotonic() - t0:.1f}s")
+    if with_node:
+        ready = f"http://127.0.0.1:{ports['dns_ready']}/ready"
+        wait_until("CoreDNS ready", lambda: http_ok(ready), 30, "coredns")
+        print(f"control plane and {realnode.NODE_NAME} up in {time.monotonic() - t0:.1f}s")
+        import_images(node, state)
+    else:
+        print(f"control plane up in {time.monotonic() - t0:.1f}s")
     print_usage()
+
+
+def start_node(node: realnode.Node, bins: dict[str, Path], ports: dict[str, int]) -> None:
+    """CoreDNS, kube-proxy and the kubelet (containerd runs, with the pause image, already)."""
+    corefile = node.corefile(STATE / "coredns.kubeconfig", ports["dns_health"], ports["dns_ready"])
+    start("coredns", [str(bins["coredns"]), "-conf", str(corefile)])
+    proxy = node.kube_proxy_config(
+        STATE / "kube-proxy.kubeconfig", ports["proxy_healthz"], ports["proxy_metrics"]
+    )
+    start("kube-proxy", [str(bins["kube-proxy"]), f"--config={proxy}", "--v=1"])
+    config = node.kubelet_config(PKI, ports["kubelet"], ports["kubelet_healthz"])
+    start(
+        "kubelet",
+        [
+            str(bins["kubelet"]),
+            f"--config={config}",
+            f"--kubeconfig={STATE / 'kubelet.kubeconfig'}",
+            f"--root-dir={node.kubelet}",
+            f"--cert-dir={node.kubelet / 'pki'}",
+            f"--hostname-override={realnode.NODE_NAME}",
+            f"--node-ip={realnode.BRIDGE_IP}",
+            f"--node-labels={realnode.LABEL}=true",
+            "--v=1",
+        ],
+    )
+
+
+def import_images(node: realnode.Node, state: dict[str, object]) -> None:
+    """Import the images hack/build-images.sh listed (archives that exist); print what."""
+    current = cache_dir() / "images" / "current.json"
+    listed = realnode.listed_images(current)
+    if not listed:
+        print(f"no images to import ({current}: none listed, or no archive)")
+    refs = []
+    for ref, archive in listed:
+        t = time.monotonic()
+        try:
+            imported = node.import_archive(ref, archive)
+        except RuntimeError as e:
+            print(f"warning: {e}", file=sys.stderr)
+            continue
+        refs.append(ref)
+        took = f"{time.monotonic() - t:.1f}s"
+        print(
+            f"imported {ref} from {archive} in {took}"
+            if imported
+            else f"{ref}: already in containerd"
+        )
+    if stale := node.prune_replaced_images():
+        print(f"removed {len(stale)} replaced image(s) from containerd")
+    real = state["real_node"]
+    assert isinstance(real, dict)
+    real["images"] = [real["pause_image"], *refs]
+    (STATE / "state.json").write_text(json.dumps(state, indent=2))
 
 
 def print_usage() -> None:
@@ -436,15 +657,15 @@ def print_usage() -> None:
     )
 
 
-def stop(names: tuple[str, ...]) -> None:
-    """SIGTERM the components' process groups; SIGKILL what is left after 15 s."""
+def stop(names: tuple[str, ...], grace: float = 15) -> None:
+    """SIGTERM the components' process groups; SIGKILL what is left after `grace` seconds."""
     procs = []
     for name in names:
         if pid_alive(name):
             pid = int((PIDS / f"{name}.pid").read_text())
             procs.append((name, pid))
             os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + grace
     for name, pid in procs:
         while time.monotonic() < deadline and still_running(name, pid):
             time.sleep(0.1)
@@ -465,6 +686,20 @@ def still_running(name: str, pid: int) -> bool:
     return True
 
 
+def restart_containerd(node: realnode.Node) -> None:
+    """Start the crashed node's containerd again, as before, for up to 10 s until it answers."""
+    argv_file = PIDS / "containerd.argv"
+    if not argv_file.exists():
+        return
+    node.kill_shims()  # it must not reconnect to them
+    start("containerd", json.loads(argv_file.read_text()))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and pid_alive("containerd"):
+        if node.ctr("version", check=False).returncode == 0:
+            return
+        time.sleep(0.2)
+
+
 def restart_apiserver() -> None:
     """Stop kube-apiserver and start it again on the same port (tests of watch reconnects)."""
     if not running():
@@ -472,13 +707,31 @@ def restart_apiserver() -> None:
     argv = json.loads((PIDS / "kube-apiserver.argv").read_text())
     stop(("kube-apiserver",))
     start("kube-apiserver", argv)
-    port = json.loads((STATE / "state.json").read_text())["apiserver_port"]
-    wait_until("kube-apiserver /readyz", lambda: apiserver_ready(port), 90, "kube-apiserver")
+    state = json.loads((STATE / "state.json").read_text())
+    host, port = state.get("apiserver_host", "127.0.0.1"), state["apiserver_port"]
+    wait_until("kube-apiserver /readyz", lambda: apiserver_ready(host, port), 90, "kube-apiserver")
     print("kube-apiserver restarted")
 
 
 def stop_all() -> None:
-    stop(tuple(reversed(COMPONENTS)))
+    """Stop everything `up` started; a real node's containers go first and its host changes
+    are undone (hack/realnode.py), also after a crash."""
+    node = realnode.Node(STATE)
+    record = realnode.read_json(node.sysctls)
+    was_up = isinstance(record, dict) and not record.get("restored", True)
+    stop(("kubelet",))  # so that nothing restarts the containers killed next
+    if was_up and not pid_alive("containerd"):
+        restart_containerd(node)  # after a crash: to forget its containers, keep its images
+    containerd_up = pid_alive("containerd")
+    if containerd_up:
+        node.kill_containers()
+    stop(("kube-proxy", "coredns", "containerd"))
+    # kube-apiserver lingers ~15 s after it stopped listening; its state goes with etcd's.
+    stop(tuple(reversed(COMPONENTS)), grace=5)
+    if was_up and os.geteuid() == 0:  # this directory's node (another's bridge is not ours)
+        proxy = cache_dir() / "bin" / f"kube-proxy-{versions()['KUBERNETES_VERSION']}"
+        for left in node.teardown(proxy, containerd_up):
+            print(f"warning: left behind: {left}", file=sys.stderr)
     for path in (PIDS, STATE / "etcd", PKI, STATE / "state.json"):
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
@@ -488,19 +741,32 @@ def stop_all() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["up", "down", "status", "restart-apiserver"])
+    parser.add_argument(
+        "command", choices=["up", "down", "status", "leftovers", "restart-apiserver"]
+    )
+    parser.add_argument(
+        "--kwok-only",
+        action="store_true",
+        default=os.environ.get("BERTH_KWOK_ONLY") == "1",
+        help="up: no real node, no root needed (also BERTH_KWOK_ONLY=1, e.g. for pytest)",
+    )
     args = parser.parse_args()
     STATE.mkdir(parents=True, exist_ok=True)
     # One `up`/`down` at a time: concurrent test sessions share the cluster instead of racing.
     lock = open(STATE / "lock", "w")  # noqa: SIM115 - held until exit
     fcntl.flock(lock, fcntl.LOCK_EX)
     if args.command == "up":
-        up()
+        up(args.kwok_only)
     elif args.command == "restart-apiserver":
         restart_apiserver()
     elif args.command == "down":
+        t0 = time.monotonic()
         stop_all()
-        print("control plane stopped")
+        print(f"control plane stopped in {time.monotonic() - t0:.1f}s")
+    elif args.command == "leftovers":
+        found = realnode.Node(STATE).leftovers() if os.geteuid() == 0 else []
+        print("\n".join(found) if found else "nothing left behind")
+        sys.exit(1 if found else 0)
     else:
         ok = running()
         print("running" if ok else "not running")

@@ -6,7 +6,10 @@ cd "$(dirname "$0")/.."
 started=0
 if ! python3 hack/cluster.py status >/dev/null; then
   started=1
-  trap 'python3 hack/cluster.py down >/dev/null || true' EXIT
+  # After `down`, nothing of the real node may remain on the host (bridge, iptables chains,
+  # container processes, mounts, changed sysctls): `leftovers` lists it and fails the run.
+  trap 'python3 hack/cluster.py down >/dev/null || true
+        python3 hack/cluster.py leftovers >&2 || exit 1' EXIT
   python3 hack/cluster.py up
 fi
 export KUBECONFIG=${BERTH_CLUSTER_DIR:-$PWD/.cluster}/kubeconfig PATH=$PWD/.cluster/bin:$PWD/.venv/bin:$PATH
