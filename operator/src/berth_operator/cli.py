@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import getpass
 import logging
+import os
+import secrets
+import socket
 import sys
+import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 import kopf
 
@@ -13,6 +19,23 @@ from berth_operator.context import Context
 from berth_operator.controller import CONCURRENCY
 from berth_operator.k8s import Cluster, load_config
 from berth_operator.settings import parse_settings
+
+if TYPE_CHECKING:
+    from kopf._core.engines.peering import Identity
+
+
+def identity() -> str:
+    """This process's kopf identity (peering), `user@host/time/random` as kopf makes it.
+
+    kopf's own default calls `getpass.getuser()`, which raises for a uid without a passwd
+    entry: the images' user 65532, or any `runAsUser` a cluster picks.
+    """
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid{os.getuid()}"
+    now = time.strftime("%Y%m%d%H%M%S", time.gmtime())
+    return f"{user}@{socket.gethostname()}/{now}/{secrets.token_hex(3)}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None
         ),
         memo=kopf.Memo(context=context),
+        identity=cast("Identity", identity()),
     )
     return 0
 

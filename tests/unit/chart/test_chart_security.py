@@ -41,3 +41,11 @@ def test_no_host_access() -> None:
     for key in ("hostNetwork", "hostPID", "hostIPC"):
         assert not pod.get(key)
     assert not [v for v in pod["volumes"] if "hostPath" in v]
+
+
+def test_no_service_link_variables() -> None:
+    """A release named `berth` has a Service `berth-metrics`: its Docker-link variable
+    BERTH_METRICS_PORT=tcp://... would shadow the operator's BERTH_METRICS_PORT setting (this
+    crashed the operator pod on the real node)."""
+    pod = one(render(), "Deployment")["spec"]["template"]["spec"]
+    assert pod["enableServiceLinks"] is False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from berth_operator.conditions import set_condition
@@ -142,3 +144,36 @@ def test_tpu_api_endpoint_settings() -> None:
     assert (settings.tpu_api_endpoint, settings.tpu_api_insecure) == ("127.0.0.1:9", True)
     flags = parse_settings(["--tpu-api-endpoint", "h:1", "--tpu-api-insecure"], env={})
     assert (flags.tpu_api_endpoint, flags.tpu_api_insecure) == ("h:1", True)
+
+
+def test_identity_without_a_passwd_entry() -> None:
+    """The images run as uid 65532, which has no passwd entry: kopf's default identity raised
+    KeyError there and crashed the operator pod on the real node. A forked child becomes that
+    user (the test runs as root) and asks for the identity."""
+    import pwd
+
+    from berth_operator.cli import identity
+
+    uid = 65532
+    with pytest.raises(KeyError):
+        pwd.getpwuid(uid)
+    assert os.getuid() == 0, "needs root to become another user"
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child process
+        code = 1
+        try:
+            for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+                os.environ.pop(name, None)
+            os.setgid(uid)
+            os.setuid(uid)
+            os.write(write, identity().encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as f:
+        got = f.read()
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert got.startswith(f"uid{uid}@"), got

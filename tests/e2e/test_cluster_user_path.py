@@ -1,0 +1,305 @@
+"""The user's path on the real node, no shortcuts: `helm install` → `kubectl apply` → a model.
+
+The operator runs as a pod from the built operator image under the chart's ServiceAccount and
+RBAC (in-cluster configuration); the workers run the built trainer image as real containers on
+the real kubelet node (containerd, runc, the CNI bridge), find each other through the headless
+Service's DNS names in TF_CONFIG (CoreDNS) and train together under MultiWorkerMirroredStrategy.
+Data goes in and the model comes out through a hostPath volume on the node. Nothing is faked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from berth_trainer.synthetic import write_quickstart_corpus
+from tests.support.realnode import RealNode
+from tests.support.waiting import wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "berth"
+GROUP, VERSION, PLURAL = "berth.dev", "v1alpha1", "berttrainings"
+#: The images' user: the data volume is theirs.
+IMAGE_UID = 65532
+#: The release (its cluster-scoped objects are named after it: one per test session).
+RELEASE = f"berth-{uuid.uuid4().hex[:6]}"
+
+
+def run(
+    *argv: str, timeout: float = 180, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv, input=stdin, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def kubectl(*args: str) -> subprocess.CompletedProcess[str]:
+    return run("kubectl", *args)
+
+
+def helm(*args: str) -> subprocess.CompletedProcess[str]:
+    return run(str(REPO / ".cluster" / "bin" / "helm"), *args, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def node(kubeconfig: str) -> RealNode:
+    return RealNode.from_cluster()
+
+
+@pytest.fixture(scope="module")
+def namespace(api: client.ApiClient) -> Iterator[str]:
+    core = client.CoreV1Api(api)
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"metadata": {"name": name, "labels": {"berth.dev/test": "true"}}})
+    wait_for(
+        lambda: core.read_namespaced_service_account("default", name),
+        timeout=30,
+        what=f"ServiceAccount default in {name}",
+    )
+    yield name
+    core.delete_namespace(name, propagation_policy="Background")
+
+
+@pytest.fixture(scope="module")
+def volume(node: RealNode, namespace: str) -> Iterator[Path]:
+    """A folder on the node (this machine) holding the corpus, owned by the images' user."""
+    path = node.volume_dir(namespace)
+    corpus = write_quickstart_corpus(path / "corpus", seed=1, documents=60)
+    assert Path(corpus["vocab"]).parent == path / "corpus"
+    for root, dirs, files in os.walk(path):
+        for entry in (root, *(os.path.join(root, n) for n in dirs + files)):
+            os.chown(entry, IMAGE_UID, IMAGE_UID)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def release(node: RealNode, namespace: str) -> Iterator[str]:
+    """The chart, installed as a user would, with the built images; the operator runs on the
+    real node. Uninstalled at the end (the last test checks that leaves nothing running)."""
+    operator, trainer = node.image("operator"), node.image("trainer")
+    placement = node.placement()
+    result = helm(
+        "install", RELEASE, str(CHART),
+        "--namespace", namespace,
+        "--set", f"watchNamespaces={{{namespace}}}",
+        "--set", f"image.repository={operator.rsplit(':', 1)[0]}",
+        "--set", f"image.tag={operator.rsplit(':', 1)[1]}",
+        "--set", "image.pullPolicy=Never",
+        "--set", f"trainer.image.repository={trainer.rsplit(':', 1)[0]}",
+        "--set", f"trainer.image.tag={trainer.rsplit(':', 1)[1]}",
+        "--set", "progressInterval=1",
+        "--set-json", f"nodeSelector={json.dumps(placement['nodeSelector'])}",
+        "--set-json", f"tolerations={json.dumps(placement['tolerations'])}",
+        "--wait", "--timeout", "180s",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr + operator_log(namespace)
+    yield RELEASE
+    helm("uninstall", RELEASE, "--namespace", namespace, "--wait", "--timeout", "60s")
+
+
+def operator_log(namespace: str) -> str:
+    out = kubectl("logs", "-n", namespace, f"deployment/{RELEASE}", "--tail=60")
+    return f"\n--- operator log ---\n{out.stdout}{out.stderr}"
+
+
+def manifest(name: str, node: RealNode, steps: int, **spec: Any) -> dict[str, Any]:
+    """A tiny 2-worker pre-training; /data is the node folder (corpus in, model out)."""
+    placement = node.placement()
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "BertTraining",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {
+                "numLayers": 1,
+                "hiddenSize": 32,
+                "numHeads": 2,
+                "intermediateSize": 64,
+                "maxSequenceLength": 32,
+                "dropout": 0.0,
+            },
+            "vocabulary": "/data/corpus/vocab.txt",
+            "data": {"train": "/data/corpus/corpus-*.txt"},
+            "training": {
+                "sequenceLength": 16,
+                "globalBatchSize": 8,
+                "steps": steps,
+                "learningRate": 0.001,
+                "maxPredictionsPerSequence": 3,
+                "logEverySteps": 5,
+            },
+            "checkpoint": {"dir": f"/data/{name}/ckpt", "everySteps": 10},
+            "output": {"dir": f"/data/{name}/model"},
+            "workers": 2,
+            "runPolicy": {"restartPolicy": "OnFailure", "backoffLimit": 2},
+            "podTemplate": {
+                "spec": {
+                    **placement,
+                    "terminationGracePeriodSeconds": 5,
+                    "volumes": [
+                        {"name": "data", "hostPath": {"path": "VOLUME", "type": "Directory"}}
+                    ],
+                    "containers": [
+                        {
+                            "name": "trainer",
+                            "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                        }
+                    ],
+                }
+            },
+            **spec,
+        },
+    }
+
+
+def apply(body: dict[str, Any], namespace: str, volume: Path) -> None:
+    text = yaml.safe_dump(body).replace("path: VOLUME", f"path: {volume}")
+    out = run("kubectl", "apply", "-n", namespace, "-f", "-", timeout=60, stdin=text)
+    assert out.returncode == 0, out.stderr
+
+
+def status(namespace: str, name: str) -> dict[str, Any]:
+    out = kubectl("get", "bt", name, "-n", namespace, "-o", "json")
+    assert out.returncode == 0, out.stderr
+    return dict(json.loads(out.stdout).get("status") or {})
+
+
+def wait_phase(namespace: str, name: str, phase: str, timeout: float = 360) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        current = status(namespace, name)
+        if current.get("phase") == "Failed" and phase != "Failed":
+            raise AssertionError(f"{name} failed: {current.get('message')}")
+        return current if current.get("phase") == phase else None
+
+    try:
+        return wait_for(done, timeout=timeout, interval=1, what=f"{name} {phase}")
+    except AssertionError as error:
+        raise AssertionError(f"{error}{operator_log(namespace)}") from None
+
+
+def pod_log(namespace: str, pod: str) -> str:
+    out = kubectl("logs", "-n", namespace, pod)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_helm_install_apply_train_and_export(
+    release: str, node: RealNode, namespace: str, volume: Path
+) -> None:
+    apply(manifest("tiny", node, steps=40), namespace, volume)
+    final = wait_phase(namespace, "tiny", "Succeeded")
+    progress = final["progress"]
+    assert progress["step"] == progress["totalSteps"] == 40
+    assert progress["loss"] > 0 and progress["examplesPerSecond"] > 0
+    table = kubectl("get", "bt", "tiny", "-n", namespace).stdout
+    row = table.splitlines()[1].split()
+    assert row[:3] == ["tiny", "Succeeded", "0/2"] and row[3] == "40/40", table
+    assert float(row[4]) == pytest.approx(progress["loss"], rel=1e-3) and float(row[5]) > 0, table
+
+    # The workers met through the headless Service's DNS names and trained as one group.
+    pod = json.loads(kubectl("get", "pod", "tiny-worker-1", "-n", namespace, "-o", "json").stdout)
+    assert pod["spec"]["nodeName"] == node.name
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    assert json.loads(env["TF_CONFIG"])["cluster"]["worker"] == [
+        f"tiny-worker-{i}.tiny.{namespace}.svc:2222" for i in range(2)
+    ]
+    for index in range(2):
+        assert "MultiWorkerMirroredStrategy(2 workers)" in pod_log(
+            namespace, f"tiny-worker-{index}"
+        )
+
+    # The exported SavedModel, written by the container onto the node, fills in a [MASK].
+    out = run(
+        str(REPO / ".venv" / "bin" / "berth-trainer"),
+        "predict", "--model", str(volume / "tiny" / "model"), "the cat [MASK] the ball .",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    (answer,) = json.loads(out.stdout)
+    (mask,) = answer["masks"]
+    assert mask["position"] == 3 and mask["top_k"][0]["token"] not in ("", "[MASK]")
+
+
+def checkpoint_steps(folder: Path) -> list[int]:
+    return sorted(int(p.name.split("-")[1].split(".")[0]) for p in folder.glob("ckpt-*.index"))
+
+
+def test_killed_worker_container_restarts_the_group_and_resumes(
+    release: str, node: RealNode, namespace: str, volume: Path
+) -> None:
+    steps = 300
+    apply(manifest("resume", node, steps=steps), namespace, volume)
+    wait_for(
+        lambda: any(s >= 20 for s in checkpoint_steps(volume / "resume" / "ckpt")),
+        timeout=300,
+        interval=0.2,
+        what="a checkpoint at step >= 20 on the node",
+    )
+    killed = node.kill_container(namespace, "resume-worker-1")
+    final = wait_phase(namespace, "resume", "Succeeded")
+    assert final["restarts"] == 1, final
+    # The trainer's own account: the exported metrics and worker 0's log after the restart.
+    metrics = json.loads((volume / "resume" / "model" / "metrics.json").read_text())
+    assert metrics["steps"] == steps
+    log = pod_log(namespace, "resume-worker-0")
+    resumed = [json.loads(line) for line in log.splitlines() if '"msg": "resumed"' in line]
+    assert resumed and resumed[0]["step"] >= 20, log[-3000:]
+    assert killed not in node.container_ids(namespace), "the killed container came back"
+
+
+def test_gpu_request_on_a_node_without_a_usable_gpu_fails_fast(
+    release: str, node: RealNode, namespace: str, volume: Path
+) -> None:
+    """A pod that gets `nvidia.com/gpu` but runs the CPU image exits 6, and the reason reaches
+    status.message. The node advertises one GPU the way a device plugin would (an extended
+    resource in its status); TensorFlow inside the container finds none."""
+    with node.advertised("nvidia.com/gpu", "1"):
+        body = manifest(
+            "gpu",
+            node,
+            steps=40,
+            workers=1,
+            resources={"limits": {"nvidia.com/gpu": 1}},
+            runPolicy={"restartPolicy": "ExitCode", "backoffLimit": 2},
+        )
+        apply(body, namespace, volume)
+        final = wait_phase(namespace, "gpu", "Failed")
+    assert final["restarts"] == 0, final
+    message = final["message"]
+    assert "exit code 6" in message, message
+    assert "requests nvidia.com/gpu: 1 but TensorFlow sees 0 GPU(s)" in message, message
+    assert "berth-trainer:<version>-gpu" in message, message
+    assert not (volume / "gpu" / "ckpt").exists(), "it trained before failing"
+
+
+def test_uninstall_and_delete_leave_nothing_running(
+    release: str, node: RealNode, namespace: str
+) -> None:
+    """Last: deleting the trainings and `helm uninstall` stop every container of the namespace."""
+    assert node.container_ids(namespace), "nothing ran on the node to begin with"
+    out = kubectl("delete", "bt", "--all", "-n", namespace, "--wait=true", "--timeout=120s")
+    assert out.returncode == 0, out.stderr
+    out = helm("uninstall", release, "--namespace", namespace, "--wait", "--timeout", "120s")
+    assert out.returncode == 0, out.stderr
+    wait_for(
+        lambda: not kubectl("get", "pods", "-n", namespace, "-o", "name").stdout.strip(),
+        timeout=120,
+        what=f"no pods left in {namespace}",
+    )
+    wait_for(
+        lambda: not node.running_containers(namespace),
+        timeout=60,
+        what=f"no container of {namespace} running on {node.name}",
+    )

@@ -1,0 +1,126 @@
+"""The real kubelet node of the test cluster (hack/cluster.py): placement, volumes, containers.
+
+Containers are seen and killed through containerd itself (`ctr` on the node's own socket), the
+way an operator of the machine would, not through the API server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tests.support.waiting import wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+CLUSTER = Path(os.environ.get("BERTH_CLUSTER_DIR", REPO / ".cluster"))
+#: containerd's namespace for Kubernetes (CRI) containers.
+CRI_NAMESPACE = "k8s.io"
+POD_NAMESPACE_LABEL = "io.kubernetes.pod.namespace"
+
+
+def _run(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class RealNode:
+    name: str
+    label: tuple[str, str]
+    taint: tuple[str, str, str]
+    containerd_address: str
+    images: tuple[str, ...]
+
+    @classmethod
+    def from_cluster(cls) -> RealNode:
+        """The node recorded in the cluster's state.json; fails when there is none."""
+        state = json.loads((CLUSTER / "state.json").read_text())
+        node = state.get("real_node")
+        assert node, "the control plane has no real node (hack/cluster.py up without --kwok-only)"
+        return cls(
+            name=node["name"],
+            label=(node["label"]["key"], node["label"]["value"]),
+            taint=(node["taint"]["key"], node["taint"]["value"], node["taint"]["effect"]),
+            containerd_address=node["containerd_address"],
+            images=tuple(node.get("images") or ()),
+        )
+
+    def image(self, target: str) -> str:
+        """The ref of Berth image `target` ("operator", "trainer") imported into containerd."""
+        refs = [ref for ref in self.images if f"/berth-{target}:" in ref]
+        assert refs, f"no berth-{target} image on {self.name} ({self.images}): run `make images`"
+        return refs[0]
+
+    def placement(self) -> dict[str, Any]:
+        """nodeSelector and tolerations that put a pod on this node (and only there)."""
+        key, value, effect = self.taint
+        return {
+            "nodeSelector": {self.label[0]: self.label[1]},
+            "tolerations": [{"key": key, "operator": "Equal", "value": value, "effect": effect}],
+        }
+
+    def volume_dir(self, name: str) -> Path:
+        """A fresh folder on the node for a hostPath volume (its parents are traversable)."""
+        root = CLUSTER / "volumes"
+        root.mkdir(mode=0o755, exist_ok=True)
+        root.chmod(0o755)
+        path = root / name
+        path.mkdir(mode=0o755)
+        return path
+
+    def ctr(self, *args: str) -> str:
+        out = _run("ctr", "--address", self.containerd_address, "-n", CRI_NAMESPACE, *args)
+        assert out.returncode == 0, f"ctr {' '.join(args)}: {out.stderr}"
+        return out.stdout
+
+    def container_ids(self, namespace: str) -> set[str]:
+        """Every container (running or not) containerd holds for pods of `namespace`."""
+        selector = f'labels."{POD_NAMESPACE_LABEL}"=={namespace}'
+        return set(self.ctr("containers", "ls", "-q", selector).split())
+
+    def running_containers(self, namespace: str) -> set[str]:
+        """Containers of `namespace`'s pods whose task (process) is running."""
+        running = {
+            line.split()[0]
+            for line in self.ctr("tasks", "ls").splitlines()[1:]
+            if line.split()[-1] == "RUNNING"
+        }
+        return running & self.container_ids(namespace)
+
+    def kill_container(self, namespace: str, pod: str, container: str = "trainer") -> str:
+        """SIGKILL the running `container` of `pod` in containerd; returns its id."""
+        out = _run("kubectl", "get", "pod", pod, "-n", namespace, "-o", "json")
+        assert out.returncode == 0, out.stderr
+        statuses = json.loads(out.stdout)["status"].get("containerStatuses") or []
+        (status,) = (s for s in statuses if s["name"] == container)
+        container_id = str(status["containerID"]).split("://", 1)[1]
+        self.ctr("tasks", "kill", "--signal", "SIGKILL", container_id)
+        return container_id
+
+    @contextlib.contextmanager
+    def advertised(self, resource: str, quantity: str) -> Iterator[None]:
+        """The node advertises an extended resource (as a device plugin would) for a while."""
+        path = "/status/capacity/" + resource.replace("~", "~0").replace("/", "~1")
+
+        def patch(op: dict[str, Any]) -> None:
+            out = _run(
+                "kubectl", "patch", "node", self.name, "--subresource=status",
+                "--type=json", "-p", json.dumps([op]),
+            )  # fmt: skip
+            assert out.returncode == 0, out.stderr
+
+        def allocatable() -> str | None:
+            out = _run("kubectl", "get", "node", self.name, "-o", "json")
+            return json.loads(out.stdout)["status"].get("allocatable", {}).get(resource)
+
+        patch({"op": "add", "path": path, "value": quantity})
+        try:
+            wait_for(lambda: allocatable() == quantity, timeout=60, what=f"{resource} allocatable")
+            yield
+        finally:
+            patch({"op": "remove", "path": path})
