@@ -113,4 +113,8 @@ def test_names_and_printer_columns(crd: dict[str, Any]) -> None:
 def test_examples_are_valid_trainings(path: Path) -> None:
     for doc in yaml.safe_load_all(path.read_text()):
         assert doc["kind"] == "BertTraining"
-        BertTrainingSpec.model_validate(doc["spec"])
+        spec = BertTrainingSpec.model_validate(doc["spec"])
+        gpus = spec.resources and (spec.resources.limits or spec.resources.requests or {})
+        if gpus and "nvidia.com/gpu" in gpus and not spec.allow_cpu_fallback:
+            # The CPU image has no CUDA: such a worker would exit 6 (GPU missing).
+            assert spec.image and spec.image.endswith("-gpu"), f"{path.name}: CPU image on GPUs"
