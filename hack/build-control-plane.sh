@@ -87,17 +87,31 @@ GO
   rm -rf "$work"
 }
 
-build_etcd() {
-  have etcd "$ETCD_VERSION" && return 0
-  local log=$logs/etcd-$ETCD_VERSION.log work
+# A throw-away wrapper module around one main.go (read from stdin), requiring `module` at
+# `version` when given: etcd's and CoreDNS's own go.mod files have relative replaces, and the
+# pause program is ours.
+build_wrapper() { # component version module
+  have "$1" "$2" && return 0
+  local name=$1 version=$2 module=$3 log=$logs/$1-$2.log work
   work=$(mktemp -d)
-  echo "building etcd $ETCD_VERSION (log: $log)"
+  cat > "$work/main.go"
+  echo "building $name $version (log: $log)"
   (
     set -euo pipefail
     cd "$work"
-    # etcd's own go.mod has relative replaces; a wrapper module calling etcdmain builds cleanly.
-    printf 'module berth.dev/etcd\n\ngo 1.24\n' > go.mod
-    cat > main.go <<'GO'
+    printf 'module berth.dev/%s\n\ngo 1.24\n' "$name" > go.mod
+    [ -z "$module" ] || go get "$module@$version"
+    go mod tidy
+    start=$SECONDS
+    go build -trimpath -ldflags "-s -w" -o "$bin/$name-$version.tmp" .
+    mv "$bin/$name-$version.tmp" "$bin/$name-$version"
+    echo "built $name in $((SECONDS - start)) s"
+  ) >"$log" 2>&1 || fail "$name" "$log"
+  rm -rf "$work"
+}
+
+build_etcd() {
+  build_wrapper etcd "$ETCD_VERSION" go.etcd.io/etcd/server/v3 <<'GO'
 package main
 
 import (
@@ -108,12 +122,6 @@ import (
 
 func main() { etcdmain.Main(os.Args) }
 GO
-    go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
-    go mod tidy
-    go build -trimpath -ldflags "-s -w" -o "$bin/etcd-$ETCD_VERSION.tmp" .
-    mv "$bin/etcd-$ETCD_VERSION.tmp" "$bin/etcd-$ETCD_VERSION"
-  ) >"$log" 2>&1 || fail etcd "$log"
-  rm -rf "$work"
 }
 
 build_gobin() { # component version package ldflags
@@ -130,15 +138,7 @@ build_coredns() {
   # A slim CoreDNS: only the plugins the real node's DNS uses, and no `forward` (nothing may be
   # looked up off the machine). The wrapper sets the directive order the full build generates
   # from plugin.cfg, restricted to these plugins.
-  have coredns "$COREDNS_VERSION" && return 0
-  local log=$logs/coredns-$COREDNS_VERSION.log work
-  work=$(mktemp -d)
-  echo "building coredns $COREDNS_VERSION (about 2 min warm; log: $log)"
-  (
-    set -euo pipefail
-    cd "$work"
-    printf 'module berth.dev/coredns\n\ngo 1.24\n' > go.mod
-    cat > main.go <<'GO'
+  build_wrapper coredns "$COREDNS_VERSION" github.com/coredns/coredns <<'GO'
 package main
 
 import (
@@ -163,28 +163,12 @@ func init() {
 
 func main() { coremain.Run() }
 GO
-    go get "github.com/coredns/coredns@$COREDNS_VERSION"
-    go mod tidy
-    start=$SECONDS
-    go build -trimpath -ldflags "-s -w" -o "$bin/coredns-$COREDNS_VERSION.tmp" .
-    echo "built coredns in $((SECONDS - start)) s"
-    mv "$bin/coredns-$COREDNS_VERSION.tmp" "$bin/coredns-$COREDNS_VERSION"
-  ) >"$log" 2>&1 || fail coredns "$log"
-  rm -rf "$work"
 }
 
 build_pause() {
   # The pod sandbox's process: sleeps until SIGTERM/SIGINT and reaps orphans (it is pid 1 of
   # the pod's namespaces). Static, so the image is this one file FROM scratch.
-  have pause "$PAUSE_VERSION" && return 0
-  local log=$logs/pause-$PAUSE_VERSION.log work
-  work=$(mktemp -d)
-  echo "building pause $PAUSE_VERSION (log: $log)"
-  (
-    set -euo pipefail
-    cd "$work"
-    printf 'module berth.dev/pause\n\ngo 1.24\n' > go.mod
-    cat > main.go <<'GO'
+  build_wrapper pause "$PAUSE_VERSION" "" <<'GO'
 package main
 
 import (
@@ -209,10 +193,6 @@ func main() {
 	}
 }
 GO
-    go build -trimpath -ldflags "-s -w" -o "$bin/pause-$PAUSE_VERSION.tmp" .
-    mv "$bin/pause-$PAUSE_VERSION.tmp" "$bin/pause-$PAUSE_VERSION"
-  ) >"$log" 2>&1 || fail pause "$log"
-  rm -rf "$work"
 }
 
 want=${*:-kubernetes etcd kwok helm coredns pause}

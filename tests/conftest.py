@@ -56,9 +56,8 @@ def api(kubeconfig: str) -> Iterator[object]:
     api_client.close()
 
 
-@pytest.fixture
-def namespace(api: object) -> Iterator[str]:
-    """A fresh namespace whose `default` ServiceAccount exists (pods can be created)."""
+def new_namespace(api: object) -> str:
+    """Create a fresh namespace and wait for its `default` ServiceAccount (pods can be created)."""
     from kubernetes import client
 
     from tests.support.waiting import wait_for
@@ -71,5 +70,18 @@ def namespace(api: object) -> Iterator[str]:
         timeout=30,
         what=f"ServiceAccount default in {name}",
     )
+    return name
+
+
+def delete_namespace(api: object, name: str) -> None:
+    from kubernetes import client
+
+    client.CoreV1Api(api).delete_namespace(name, propagation_policy="Background")
+
+
+@pytest.fixture
+def namespace(api: object) -> Iterator[str]:
+    """A fresh namespace for one test, deleted after it."""
+    name = new_namespace(api)
     yield name
-    core.delete_namespace(name, propagation_policy="Background")
+    delete_namespace(api, name)

@@ -12,6 +12,7 @@ import yaml
 from berth_trainer.exit_codes import ExitCode
 from berth_trainer.synthetic import write_quickstart_corpus
 from tests.support.images import UID, image, owned_by_image_user, podman_run, readable
+from tests.support.tiny import tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -30,26 +31,13 @@ def config_volume(tmp_path: Path, corpus: dict[str, str], **changes: object) -> 
     """A folder holding train.yaml: a tiny BERT, 20 steps, output in /out (the container's)."""
     cfg: dict = {
         "task": "pretraining",
-        "vocabulary": corpus["vocab"],
-        "model": {
-            "numLayers": 1,
-            "hiddenSize": 32,
-            "numHeads": 2,
-            "intermediateSize": 64,
-            "maxSequenceLength": 32,
-            "dropout": 0.0,
-        },
-        "data": {"train": corpus["corpus"]},
-        "training": {
-            "sequenceLength": 16,
-            "globalBatchSize": 8,
-            "steps": 20,
-            "learningRate": 0.001,
-            "maxPredictionsPerSequence": 3,
-            "logEverySteps": 5,
-        },
-        "checkpoint": {"dir": "/out/checkpoints", "everySteps": 10},
-        "output": {"dir": "/out/model"},
+        **tiny_config(
+            corpus["vocab"],
+            corpus["corpus"],
+            steps=20,
+            checkpoint_dir="/out/checkpoints",
+            output_dir="/out/model",
+        ),
         **changes,
     }
     folder = tmp_path / "config"

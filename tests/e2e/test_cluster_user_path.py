@@ -23,7 +23,9 @@ import yaml
 from kubernetes import client
 
 from berth_trainer.synthetic import write_quickstart_corpus
+from tests.conftest import delete_namespace, new_namespace
 from tests.support.realnode import RealNode
+from tests.support.tiny import tiny_config
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -60,16 +62,10 @@ def node(kubeconfig: str) -> RealNode:
 
 @pytest.fixture(scope="module")
 def namespace(api: client.ApiClient) -> Iterator[str]:
-    core = client.CoreV1Api(api)
-    name = f"e2e-{uuid.uuid4().hex[:8]}"
-    core.create_namespace({"metadata": {"name": name, "labels": {"berth.dev/test": "true"}}})
-    wait_for(
-        lambda: core.read_namespaced_service_account("default", name),
-        timeout=30,
-        what=f"ServiceAccount default in {name}",
-    )
+    """One namespace for the module: its tests share the release installed there."""
+    name = new_namespace(api)
     yield name
-    core.delete_namespace(name, propagation_policy="Background")
+    delete_namespace(api, name)
 
 
 @pytest.fixture(scope="module")
@@ -115,34 +111,21 @@ def operator_log(namespace: str) -> str:
     return f"\n--- operator log ---\n{out.stdout}{out.stderr}"
 
 
-def manifest(name: str, node: RealNode, steps: int, **spec: Any) -> dict[str, Any]:
-    """A tiny 2-worker pre-training; /data is the node folder (corpus in, model out)."""
+def manifest(name: str, node: RealNode, volume: Path, steps: int, **spec: Any) -> dict[str, Any]:
+    """A tiny 2-worker pre-training; /data is `volume` on the node (corpus in, model out)."""
     placement = node.placement()
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "BertTraining",
         "metadata": {"name": name},
         "spec": {
-            "model": {
-                "numLayers": 1,
-                "hiddenSize": 32,
-                "numHeads": 2,
-                "intermediateSize": 64,
-                "maxSequenceLength": 32,
-                "dropout": 0.0,
-            },
-            "vocabulary": "/data/corpus/vocab.txt",
-            "data": {"train": "/data/corpus/corpus-*.txt"},
-            "training": {
-                "sequenceLength": 16,
-                "globalBatchSize": 8,
-                "steps": steps,
-                "learningRate": 0.001,
-                "maxPredictionsPerSequence": 3,
-                "logEverySteps": 5,
-            },
-            "checkpoint": {"dir": f"/data/{name}/ckpt", "everySteps": 10},
-            "output": {"dir": f"/data/{name}/model"},
+            **tiny_config(
+                "/data/corpus/vocab.txt",
+                "/data/corpus/corpus-*.txt",
+                steps=steps,
+                checkpoint_dir=f"/data/{name}/ckpt",
+                output_dir=f"/data/{name}/model",
+            ),
             "workers": 2,
             "runPolicy": {"restartPolicy": "OnFailure", "backoffLimit": 2},
             "podTemplate": {
@@ -150,7 +133,7 @@ def manifest(name: str, node: RealNode, steps: int, **spec: Any) -> dict[str, An
                     **placement,
                     "terminationGracePeriodSeconds": 5,
                     "volumes": [
-                        {"name": "data", "hostPath": {"path": "VOLUME", "type": "Directory"}}
+                        {"name": "data", "hostPath": {"path": str(volume), "type": "Directory"}}
                     ],
                     "containers": [
                         {
@@ -165,9 +148,10 @@ def manifest(name: str, node: RealNode, steps: int, **spec: Any) -> dict[str, An
     }
 
 
-def apply(body: dict[str, Any], namespace: str, volume: Path) -> None:
-    text = yaml.safe_dump(body).replace("path: VOLUME", f"path: {volume}")
-    out = run("kubectl", "apply", "-n", namespace, "-f", "-", timeout=60, stdin=text)
+def apply(body: dict[str, Any], namespace: str) -> None:
+    out = run(
+        "kubectl", "apply", "-n", namespace, "-f", "-", timeout=60, stdin=yaml.safe_dump(body)
+    )
     assert out.returncode == 0, out.stderr
 
 
@@ -199,7 +183,7 @@ def pod_log(namespace: str, pod: str) -> str:
 def test_helm_install_apply_train_and_export(
     release: str, node: RealNode, namespace: str, volume: Path
 ) -> None:
-    apply(manifest("tiny", node, steps=40), namespace, volume)
+    apply(manifest("tiny", node, volume, steps=40), namespace)
     final = wait_phase(namespace, "tiny", "Succeeded")
     progress = final["progress"]
     assert progress["step"] == progress["totalSteps"] == 40
@@ -240,7 +224,7 @@ def test_killed_worker_container_restarts_the_group_and_resumes(
     release: str, node: RealNode, namespace: str, volume: Path
 ) -> None:
     steps = 300
-    apply(manifest("resume", node, steps=steps), namespace, volume)
+    apply(manifest("resume", node, volume, steps=steps), namespace)
     wait_for(
         lambda: any(s >= 20 for s in checkpoint_steps(volume / "resume" / "ckpt")),
         timeout=300,
@@ -269,12 +253,13 @@ def test_gpu_request_on_a_node_without_a_usable_gpu_fails_fast(
         body = manifest(
             "gpu",
             node,
+            volume,
             steps=40,
             workers=1,
             resources={"limits": {"nvidia.com/gpu": 1}},
             runPolicy={"restartPolicy": "ExitCode", "backoffLimit": 2},
         )
-        apply(body, namespace, volume)
+        apply(body, namespace)
         final = wait_phase(namespace, "gpu", "Failed")
     assert final["restarts"] == 0, final
     message = final["message"]

@@ -15,6 +15,7 @@ import yaml
 
 from berth_operator.local.runner import die_with_parent
 from berth_trainer.synthetic import write_quickstart_corpus
+from tests.support.tiny import tiny_config
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -33,26 +34,13 @@ def manifest(tmp_path: Path, corpus: dict[str, str], steps: int = 60, **spec: ob
         "kind": "BertTraining",
         "metadata": {"name": "tiny"},
         "spec": {
-            "model": {
-                "numLayers": 1,
-                "hiddenSize": 32,
-                "numHeads": 2,
-                "intermediateSize": 64,
-                "maxSequenceLength": 32,
-                "dropout": 0.0,
-            },
-            "vocabulary": corpus["vocab"],
-            "data": {"train": corpus["corpus"]},
-            "training": {
-                "sequenceLength": 16,
-                "globalBatchSize": 8,
-                "steps": steps,
-                "learningRate": 0.001,
-                "maxPredictionsPerSequence": 3,
-                "logEverySteps": 5,
-            },
-            "checkpoint": {"dir": "ckpt", "everySteps": 10},
-            "output": {"dir": "model"},
+            **tiny_config(
+                corpus["vocab"],
+                corpus["corpus"],
+                steps=steps,
+                checkpoint_dir="ckpt",
+                output_dir="model",
+            ),
             "workers": 2,
             **spec,
         },

@@ -35,10 +35,10 @@ CLUSTER = Path(
 
 @pytest.fixture(scope="module")
 def node(kubeconfig: str) -> dict[str, Any]:
-    """state.json's `real_node`; the module is skipped on a `--kwok-only` cluster."""
+    """state.json's `real_node`; fails on a `--kwok-only` cluster (`make test` has the node)."""
     real = json.loads((CLUSTER / "state.json").read_text()).get("real_node")
     if not real:
-        pytest.skip("the cluster has no real node (hack/cluster.py up --kwok-only)")
+        pytest.fail("the cluster has no real node (it was started with --kwok-only)")
     return dict(real)
 
 
@@ -211,7 +211,9 @@ def test_pod_resolves_and_reaches_the_kubernetes_service(
 ) -> None:
     image = python_image(node)
     if not image:
-        pytest.skip("no image with python imported (hack/build-images.sh)")
+        pytest.fail(
+            "no Berth image imported into the node: run `make images`, then `make cluster-up`"
+        )
     core = client.CoreV1Api(api)
     # As an in-cluster client does: by name, TLS against the cluster CA, its ServiceAccount token.
     probe = pod("probe", node, image, restartPolicy="Never", automountServiceAccountToken=True)
