@@ -56,8 +56,15 @@ def start(path: Path, work_dir: Path, *extra: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        preexec_fn=die_with_parent,  # no orphan if pytest dies
+        preexec_fn=_child_setup,
     )
+
+
+def _child_setup() -> None:
+    """No orphan if pytest dies; Ctrl-C (SIGINT) as in a terminal, even when pytest was started
+    in the background, where it and every child inherit SIGINT ignored."""
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def status(work_dir: Path) -> dict:
