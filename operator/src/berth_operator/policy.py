@@ -26,7 +26,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from berth_operator.api import FINISHED_PHASES, CleanPodPolicy, ConditionType, Phase, RestartPolicy
+from berth_operator.api import (
+    FINISHED_PHASES,
+    CleanPodPolicy,
+    ConditionType,
+    Phase,
+    RestartPolicy,
+    RunPolicy,
+)
 from berth_operator.builders import parse_spec, worker_name
 from berth_operator.conditions import set_condition
 from berth_operator.workers import WorkerState, format_time, observe_pod, parse_time
@@ -81,6 +88,26 @@ def should_retry(policy: str, worker: WorkerState) -> bool:
     if policy == RestartPolicy.ON_FAILURE.value:
         return True
     return worker.exit_code is None or is_retryable(worker.exit_code)
+
+
+def failure_verdict(
+    run_policy: RunPolicy, failed: WorkerState, restarts: int, reason: str, why: str
+) -> tuple[str, str] | None:
+    """(reason, message) the training fails with after `failed`, or None when the group
+    restarts: the restart policy rules it out, or `restarts` reached the backoff limit.
+
+    >>> w = WorkerState("p", 0, 0, "Failed", False, False, None, None, 137, "Error", None)
+    >>> failure_verdict(RunPolicy(backoffLimit=1), w, 1, "WorkerFailed", "p exited 137")
+    ('BackoffLimitExceeded', 'runPolicy.backoffLimit 1 reached: p exited 137')
+    """
+    if not should_retry(run_policy.restart_policy, failed):
+        return reason, f"{why} (runPolicy.restartPolicy {run_policy.restart_policy})"
+    if restarts >= run_policy.backoff_limit:
+        return (
+            "BackoffLimitExceeded",
+            f"runPolicy.backoffLimit {run_policy.backoff_limit} reached: {why}",
+        )
+    return None
 
 
 def deadline_exceeded(deadline: int | None, status: Mapping[str, Any], now: datetime) -> str | None:
@@ -236,18 +263,8 @@ def reconcile(
         reason = first.reason if first.reason not in (None, "Error") else "WorkerFailed"
         why = first.describe()
         p.event("Warning", "WorkerFailed", why)
-        if not should_retry(run_policy.restart_policy, first):
-            return finish(
-                Phase.FAILED,
-                str(reason),
-                f"{why} (runPolicy.restartPolicy {run_policy.restart_policy})",
-            )
-        if restart >= run_policy.backoff_limit:
-            return finish(
-                Phase.FAILED,
-                "BackoffLimitExceeded",
-                f"runPolicy.backoffLimit {run_policy.backoff_limit} reached: {why}",
-            )
+        if verdict := failure_verdict(run_policy, first, restart, str(reason), why):
+            return finish(Phase.FAILED, *verdict)
         p.status["restarts"] = plan.restart = restart + 1
         plan.delete = [s.name for s in states if not s.terminating]
         p.set_phase(

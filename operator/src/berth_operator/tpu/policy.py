@@ -40,7 +40,7 @@ from berth_operator.policy import (
     Event,
     _Pass,
     deadline_exceeded,
-    should_retry,
+    failure_verdict,
 )
 from berth_operator.tpu.node import node_name
 from berth_operator.workers import WorkerState, parse_time
@@ -204,17 +204,9 @@ def decide(training: Mapping[str, Any], obs: TpuObservation, now: datetime) -> T
         why = f"TPU {name} disappeared while running"
     if failure is not None:
         p.event("Warning", "TpuFailed", why)
-        if not should_retry(run_policy.restart_policy, failure):
-            return finish(
-                Phase.FAILED, failure.reason or "TrainerFailed",
-                f"{why} (runPolicy.restartPolicy {run_policy.restart_policy})",
-            )  # fmt: skip
-        if restarts >= run_policy.backoff_limit:
-            return finish(
-                Phase.FAILED,
-                "BackoffLimitExceeded",
-                f"runPolicy.backoffLimit {run_policy.backoff_limit} reached: {why}",
-            )
+        reason = failure.reason or "TrainerFailed"
+        if verdict := failure_verdict(run_policy, failure, restarts, reason, why):
+            return finish(Phase.FAILED, *verdict)
         p.status["restarts"] = plan.restart = restarts + 1
         p.set_phase(
             Phase.RESTARTING,
