@@ -12,8 +12,6 @@ name. Teardown (nothing left on the host after `down`) is checked by hack/test.s
 from __future__ import annotations
 
 import ipaddress
-import json
-import os
 import random
 import socket
 import struct
@@ -24,34 +22,26 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from tests.support.realnode import RealNode
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 
-CLUSTER = Path(
-    os.environ.get("BERTH_CLUSTER_DIR", Path(__file__).resolve().parents[2] / ".cluster")
-)
-
 
 @pytest.fixture(scope="module")
-def node(kubeconfig: str) -> dict[str, Any]:
-    """state.json's `real_node`; fails on a `--kwok-only` cluster (`make test` has the node)."""
-    real = json.loads((CLUSTER / "state.json").read_text()).get("real_node")
-    if not real:
-        pytest.fail("the cluster has no real node (it was started with --kwok-only)")
-    return dict(real)
+def node(kubeconfig: str) -> RealNode:
+    """The real node; fails on a `--kwok-only` cluster (`make test` has the node)."""
+    return RealNode.from_cluster()
 
 
-def pod(name: str, node: dict[str, Any], image: str, **spec: Any) -> dict[str, Any]:
+def pod(name: str, node: RealNode, image: str, **spec: Any) -> dict[str, Any]:
     """A pod pinned to the real node, with an imported image (never pulled)."""
-    taint = node["taint"]
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "labels": {"app": "peer"}},
         "spec": {
-            "nodeSelector": {node["label"]["key"]: node["label"]["value"]},
-            "tolerations": [{**taint, "operator": "Equal"}],
+            **node.placement(),
             "terminationGracePeriodSeconds": 1,
             "automountServiceAccountToken": False,
             "containers": [{"name": "main", "image": image, "imagePullPolicy": "Never"}],
@@ -100,18 +90,10 @@ def dns_a(server: str, name: str) -> tuple[int, list[str]]:
     return flags & 0xF, found
 
 
-def container_pid(node: dict[str, Any], pod_status: Any) -> int:
+def container_pid(node: RealNode, pod_status: Any) -> int:
     """The host pid of the pod's first container, from containerd."""
     container = pod_status.container_statuses[0].container_id.split("://", 1)[1]
-    out = subprocess.run(
-        ["ctr", "--address", node["containerd_address"], "-n", "k8s.io", "tasks", "ls"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    rows = (line.split() for line in out.stdout.splitlines()[1:])
-    (pid,) = (int(row[1]) for row in rows if row[0] == container)
-    return pid
+    return node.tasks()[container][0]
 
 
 def routes(pid: int) -> list[tuple[str, str]]:
@@ -124,14 +106,14 @@ def routes(pid: int) -> list[tuple[str, str]]:
     return [(ip(f[1]), ip(f[7])) for f in (line.split() for line in lines)]
 
 
-def test_real_node_is_ready_tainted_and_labelled(api: client.ApiClient, node: dict) -> None:
-    found = client.CoreV1Api(api).read_node(node["name"])
+def test_real_node_is_ready_tainted_and_labelled(api: client.ApiClient, node: RealNode) -> None:
+    found = client.CoreV1Api(api).read_node(node.name)
     ready = [c for c in found.status.conditions if c.type == "Ready"]
     assert ready and ready[0].status == "True"
-    assert found.metadata.labels[node["label"]["key"]] == node["label"]["value"]
-    assert any(t.key == node["taint"]["key"] for t in found.spec.taints)
+    assert found.metadata.labels[node.label[0]] == node.label[1]
+    assert any((t.key, t.value, t.effect) == node.taint for t in found.spec.taints)
     internal = [a.address for a in found.status.addresses if a.type == "InternalIP"]
-    assert internal == [node["bridge_ip"]]
+    assert internal == [node.bridge_ip]
 
 
 def test_pods_get_bridge_ips_dns_names_no_default_route_and_logs(
@@ -147,28 +129,26 @@ def test_pods_get_bridge_ips_dns_names_no_default_route_and_logs(
     )
     for i in range(2):
         core.create_namespaced_pod(
-            namespace, pod(f"peer-{i}", node, node["pause_image"], hostname=f"peer-{i}",
+            namespace, pod(f"peer-{i}", node, node.pause_image, hostname=f"peer-{i}",
                            subdomain="peers")
         )  # fmt: skip
     pods = [running(core, namespace, f"peer-{i}") for i in range(2)]
-    subnet = ipaddress.ip_network(node["pod_cidr"])
+    subnet = ipaddress.ip_network(node.pod_cidr)
     for p in pods:
-        assert p.spec.node_name == node["name"]
+        assert p.spec.node_name == node.name
         assert ipaddress.ip_address(p.status.pod_ip) in subnet
 
-    domain = f"peers.{namespace}.svc.{node['cluster_domain']}"
+    domain = f"peers.{namespace}.svc.{node.cluster_domain}"
     for p in pods:
         wait_for(
-            lambda p=p: (
-                dns_a(node["dns_ip"], f"{p.metadata.name}.{domain}") == (0, [p.status.pod_ip])
-            ),
+            lambda p=p: dns_a(node.dns_ip, f"{p.metadata.name}.{domain}") == (0, [p.status.pod_ip]),
             timeout=10,
             what=f"{p.metadata.name}.{domain} resolving to {p.status.pod_ip}",
         )
-    rcode, addresses = dns_a(node["dns_ip"], domain)
+    rcode, addresses = dns_a(node.dns_ip, domain)
     assert rcode == 0 and sorted(addresses) == sorted(p.status.pod_ip for p in pods)
     # No forwarding: a name outside the cluster is refused, not looked up elsewhere.
-    assert dns_a(node["dns_ip"], "example.com")[1] == []
+    assert dns_a(node.dns_ip, "example.com")[1] == []
 
     pid = container_pid(node, pods[0].status)
     table = routes(pid)
@@ -190,11 +170,6 @@ def test_pods_get_bridge_ips_dns_names_no_default_route_and_logs(
     assert logs.returncode == 0, logs.stderr  # apiserver -> kubelet (TLS, webhook authz) works
 
 
-def python_image(node: dict) -> str | None:
-    """An imported Berth image (they all have python), if hack/build-images.sh made one."""
-    return next((ref for ref in node.get("images", []) if "berth" in ref), None)
-
-
 PROBE = """
 import http.client, socket, ssl
 print("resolved", socket.gethostbyname("kubernetes.default.svc.cluster.local"), flush=True)
@@ -209,11 +184,7 @@ print("connected", api.sock.getpeername()[0], api.getresponse().status, flush=Tr
 def test_pod_resolves_and_reaches_the_kubernetes_service(
     api: client.ApiClient, namespace: str, node: dict
 ) -> None:
-    image = python_image(node)
-    if not image:
-        pytest.fail(
-            "no Berth image imported into the node: run `make images`, then `make cluster-up`"
-        )
+    image = node.image("operator")  # any Berth image has python
     core = client.CoreV1Api(api)
     # As an in-cluster client does: by name, TLS against the cluster CA, its ServiceAccount token.
     probe = pod("probe", node, image, restartPolicy="Never", automountServiceAccountToken=True)

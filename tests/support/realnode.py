@@ -35,6 +35,11 @@ class RealNode:
     taint: tuple[str, str, str]
     containerd_address: str
     images: tuple[str, ...]
+    bridge_ip: str
+    pod_cidr: str
+    dns_ip: str
+    cluster_domain: str
+    pause_image: str
 
     @classmethod
     def from_cluster(cls) -> RealNode:
@@ -48,6 +53,11 @@ class RealNode:
             taint=(node["taint"]["key"], node["taint"]["value"], node["taint"]["effect"]),
             containerd_address=node["containerd_address"],
             images=tuple(node.get("images") or ()),
+            bridge_ip=node["bridge_ip"],
+            pod_cidr=node["pod_cidr"],
+            dns_ip=node["dns_ip"],
+            cluster_domain=node["cluster_domain"],
+            pause_image=node["pause_image"],
         )
 
     def image(self, target: str) -> str:
@@ -83,13 +93,14 @@ class RealNode:
         selector = f'labels."{POD_NAMESPACE_LABEL}"=={namespace}'
         return set(self.ctr("containers", "ls", "-q", selector).split())
 
+    def tasks(self) -> dict[str, tuple[int, str]]:
+        """Every container's task: id → (host pid, status such as RUNNING or STOPPED)."""
+        rows = (line.split() for line in self.ctr("tasks", "ls").splitlines()[1:])
+        return {row[0]: (int(row[1]), row[-1]) for row in rows}
+
     def running_containers(self, namespace: str) -> set[str]:
         """Containers of `namespace`'s pods whose task (process) is running."""
-        running = {
-            line.split()[0]
-            for line in self.ctr("tasks", "ls").splitlines()[1:]
-            if line.split()[-1] == "RUNNING"
-        }
+        running = {cid for cid, (_, status) in self.tasks().items() if status == "RUNNING"}
         return running & self.container_ids(namespace)
 
     def kill_container(self, namespace: str, pod: str, container: str = "trainer") -> str:
