@@ -4,7 +4,24 @@ from __future__ import annotations
 
 import os
 
-from berth_trainer.runtime import release_free_memory
+import pytest
+
+from berth_trainer.runtime import default_jit_compile, release_free_memory
+
+
+@pytest.mark.parametrize(
+    ("setting", "on_tpu", "gpus", "expected"),
+    [
+        (None, False, 0, False),  # CPU: oneDNN's kernels beat XLA's
+        (None, False, 1, True),  # GPU: XLA by default
+        (None, False, 8, True),
+        (None, True, 0, True),  # TPU: compiled anyway
+        (False, False, 4, False),  # the opt-out
+        (True, False, 0, True),  # asked for on CPU
+    ],
+)
+def test_trainer_xla_is_the_default_on_accelerators_only(setting, on_tpu, gpus, expected):
+    assert default_jit_compile(setting, on_tpu, gpus) is expected
 
 
 def _rss_bytes() -> int:

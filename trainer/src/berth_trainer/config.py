@@ -218,9 +218,10 @@ class TrainingConfig(ApiModel):
     log_every_steps: Annotated[int, Field(ge=1)] = Field(
         default=10, description="logEverySteps: steps between log lines and metric updates."
     )
-    jit_compile: bool = Field(
-        default=False,
-        description="jitCompile: compile each replica's forward and backward pass with XLA.",
+    jit_compile: bool | None = Field(
+        default=None,
+        description="jitCompile: compile each replica's forward and backward pass with XLA. "
+        "Default: on GPUs and TPUs, off on CPUs (where XLA made BERT's step 2x slower).",
     )
     steps_per_execution: Annotated[int, Field(ge=1, le=1000)] | None = Field(
         default=None,

@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from berth_trainer.config import Task, TrainerConfig
 from berth_trainer.data import ExampleEncoder
-from berth_trainer.modeling import without_rematerialization
+from berth_trainer.modeling import for_serving
 
 #: How many candidates the pretraining signature returns per [MASK].
 TOP_K = 5
@@ -41,7 +41,7 @@ def export_all(
     out = cfg.output.dir
     tf.io.gfile.makedirs(out)
     model.save(os.path.join(out, "model.keras"))
-    with without_rematerialization(model):
+    with for_serving(model):
         export_saved_model(
             cfg, model, encoder, vocabulary, label_names, os.path.join(out, "saved_model")
         )

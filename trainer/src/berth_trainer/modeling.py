@@ -7,9 +7,10 @@ Classification is a functional model of keras-hub and built-in Keras layers; pre
 that `from_config` and `keras.models.clone_model` rebuild the tie. Rebuild either with
 `type(model).from_config(model.get_config())`.
 
-The backbone built for training recomputes its cheap element-wise work in the backward pass
-instead of keeping the intermediates (`build_backbone`): no extra matmuls, the same
-gradients, and 0.3-0.6 GiB less peak memory on BERT-base at batch 8 (docs/benchmarks.md).
+The backbone built for training (`build_backbone`) runs its feed-forward GELU as one fused
+kernel each way and recomputes LayerNorm in the backward pass instead of keeping its
+intermediates: no extra matmuls, the same gradients to float rounding, less time and memory
+(docs/benchmarks.md). `for_serving` traces the same model with Keras' own ops.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import keras
 import keras_hub
 from keras.src.backend.common.remat import RematMode
 
+from berth_trainer.activations import fused_gelu, keras_gelu, use_fused_gelu
 from berth_trainer.bert_pretrainer import BertPretrainer
 from berth_trainer.config import Task, TrainerConfig
 
@@ -29,41 +31,45 @@ CLASSIFIER_NAME = "classifier"
 
 
 @contextlib.contextmanager
-def without_rematerialization(model: keras.Model) -> Iterator[keras.Model]:
-    """Trace `model` without recomputation, e.g. for serving: a SavedModel would otherwise carry
-    the custom gradients of `tf.recompute_grad` (and loading it warns about each one)."""
+def for_serving(model: keras.Model) -> Iterator[keras.Model]:
+    """Trace `model` with Keras' own ops only, e.g. for a SavedModel: no recomputation (the
+    custom gradients of `tf.recompute_grad`) and keras-hub's GELU instead of the fused one (a
+    custom gradient and XLA-compiled functions), so that loading it needs neither."""
     layers = list(model._flatten_layers(include_self=True, recursive=True))
-    modes = [layer._remat_mode for layer in layers]
+    saved = [(layer._remat_mode, getattr(layer, "activation", None)) for layer in layers]
     for layer in layers:
         layer._remat_mode = None
+        if getattr(layer, "activation", None) is fused_gelu:
+            layer.activation = keras_gelu
     try:
         yield model
     finally:
-        for layer, mode in zip(layers, modes, strict=True):
+        for layer, (mode, activation) in zip(layers, saved, strict=True):
             layer._remat_mode = mode
+            if activation is fused_gelu:
+                layer.activation = activation
 
 
 def build_backbone(cfg: TrainerConfig, vocabulary_size: int) -> keras_hub.models.BertBackbone:
     m = cfg.model.resolved()
-    # Recompute the cheap element-wise work in the backward pass instead of keeping its
-    # intermediates. The scope covers the feed-forward GELU, whose tanh approximation otherwise
-    # keeps four `[batch, seq, 4·hidden]` tensors per layer. A LayerNormalization computes in
-    # float32 and keeps a float32 copy of its input and of `gamma / std`; recomputed, it keeps
-    # only its input. `RematScope` holds one mode at a time, so each LayerNormalization then
-    # gets Keras' own "list_of_layers" mode through the attribute a scope sets at construction
-    # (`Layer._remat_mode`, read by `Layer.__call__`); a test fails if Keras stops honouring
-    # either. Nothing is recomputed that calls an RNG (dropout) or a matmul.
-    with keras.RematScope(mode="activations"):
-        backbone = keras_hub.models.BertBackbone(
-            vocabulary_size=vocabulary_size,
-            num_layers=m.num_layers,
-            num_heads=m.num_heads,
-            hidden_dim=m.hidden_size,
-            intermediate_dim=m.intermediate_size,
-            dropout=m.dropout,
-            max_sequence_length=m.max_sequence_length,
-            name="bert",
-        )
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=vocabulary_size,
+        num_layers=m.num_layers,
+        num_heads=m.num_heads,
+        hidden_dim=m.hidden_size,
+        intermediate_dim=m.intermediate_size,
+        dropout=m.dropout,
+        max_sequence_length=m.max_sequence_length,
+        name="bert",
+    )
+    # The feed-forward GELU is one fused kernel each way that keeps only its input
+    # (`activations.fused_gelu`). A LayerNormalization computes in float32 and keeps a
+    # float32 copy of its input and of `gamma / std`; recomputed in the backward pass, it
+    # keeps only its input: Keras' own "list_of_layers" remat mode, set through the attribute
+    # a `RematScope` sets at construction (`Layer._remat_mode`, read by `Layer.__call__`); a
+    # test fails if Keras stops honouring it. Nothing is recomputed that calls an RNG
+    # (dropout) or a matmul.
+    use_fused_gelu(backbone)
     for layer in backbone._flatten_layers(include_self=False, recursive=True):
         if isinstance(layer, keras.layers.LayerNormalization):
             layer._remat_mode = RematMode("list_of_layers", None, [layer.name])

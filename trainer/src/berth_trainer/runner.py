@@ -20,6 +20,7 @@ from berth_trainer.exit_codes import ExitCode
 from berth_trainer.observability import Reporter
 from berth_trainer.runtime import (
     configure_threads,
+    default_jit_compile,
     release_free_memory,
     require_expected_gpus,
     resolve_strategy,
@@ -54,6 +55,10 @@ def train(cfg: TrainerConfig, metrics_port: int = 0) -> dict[str, float]:
         log.info("TPU: using mixed_bfloat16 instead of %s", cfg.training.precision)
         training = cfg.training.model_copy(update={"precision": Precision.MIXED_BFLOAT16})
         cfg = cfg.model_copy(update={"training": training})
+    jit = default_jit_compile(
+        cfg.training.jit_compile, on_tpu, len(tf.config.list_logical_devices("GPU"))
+    )
+    cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"jit_compile": jit})})
     t = cfg.training
     # Several steps per tf.function call (one host round trip): the TPU default.
     per_call = t.steps_per_execution or (
@@ -76,6 +81,7 @@ def train(cfg: TrainerConfig, metrics_port: int = 0) -> dict[str, float]:
                 "replicas": replicas,
                 "threads": threads,
                 "steps_per_execution": per_call,
+                "jit_compile": jit,
             }
         },
     )

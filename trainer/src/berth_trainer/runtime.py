@@ -91,6 +91,17 @@ def require_expected_gpus() -> int:
     return visible
 
 
+def default_jit_compile(setting: bool | None, on_tpu: bool, gpus: int) -> bool:
+    """`training.jitCompile`, or where unset: XLA on GPUs and TPUs, not on CPUs.
+
+    On TPUs the step is compiled with XLA whatever the setting. On GPUs, XLA is the fast path
+    that NVIDIA's and TensorFlow Model Garden's BERT recipes turn on (it fuses the element-wise
+    work between matmuls). On CPUs it made BERT-base's step 2x slower than oneDNN's kernels
+    (docs/benchmarks.md), so it stays off there.
+    """
+    return setting if setting is not None else (on_tpu or gpus > 0)
+
+
 def tf_config_workers() -> WorkerInfo:
     """This worker's index and the worker count, from $TF_CONFIG (1 worker without it)."""
     raw = os.environ.get("TF_CONFIG")
