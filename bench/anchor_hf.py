@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
 import trainer_throughput as tt  # stdlib only at import: no TensorFlow in the anchor's venv
 
@@ -28,18 +27,12 @@ SIZES = {"tiny": (2, 128, 2, 512), "base": (12, 768, 12, 3072)}
 VOCAB, PREDICTIONS = tt.VOCAB, tt.PREDICTIONS
 
 
-def matmul_ceiling(dtype, seconds: float = 3.0) -> float:
-    """GFLOP/s of a 2048x2048 `torch.matmul` in this process (the Berth side times `tf.matmul`)."""
+def matmul_ceiling(dtype) -> float:
+    """GFLOP/s of a large square `torch.matmul` (the Berth side times `tf.matmul`)."""
     import torch
 
-    n = 2048
-    a = torch.randn(n, n).to(dtype)
-    a @ a
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ a
-        count += 1
-    return 2 * n**3 * count / (time.perf_counter() - start) / 1e9
+    a = torch.randn(tt.CEILING_N, tt.CEILING_N).to(dtype)
+    return tt.sustained_gflops(lambda: a @ a)
 
 
 def build(model: str, batch: int, seq: int, precision: str):

@@ -17,7 +17,6 @@ import argparse
 import collections
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -174,10 +173,9 @@ def main() -> None:
                     str(args.ops),
                 ]
                 load = os.getloadavg()[0]
-                run = subprocess.run(cmd, capture_output=True, text=True, check=False)
-                if run.returncode:
-                    sys.exit(f"{side} failed: {run.stderr.strip()[-500:]}")
-                results[side] = json.loads(run.stdout.strip().splitlines()[-1])
+                results[side] = tt.run_json(cmd)
+                if "error" in results[side]:
+                    sys.exit(f"{side} failed: {results[side]['error']}")
                 results[side]["load1"] = load
             berth, anchor = results["berth"], results["anchor"]
             print(

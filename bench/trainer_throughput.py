@@ -76,20 +76,27 @@ def training_flops(layers: int, hidden: int, batch: int, seq: int) -> float:
     return 3.0 * batch * (seq * per_token + head)
 
 
-def matmul_ceiling(dtype: str, seconds: float = 3.0) -> float:
-    """GFLOP/s of a large square matmul, the machine's practical ceiling for this dtype."""
-    import tensorflow as tf
+CEILING_N = 2048
 
-    n = 2048
-    a = tf.random.normal([n, n], dtype=tf.float32)
-    a = tf.cast(a, dtype)
-    mm = tf.function(lambda x: tf.matmul(x, x))
-    mm(a).numpy()
+
+def sustained_gflops(square_matmul, seconds: float = 3.0) -> float:
+    """GFLOP/s of `square_matmul()` (a CEILING_N² product, run to completion) over `seconds`,
+    after one untimed call: the ceiling each side of `--anchor` measures in its own process."""
+    square_matmul()
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        mm(a).numpy()
+        square_matmul()
         count += 1
-    return 2 * n**3 * count / (time.perf_counter() - start) / 1e9
+    return 2 * CEILING_N**3 * count / (time.perf_counter() - start) / 1e9
+
+
+def matmul_ceiling(dtype: str) -> float:
+    """GFLOP/s of a large square `tf.matmul`, the machine's practical ceiling for this dtype."""
+    import tensorflow as tf
+
+    a = tf.cast(tf.random.normal([CEILING_N, CEILING_N], dtype=tf.float32), dtype)
+    mm = tf.function(lambda x: tf.matmul(x, x))
+    return sustained_gflops(lambda: mm(a).numpy())
 
 
 def build_step(model: str, batch: int, seq: int, precision: str, jit_compile: bool = False):
@@ -227,25 +234,31 @@ def anchor_python() -> str:
     return str(python)
 
 
-def run_side(python: str, script: str, config: str, args: argparse.Namespace) -> dict:
-    """One configuration in its own process; its JSON line, or {"error": ...}."""
-    cmd = [
-        python,
-        script,
-        "--one",
-        config,
-        "--seq",
-        str(args.seq),
-        "--steps",
-        str(args.steps),
-        "--warmup",
-        str(args.warmup),
-        *(["--jit-compile"] if args.jit_compile else []),
-    ]
+def run_json(cmd: list[str]) -> dict:
+    """Run `cmd` in its own process; its last stdout line as JSON, or {"error": stderr tail}."""
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode:
-        return {"error": out.stderr.strip()[-300:]}
+        return {"error": out.stderr.strip()[-500:]}
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_side(python: str, script: str, config: str, args: argparse.Namespace) -> dict:
+    """One configuration in its own process; its JSON line, or {"error": ...}."""
+    return run_json(
+        [
+            python,
+            script,
+            "--one",
+            config,
+            "--seq",
+            str(args.seq),
+            "--steps",
+            str(args.steps),
+            "--warmup",
+            str(args.warmup),
+            *(["--jit-compile"] if args.jit_compile else []),
+        ]
+    )
 
 
 def print_berth_table(args: argparse.Namespace) -> None:
