@@ -28,7 +28,7 @@ $(STAMP): trainer/requirements.txt operator/requirements.txt requirements-dev.tx
 	touch $@
 
 ## control-plane: build kube-apiserver, controller-manager, scheduler, kubectl, etcd, kwok, helm,
-## and the real node's kubelet, kube-proxy, CoreDNS and pause; apt-get what the node runs
+## Kueue, and the real node's kubelet, kube-proxy, CoreDNS and pause; apt-get what the node runs
 control-plane:
 	bash hack/install-node-deps.sh
 	bash hack/build-control-plane.sh

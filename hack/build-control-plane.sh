@@ -2,8 +2,9 @@
 # Build the control-plane binaries the integration tests run, from Go modules, into a cache
 # outside the repository: ${XDG_CACHE_HOME:-$HOME/.cache}/berth/bin/<component>-<version>.
 # A binary already in the cache is not rebuilt, so a warm machine skips this in seconds.
-# Besides the control plane: the real node's kubelet and kube-proxy, a slim CoreDNS and a static
-# `pause` program (hack/cluster.py turns it into the sandbox image; no registry is reachable).
+# Besides the control plane: the real node's kubelet and kube-proxy, a slim CoreDNS, a static
+# `pause` program (hack/cluster.py turns it into the sandbox image; no registry is reachable)
+# and Kueue's controller manager with its CRDs.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -195,7 +196,23 @@ func main() {
 GO
 }
 
-want=${*:-kubernetes etcd kwok helm coredns pause}
+build_kueue() {
+  # The controller manager, and beside it the module's CRDs and webhook configurations, which
+  # hack/cluster.py installs (it has no YAML parser: kubectl reads them).
+  build_gobin kueue "$KUEUE_VERSION" sigs.k8s.io/kueue/cmd/kueue \
+    "-X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION"
+  local manifests=$cache/kueue-$KUEUE_VERSION
+  [ -s "$manifests/webhooks.yaml" ] && return 0
+  local dir
+  dir=$(go mod download -json "sigs.k8s.io/kueue@$KUEUE_VERSION" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  rm -rf "$manifests.tmp" && mkdir -p "$manifests.tmp/crds"
+  cp "$dir"/config/components/crd/bases/*.yaml "$manifests.tmp/crds/"
+  cp "$dir/config/components/webhook/manifests.yaml" "$manifests.tmp/webhooks.yaml"
+  chmod -R u+w "$manifests.tmp" && rm -rf "$manifests" && mv "$manifests.tmp" "$manifests"
+}
+
+want=${*:-kubernetes etcd kwok helm coredns pause kueue}
 for component in $want; do
   case $component in
     kubernetes) build_kubernetes ;;
@@ -206,17 +223,18 @@ for component in $want; do
             "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" ;;
     coredns) build_coredns ;;
     pause) build_pause ;;
+    kueue) build_kueue ;;
     *) echo "unknown component: $component" >&2; exit 2 ;;
   esac
 done
 # Stable names for the pinned versions, for the Makefile, tests and developers' PATH.
 links=$here/../.cluster/bin
 mkdir -p "$links"
-for name in etcd kwok helm coredns kube-apiserver kube-controller-manager kube-scheduler kubectl \
+for name in etcd kwok helm coredns kueue kube-apiserver kube-controller-manager kube-scheduler kubectl \
   kubelet kube-proxy; do
   case $name in
     etcd) v=$ETCD_VERSION ;; kwok) v=$KWOK_VERSION ;; helm) v=$HELM_VERSION ;;
-    coredns) v=$COREDNS_VERSION ;;
+    coredns) v=$COREDNS_VERSION ;; kueue) v=$KUEUE_VERSION ;;
     *) v=$KUBERNETES_VERSION ;;
   esac
   [ -x "$bin/$name-$v" ] && ln -sfn "$bin/$name-$v" "$links/$name"

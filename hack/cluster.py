@@ -2,8 +2,9 @@
 """A real Kubernetes control plane for Berth's tests: `up`, `down`, `status`, `leftovers`.
 
 Starts etcd, kube-apiserver (Node and RBAC authorization), kube-controller-manager (garbage
-collection and the other default controllers), kube-scheduler and KWOK managing four fake
-nodes, from the binaries that hack/build-control-plane.sh builds into the cache. Everything
+collection and the other default controllers), kube-scheduler, KWOK managing four fake nodes
+and Kueue's controller manager (`start_kueue`), from the binaries that
+hack/build-control-plane.sh builds into the cache. Everything
 lives under `.cluster/` in the repository (git-ignored): PKI, kubeconfigs, logs, pid files,
 etcd data and `bin/` links to the binaries. `up` is idempotent; ports are picked free at start.
 
@@ -52,7 +53,14 @@ HACK = REPO / "hack"
 STATE = Path(os.environ.get("BERTH_CLUSTER_DIR", REPO / ".cluster"))
 PKI, LOGS, PIDS = STATE / "pki", STATE / "logs", STATE / "pids"
 KUBECONFIG = STATE / "kubeconfig"
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+COMPONENTS = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kwok",
+    "kueue",
+)
 #: The real node's processes, in start order (kubelet last: the pause image must be there).
 NODE_COMPONENTS = ("containerd", "coredns", "kube-proxy", "kubelet")
 KWOK_NODES = 4
@@ -89,6 +97,7 @@ def binaries(node: bool = False) -> dict[str, Path]:
         "kubectl": k8s,
         "kwok": v["KWOK_VERSION"],
         "helm": v["HELM_VERSION"],
+        "kueue": v["KUEUE_VERSION"],
     }
     if node:
         wanted |= {"kubelet": k8s, "kube-proxy": k8s}
@@ -146,6 +155,9 @@ def make_pki(node: bool) -> None:
         "controller-manager": ("/CN=system:kube-controller-manager", None, "clientAuth"),
         "scheduler": ("/CN=system:kube-scheduler", None, "clientAuth"),
         "kwok": ("/O=system:masters/CN=kwok", None, "clientAuth"),
+        "kueue": ("/O=system:masters/CN=kueue", None, "clientAuth"),
+        # Kueue's webhooks, called by the apiserver on loopback.
+        "kueue-webhook": ("/CN=kueue-webhook", "subjectAltName=IP:127.0.0.1", "serverAuth"),
     }
     if node:
         kubelet_san = f"subjectAltName=IP:{realnode.BRIDGE_IP},DNS:{realnode.NODE_NAME}"
@@ -400,14 +412,14 @@ def up(kwok_only: bool) -> None:
         d.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     make_pki(with_node)
-    names = ["etcd", "etcd_peer", "apiserver", "kwok"]
+    names = ["etcd", "etcd_peer", "apiserver", "kwok", "kueue_webhook", "kueue_health"]
     if with_node:
         names += ["kubelet", "kubelet_healthz", "proxy_healthz", "proxy_metrics"]
         names += ["dns_health", "dns_ready"]
     ports = {k: free_port() for k in names}
     host = realnode.BRIDGE_IP if with_node else "127.0.0.1"
     server = f"https://{host}:{ports['apiserver']}"
-    users = ["admin", "controller-manager", "scheduler", "kwok"]
+    users = ["admin", "controller-manager", "scheduler", "kwok", "kueue"]
     users += ["kubelet", "kube-proxy", "coredns"] if with_node else []
     for user in users:
         write_kubeconfig(STATE / f"{user}.kubeconfig", server, user)
@@ -584,6 +596,7 @@ def up(kwok_only: bool) -> None:
         60,
         "kube-controller-manager",
     )
+    start_kueue(bins["kueue"], ports)
     if with_node:
         ready = f"http://127.0.0.1:{ports['dns_ready']}/ready"
         wait_until("CoreDNS ready", lambda: http_ok(ready), 30, "coredns")
@@ -592,6 +605,121 @@ def up(kwok_only: bool) -> None:
     else:
         print(f"control plane up in {time.monotonic() - t0:.1f}s")
     print_usage()
+
+
+#: Kueue's job kinds: none of its built-in integrations, only BertTraining, whose Workloads the
+#: Berth operator creates (an external framework: docs/operator.md, "With Kueue").
+KUEUE_CONFIG = """apiVersion: config.kueue.x-k8s.io/v1beta2
+kind: Configuration
+health:
+  healthProbeBindAddress: 127.0.0.1:{health}
+metrics:
+  bindAddress: "0"
+webhook:
+  host: 127.0.0.1
+  port: {webhook}
+  certDir: {certs}
+leaderElection:
+  leaderElect: false
+internalCertManagement:
+  enable: false
+# All-or-nothing as clusters run it: no other admission while an admitted Workload's pods are
+# not all Ready (the operator keeps its PodsReady condition; tests/integration/test_kueue.py).
+waitForPodsReady:
+  timeout: 5m
+  blockAdmission: true
+integrations:
+  frameworks: ["batch/job"]  # the default (an empty list means it too); no webhook for it here
+  externalFrameworks: ["BertTraining.v1alpha1.berth.dev"]
+"""
+
+
+def kueue_manifests() -> Path:
+    return cache_dir() / f"kueue-{versions()['KUEUE_VERSION']}"
+
+
+def start_kueue(kueue: Path, ports: dict[str, int]) -> None:
+    """Kueue's CRDs, its controller manager (webhooks on loopback, serving a certificate of our
+    CA; no visibility API server) and the webhook configurations of its own kinds."""
+    manifests = kueue_manifests()
+    if not (manifests / "webhooks.yaml").exists():
+        die(f"Kueue's manifests are missing in {manifests}: run `make control-plane`")
+    kubectl("apply", "--server-side", "-f", str(manifests / "crds"))
+    established = lambda: (  # noqa: E731
+        kubectl(
+            "wait", "--for=condition=Established", "crd", "--all", "--timeout=5s", check=False
+        ).returncode
+        == 0
+    )
+    wait_until("Kueue's CRDs Established", established, 60, "kube-apiserver")
+    certs = PKI / "kueue-webhook"
+    certs.mkdir(exist_ok=True)
+    shutil.copy(PKI / "kueue-webhook.crt", certs / "tls.crt")
+    shutil.copy(PKI / "kueue-webhook.key", certs / "tls.key")
+    config = STATE / "kueue.yaml"
+    config.write_text(
+        KUEUE_CONFIG.format(
+            health=ports["kueue_health"], webhook=ports["kueue_webhook"], certs=certs
+        )
+    )
+    # Without Kueue's own certificate management, its manager reads a metrics certificate from
+    # a fixed path, /etc/kueue/metrics/certs (metrics are off here: any certificate does). It
+    # runs in a mount namespace of its own whose /etc is a tmpfs holding just that: the host's
+    # /etc is not touched. Its Go code reads nothing else there (the kubeconfig has the CA).
+    metrics_certs = "/etc/kueue/metrics/certs"
+    script = (
+        "set -e; mount -t tmpfs -o size=1m,mode=755 berth-kueue-etc /etc; "
+        f"mkdir -p {metrics_certs}; cp {certs}/tls.crt {certs}/tls.key {metrics_certs}/; "
+        'exec "$@"'
+    )
+    userns = [] if os.geteuid() == 0 else ["--map-root-user"]
+    start(
+        "kueue",
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            *userns,
+            "sh",
+            "-c",
+            script,
+            "kueue",
+            str(kueue),
+            f"--config={config}",
+            f"--kubeconfig={STATE / 'kueue.kubeconfig'}",
+            "--feature-gates=VisibilityOnDemand=false",
+        ],
+    )
+    ready = f"http://127.0.0.1:{ports['kueue_health']}/readyz"
+    wait_until("Kueue ready", lambda: http_ok(ready), 60, "kueue")
+    kubectl("apply", "--server-side", "-f", "-", input=json.dumps(kueue_webhooks(ports)))
+
+
+def kueue_webhooks(ports: dict[str, int]) -> dict[str, object]:
+    """The module's webhook configurations, for Kueue's own kinds only, calling the manager at
+    https://127.0.0.1:<port><path> instead of through a Service."""
+    listed = kubectl(
+        "create", "--dry-run=client", "-o", "json", "-f", str(kueue_manifests() / "webhooks.yaml")
+    )
+    docs, text, decoder = [], listed.stdout.strip(), json.JSONDecoder()
+    while text:  # one JSON document per YAML document
+        doc, end = decoder.raw_decode(text)
+        docs.append(doc)
+        text = text[end:].lstrip()
+    ca = base64.b64encode((PKI / "ca.crt").read_bytes()).decode()
+    items = []
+    for doc in docs:
+        hooks = []
+        for hook in doc.get("webhooks", []):
+            if not any("kueue.x-k8s.io" in r.get("apiGroups", []) for r in hook["rules"]):
+                continue
+            path = hook["clientConfig"]["service"]["path"]
+            url = f"https://127.0.0.1:{ports['kueue_webhook']}{path}"
+            hooks.append({**hook, "clientConfig": {"url": url, "caBundle": ca}})
+        name = "kueue-" + doc["metadata"]["name"]
+        items.append({**doc, "metadata": {"name": name}, "webhooks": hooks})
+    return {"apiVersion": "v1", "kind": "List", "items": items}
 
 
 def start_node(node: realnode.Node, bins: dict[str, Path], ports: dict[str, int]) -> None:

@@ -5,6 +5,8 @@ RBAC (in-cluster configuration); the workers run the built trainer image as real
 the real kubelet node (containerd, runc, the CNI bridge), find each other through the headless
 Service's DNS names in TF_CONFIG (CoreDNS) and train together under MultiWorkerMirroredStrategy.
 Data goes in and the model comes out through a hostPath volume on the node. Nothing is faked.
+The chart is installed with Kueue on (`kueue.enabled`): trainings without the queue label run
+as ever, and one pair of labelled trainings shows preemption by a real Kueue end to end.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from kubernetes import client
 
 from berth_trainer.synthetic import write_quickstart_corpus
 from tests.conftest import delete_namespace, new_namespace
+from tests.support.kueue import PRIORITY_LABEL, QUEUE_LABEL, Kueue
 from tests.support.realnode import RealNode
 from tests.support.tiny import tiny_config
 from tests.support.waiting import wait_for
@@ -97,6 +100,7 @@ def release(node: RealNode, namespace: str) -> Iterator[str]:
         "--set", f"trainer.image.repository={trainer.rsplit(':', 1)[0]}",
         "--set", f"trainer.image.tag={trainer.rsplit(':', 1)[1]}",
         "--set", "progressInterval=1",
+        "--set", "kueue.enabled=true",
         "--set-json", f"nodeSelector={json.dumps(placement['nodeSelector'])}",
         "--set-json", f"tolerations={json.dumps(placement['tolerations'])}",
         "--wait", "--timeout", "180s",
@@ -285,6 +289,79 @@ def test_gpu_request_on_a_node_without_a_usable_gpu_fails_fast(
     assert "requests nvidia.com/gpu: 1 but TensorFlow sees 0 GPU(s)" in message, message
     assert "berth-trainer:<version>-gpu" in message, message
     assert not (volume / "gpu" / "ckpt").exists(), "it trained before failing"
+
+
+@pytest.fixture(scope="module")
+def kueue(api: client.ApiClient, node: RealNode, namespace: str) -> Iterator[Kueue]:
+    objects = Kueue(api, namespace)
+    yield objects
+    objects.cleanup()
+
+
+def test_kueue_preempts_a_training_which_checkpoints_and_resumes_after_readmission(
+    release: str, node: RealNode, namespace: str, volume: Path, kueue: Kueue
+) -> None:
+    """Two trainings of 2 x 0.5 CPU in a ClusterQueue of 1 CPU on the real node: the high
+    priority one preempts the running low one, whose workers get SIGTERM and save a checkpoint
+    (periodic checkpoints are off: any checkpoint comes from SIGTERM). Low goes back to Queued
+    without counting a restart, is admitted again once high finished, and resumes at that step."""
+    placement = node.placement()
+    queue = kueue.queue(
+        quota="1",
+        resource="cpu",
+        preemption=True,
+        node_labels=placement["nodeSelector"],
+        tolerations=placement["tolerations"],
+    )
+
+    def queued(name: str, steps: int, priority: str) -> dict[str, Any]:
+        body = manifest(
+            name,
+            node,
+            volume,
+            steps=steps,
+            resources={"requests": {"cpu": "500m"}},
+            runPolicy={"restartPolicy": "OnFailure", "backoffLimit": 0},
+        )
+        body["spec"]["checkpoint"]["everySteps"] = 100_000
+        body["metadata"]["labels"] = {QUEUE_LABEL: queue, PRIORITY_LABEL: priority}
+        return body
+
+    steps = 400
+    apply(queued("low", steps, kueue.priority("low", 100)), namespace)
+    wait_for(
+        lambda: (status(namespace, "low").get("progress") or {}).get("step", 0) >= 20,
+        timeout=300,
+        interval=0.5,
+        what="low at step >= 20",
+    )
+    apply(queued("high", 40, kueue.priority("high", 1000)), namespace)
+    held = wait_phase(namespace, "low", "Queued", timeout=120)
+    assert "Preempted" in held["message"], held
+    row = kubectl("get", "bt", "low", "-n", namespace).stdout.splitlines()[1].split()
+    assert row[1] == "Queued" and queue in row, row
+    saved = wait_for(
+        lambda: checkpoint_steps(volume / "low" / "ckpt"),
+        timeout=60,
+        what="low's SIGTERM checkpoint on the node",
+    )
+    assert saved[-1] >= 20, saved
+
+    wait_phase(namespace, "high", "Succeeded")
+    final = wait_phase(namespace, "low", "Succeeded")
+    assert final.get("restarts", 0) == 0, final
+    metrics = json.loads((volume / "low" / "model" / "metrics.json").read_text())
+    assert metrics["steps"] == steps
+    log = pod_log(namespace, "low-worker-0")
+    resumed = [json.loads(line) for line in log.splitlines() if '"msg": "resumed"' in line]
+    assert resumed and resumed[0]["step"] == saved[-1], log[-3000:]
+    events = kubectl("get", "events", "-n", namespace, "-o", "json").stdout
+    requeued = [
+        e
+        for e in json.loads(events)["items"]
+        if e["involvedObject"]["name"] == "low" and e["reason"] == "Requeued"
+    ]
+    assert requeued and "Preempted" in requeued[0]["message"], requeued
 
 
 def test_uninstall_and_delete_leave_nothing_running(

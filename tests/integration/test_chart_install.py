@@ -24,6 +24,7 @@ from kubernetes.client.rest import ApiException
 
 from berth_operator.local.runner import die_with_parent, free_port
 from tests.support.apicount import service_account_kubeconfig
+from tests.support.kueue import PRIORITY_LABEL, QUEUE_LABEL, Kueue
 from tests.support.kwok import terminate_pod
 from tests.support.waiting import wait_for
 
@@ -58,8 +59,9 @@ def watched_namespace(api: client.ApiClient, namespace: str) -> Iterator[str]:
 def release(
     request: pytest.FixtureRequest, namespace: str, watched_namespace: str
 ) -> Iterator[dict[str, Any]]:
-    """The chart installed in namespaced mode with `request.param` replicas; uninstalled after."""
-    replicas = int(request.param)
+    """The chart installed in namespaced mode with `request.param` = (replicas, Kueue on);
+    uninstalled after."""
+    replicas, queueing = request.param
     name = f"berth-{uuid.uuid4().hex[:8]}"  # contains the chart name: objects are named `name`
     metrics_port, liveness_port = free_port(), free_port()
     result = helm(
@@ -71,6 +73,7 @@ def release(
         "--set", "reconcileInterval=1",
         "--set", "logLevel=debug",
         "--set", f"replicaCount={replicas}",
+        "--set", f"kueue.enabled={str(queueing).lower()}",
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     yield {
@@ -80,6 +83,7 @@ def release(
         "metrics_port": metrics_port,
         "liveness_port": liveness_port,
         "replicas": replicas,
+        "kueue": queueing,
     }
     uninstall = helm("uninstall", name, "--namespace", namespace, "--wait", "--timeout", "60s")
     assert uninstall.returncode == 0, uninstall.stderr
@@ -120,8 +124,8 @@ def crd_established(api: client.ApiClient) -> bool:
     return any(c.type == "Established" and c.status == "True" for c in conditions)
 
 
-def training(name: str) -> dict[str, Any]:
-    return {
+def training(name: str, queue: str | None = None, priority: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "BertTraining",
         "metadata": {"name": name},
@@ -134,6 +138,10 @@ def training(name: str) -> dict[str, Any]:
             "runPolicy": {"ttlSecondsAfterFinished": 1},
         },
     }
+    if queue:  # queued with Kueue: one CPU per worker, the resource its ClusterQueue covers
+        body["metadata"]["labels"] = {QUEUE_LABEL: queue, PRIORITY_LABEL: str(priority)}
+        body["spec"]["resources"] = {"limits": {"cpu": "1"}}
+    return body
 
 
 def reasons(core: client.CoreV1Api, namespace: str, name: str) -> set[str]:
@@ -141,7 +149,12 @@ def reasons(core: client.CoreV1Api, namespace: str, name: str) -> set[str]:
     return {e.reason for e in events if e.involved_object.name == name}
 
 
-@pytest.mark.parametrize("release", [1, 2], indirect=True, ids=["standalone", "peering"])
+@pytest.mark.parametrize(
+    "release",
+    [(1, False), (2, False), (1, True)],
+    indirect=True,
+    ids=["standalone", "peering", "kueue"],
+)
 def test_helm_install_then_reconcile_with_the_charts_rbac(
     api: client.ApiClient,
     kubeconfig: str,
@@ -202,11 +215,18 @@ def test_helm_install_then_reconcile_with_the_charts_rbac(
             for p in pods
         )
 
+    queue = priority = None
+    kueue = Kueue(api, watched_namespace)
+    if release["kueue"]:
+        assert "--kueue" in command
+        queue = kueue.queue(quota=8, resource="cpu")
+        priority = kueue.priority("normal", 10)
     log = tmp_path / "operator.log"
     with operator_process(command, sa_kubeconfig, log):
-        # Create: ConfigMap, Service and pods created, status patched, events posted.
+        # Create: ConfigMap, Service and pods created, status patched, events posted (with
+        # Kueue: once its Workload, created by the operator, is admitted).
         custom.create_namespaced_custom_object(
-            GROUP, VERSION, watched_namespace, PLURAL, training("tiny")
+            GROUP, VERSION, watched_namespace, PLURAL, training("tiny", queue, priority)
         )
         wait_for(lambda: running_workers(0), timeout=90, what="2 running workers")
         assert [s.metadata.name for s in core.list_namespaced_service(watched_namespace).items] == [
@@ -253,6 +273,9 @@ def test_helm_install_then_reconcile_with_the_charts_rbac(
             return False
 
         wait_for(gone, timeout=90, what="the finished training deleted by its TTL")
+        if queue:  # finished, its finalizer dropped: the garbage collector took it
+            wait_for(lambda: not kueue.workloads(), timeout=60, what="the Workload deleted")
+    kueue.cleanup()
 
     text = log.read_text()
     forbidden = [line for line in text.splitlines() if "forbidden" in line.lower()]

@@ -245,6 +245,7 @@ def test_progress_from_worker_metrics(
         "LOSS",
         "EXAMPLES/S",
         "RESTARTS",
+        "QUEUE",
         "AGE",
     ]
     assert row.split()[:7] == ["watched", "Running", "3/3", "120/1000", "2.5", "320", "0"]

@@ -136,6 +136,16 @@ tests/integration/test_chart_install.py runs the operator under exactly these ru
   resourceNames: {{ toJson . }}
   verbs: ["get"]
 {{- end }}
+{{- if .Values.kueue.enabled }}
+# Kueue (opt-in): the Workload of each queued training, listed and watched by label, created,
+# patched (spec.active, the finalizer) and, on eviction and completion, its status patched.
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["list", "watch", "create", "patch"]
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads/status"]
+  verbs: ["patch"]
+{{- end }}
 {{- if and (include "berth.peering" .) .Values.watchNamespaces }}
 # kopf peering (namespaced mode): keep-alives in each watched namespace's KopfPeering.
 - apiGroups: ["kopf.dev"]
@@ -162,5 +172,12 @@ Cluster-scoped rules kopf needs in both modes.
 - apiGroups: ["kopf.dev"]
   resources: ["clusterkopfpeerings"]
   verbs: ["list", "watch", "patch"]
+{{- end }}
+{{- if .Values.kueue.enabled }}
+# Kueue (opt-in): the admitted ResourceFlavors' node labels and tolerations go on the workers;
+# a WorkloadPriorityClass gives a Workload its priority.
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["resourceflavors", "workloadpriorityclasses"]
+  verbs: ["get"]
 {{- end }}
 {{- end }}

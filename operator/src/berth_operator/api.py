@@ -338,6 +338,7 @@ class Phase(enum.StrEnum):
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     SUSPENDED = "Suspended"
+    QUEUED = "Queued"
 
 
 FINISHED_PHASES: frozenset[str] = frozenset({Phase.SUCCEEDED.value, Phase.FAILED.value})
@@ -350,13 +351,14 @@ class ConditionType(enum.StrEnum):
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     SUSPENDED = "Suspended"
+    QUEUED = "Queued"
 
 
 class Condition(ApiModel):
     """conditions[]: one observation of the training's state, Kubernetes-style."""
 
     type: ConditionType = Field(
-        description="type: Created, Running, Restarting, Succeeded, Failed or Suspended."
+        description="type: Created, Running, Restarting, Succeeded, Failed, Suspended or Queued."
     )
     status: str = Field(
         description="status: True, False or Unknown.",
@@ -433,13 +435,23 @@ class TpuStatus(ApiModel):
     )
 
 
+class QueueStatus(ApiModel):
+    """queue: the training's place in Kueue (docs/operator.md, "With Kueue")."""
+
+    name: str | None = Field(default=None, description="name: the LocalQueue.")
+    workload: str | None = Field(default=None, description="workload: the Kueue Workload.")
+    cluster_queue: str | None = Field(
+        default=None, description="clusterQueue: the ClusterQueue that admitted it, if any."
+    )
+
+
 class BertTrainingStatus(ApiModel):
     """status: the observed state of the training, written only by the operator."""
 
     phase: Phase | None = Field(
         default=None,
-        description="phase: Pending, Starting, Running, Restarting, Succeeded, Failed or "
-        "Suspended.",
+        description="phase: Pending, Queued (waiting for Kueue to admit it), Starting, Running, "
+        "Restarting, Succeeded, Failed or Suspended.",
     )
     conditions: list[Condition] | None = Field(
         default=None,
@@ -468,3 +480,7 @@ class BertTrainingStatus(ApiModel):
         default=None, description="message: why the training is in its phase, e.g. a failure."
     )
     tpu: TpuStatus | None = Field(default=None, description="tpu: the training's Cloud TPU.")
+    queue: QueueStatus | None = Field(
+        default=None,
+        description="queue: where Kueue queues the training (label kueue.x-k8s.io/queue-name).",
+    )

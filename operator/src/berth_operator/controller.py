@@ -32,8 +32,9 @@ from typing import Any, TypeVar
 
 import aiohttp
 import kopf
+from kubernetes.client.exceptions import ApiException
 
-from berth_operator import builders, labels, metrics, outcome, policy, progress
+from berth_operator import builders, kueue, labels, metrics, outcome, policy, progress
 from berth_operator.api import Phase
 from berth_operator.expectations import Expectations
 from berth_operator.k8s import Cluster, NamespaceTerminatingError
@@ -67,6 +68,10 @@ SCRAPE_BACKOFF_MAX = 60.0
 ALARMS = frozenset({Phase.RESTARTING.value, Phase.FAILED.value})
 
 
+class WorkloadNotCreatedError(Exception):
+    """The training's Kueue Workload cannot be created until the user acts (the message)."""
+
+
 class Controller:
     """Work queue, expectations and workers of the pod path (see the module docstring)."""
 
@@ -76,11 +81,14 @@ class Controller:
         cluster: Cluster,
         trainings: Index,
         pods: Index,
+        workloads: Index | None = None,
         workers: int = WORKERS,
         concurrency: int = CONCURRENCY,
     ) -> None:
         self.settings, self.cluster = settings, cluster
         self.trainings, self.pods = trainings, pods
+        #: Kueue Workloads by training (with --kueue; else never read).
+        self.workloads: Index = workloads if workloads is not None else {}
         self.workers, self.concurrency = workers, concurrency
         self.queue: WorkQueue[Key] = WorkQueue()
         self.expectations: dict[Key, Expectations] = {}
@@ -146,6 +154,19 @@ class Controller:
     def worker_pods(self, key: Key) -> list[Mapping[str, Any]]:
         return list(self.pods.get(key) or ())
 
+    def workload(self, key: Key, training: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+        """The cached Workload of `training` (one of a deleted namesake's may linger)."""
+        cached = list(self.workloads.get(key) or ())
+        if training is None:
+            return next(iter(cached), None)
+        uid = str(training["metadata"].get("uid"))
+        return next((w for w in cached if kueue.observe(w, uid) is not None), None)
+
+    def queueing(self, key: Key, training: Mapping[str, Any]) -> kueue.Queueing | None:
+        """How Kueue holds `training`: None without --kueue or without the queue label."""
+        queue = kueue.queue_name(training) if self.settings.kueue else None
+        return None if queue is None else kueue.Queueing(queue, self.workload(key, training))
+
     def forget(self, key: Key) -> None:
         for table in (
             self.expectations,
@@ -193,10 +214,12 @@ class Controller:
             del self.gone[key]
         waiting = self.expectations.get(key)
         if waiting is not None:
-            if not waiting.met(training, pods) and loop.time() < waiting.deadline:
+            seen = waiting.met(training, pods, self.workload(key, training))
+            if not seen and loop.time() < waiting.deadline:
                 self.queue.add_at(key, waiting.deadline)  # a cache event usually comes first
                 return
             del self.expectations[key]
+        await self._let_go(key, training)
         if training is None:
             self.forget(key)
             await self._orphans(key, pods)
@@ -206,7 +229,8 @@ class Controller:
             return
         started = time.monotonic()
         namespace = key[0]
-        plan = policy.reconcile(training, pods, datetime.now(UTC))
+        queueing = self.queueing(key, training)
+        plan = policy.reconcile(training, pods, datetime.now(UTC), queueing)
         old_status = training.get("status") or {}
         phase = plan.status.get("phase")
         try:
@@ -216,7 +240,7 @@ class Controller:
                 and await self._io(self.cluster.namespace_terminating, namespace)
             ):
                 raise NamespaceTerminatingError(namespace)
-            expected = await self._apply(key, training, pods, plan, old_status)
+            expected = await self._apply(key, training, pods, plan, old_status, queueing)
         except NamespaceTerminatingError:
             log.debug("%s/%s: namespace is being deleted: leaving the training alone", *key)
             self.doomed[key] = str(meta.get("uid"))
@@ -237,7 +261,8 @@ class Controller:
         """Delete the workers of a training that is gone, rather than leave them to the
         garbage collector, which deletes at its client's rate limit (tens of objects a second).
         Each delete is conditional on the pod's UID: a new training of the same name keeps its
-        pods. The headless Service and the ConfigMap are left to the garbage collector."""
+        pods. The headless Service and the ConfigMap are left to the garbage collector; so is
+        a Kueue Workload, once its finalizer is dropped (`_let_go`)."""
         doomed = [
             pod["metadata"]
             for pod in pods
@@ -248,6 +273,15 @@ class Controller:
             )
         ]
         await self._delete_pods(key[0], [(m["name"], m.get("uid")) for m in doomed])
+
+    async def _let_go(self, key: Key, training: Mapping[str, Any] | None) -> None:
+        """Drop the finalizer of Workloads whose training is gone (a namesake may be here now),
+        so that the garbage collector deletes them. A 409 (the cache was behind) is left to the
+        next event."""
+        uid = None if training is None else str(training["metadata"].get("uid"))
+        for name, patch in kueue.orphaned(self.workloads.get(key) or (), uid):
+            with contextlib.suppress(ApiException):
+                await self._io(self.cluster.patch_workload, key[0], name, patch)
 
     async def _delete_pods(self, namespace: str, pods: list[tuple[str, str | None]]) -> list[str]:
         """Delete (name, uid-or-None) pods in parallel; the names that were still there."""
@@ -265,10 +299,13 @@ class Controller:
         pods: list[Mapping[str, Any]],
         plan: policy.Plan,
         old_status: Mapping[str, Any],
+        queueing: kueue.Queueing | None,
     ) -> Expectations:
-        """Carry out `plan`: delete, create, post events, write status. What to expect after."""
+        """Carry out `plan`: delete, create, post events, write the Workload and the status.
+        What to expect after."""
         namespace, name = key
-        owner = kopf.Body(dict(training))  # type: ignore[arg-type]  # for kopf.event, kopf.adopt
+        # For kopf.event and kopf.adopt (children copy the owner's labels: not Kueue's).
+        owner = kopf.Body(kueue.without_kueue_labels(training))  # type: ignore[arg-type]
         uids = {p["metadata"]["name"]: p["metadata"].get("uid") for p in pods}
         deleted = await self._delete_pods(namespace, [(pod, None) for pod in plan.delete])
         if deleted:
@@ -278,7 +315,8 @@ class Controller:
                 reason="DeletedWorkers",
                 message=f"deleted pods {', '.join(deleted)}",
             )
-        created = await self._create(owner, plan) if plan.create else []
+        workload = None if queueing is None else queueing.workload
+        created = await self._create(owner, plan, workload) if plan.create else []
         if created:
             metrics.PODS_CREATED.inc(len(created))
             kopf.event(
@@ -295,6 +333,9 @@ class Controller:
             deleted=frozenset(str(uids[p]) for p in plan.delete if uids.get(p)),
             deadline=asyncio.get_running_loop().time() + EXPECTATION_TIMEOUT,
         )
+        problem = None
+        if queueing is not None:
+            expected, problem = await self._write_workload(owner, training, plan, expected)
         if plan.delete_training:
             log.info("%s/%s: runPolicy.ttlSecondsAfterFinished passed: deleting", *key)
             await self._io(self.cluster.delete_training, namespace, name)
@@ -306,11 +347,64 @@ class Controller:
                 self.gone[key] = str(owner["metadata"].get("uid"))
                 self.queue.add(key)  # to delete its pods
                 return Expectations()
-            return dataclasses.replace(expected, resource_version=version)
+            expected = dataclasses.replace(expected, resource_version=version)
+        if problem is not None:  # retried with the work queue's backoff
+            raise WorkloadNotCreatedError(problem)
         return expected
 
-    async def _create(self, owner: kopf.Body, plan: policy.Plan) -> list[str]:
-        """The ConfigMap, the headless Service and the missing worker pods; names created."""
+    async def _write_workload(
+        self,
+        owner: kopf.Body,
+        training: Mapping[str, Any],
+        plan: policy.Plan,
+        expected: Expectations,
+    ) -> tuple[Expectations, str | None]:
+        """Create the Workload or patch it, as `plan` says: `expected` plus what to see of it,
+        and why it could not be created (a WorkloadPriorityClass that does not exist: the
+        message goes to the status and an event)."""
+        namespace = owner["metadata"]["namespace"]
+        if plan.create_workload:
+            problem = await self._create_workload(owner, training, plan)
+            if problem is not None:
+                plan.status["message"] = problem
+                kopf.event(owner, type="Warning", reason="WorkloadNotCreated", message=problem)
+                return expected, problem
+            return dataclasses.replace(expected, workload_created=True), None
+        workload = self.workload((namespace, owner["metadata"]["name"]), training)
+        if workload is None:
+            return expected, None
+        name, version = workload["metadata"]["name"], None
+        if plan.workload_status:
+            version = await self._io(
+                self.cluster.patch_workload, namespace, name, plan.workload_status, True
+            )
+        if plan.workload_patch:
+            version = await self._io(
+                self.cluster.patch_workload, namespace, name, plan.workload_patch
+            )
+        return dataclasses.replace(expected, workload_version=version), None
+
+    async def _create_workload(
+        self, owner: kopf.Body, training: Mapping[str, Any], plan: policy.Plan
+    ) -> str | None:
+        """Create the training's Workload; None, or why it cannot be created yet."""
+        priority = None
+        if (wanted := kueue.priority_class(training)) is not None:
+            found = await self._io(self.cluster.get_kueue_object, kueue.PRIORITY_CLASSES, wanted)
+            if found is None:
+                return f"label {kueue.PRIORITY_LABEL}: WorkloadPriorityClass {wanted} not found"
+            priority = (wanted, int(found.get("value") or 0))
+        pod = builders.build_worker_pod(owner, 0, self.settings.default_image, plan.restart)
+        workload = kueue.build_workload(training, pod, priority)
+        kopf.adopt(workload, owner=owner)
+        await self._io(self.cluster.create_workload, workload)
+        return None
+
+    async def _create(
+        self, owner: kopf.Body, plan: policy.Plan, workload: Mapping[str, Any] | None
+    ) -> list[str]:
+        """The ConfigMap, the headless Service and the missing worker pods (placed where
+        Kueue's admission says, when `workload` admitted them); names created."""
         config_map, service = builders.build_config_map(owner), builders.build_service(owner)
         kopf.adopt([config_map, service], owner=owner)
         await asyncio.gather(
@@ -321,6 +415,14 @@ class Controller:
             builders.build_worker_pod(owner, i, self.settings.default_image, plan.restart)
             for i in plan.create
         ]
+        if workload is not None:
+            names = kueue.assigned_flavors(workload)
+            found = await asyncio.gather(
+                *(self._io(self.cluster.get_kueue_object, kueue.FLAVORS, n) for n in names)
+            )
+            flavors = {n: f or {} for n, f in zip(names, found, strict=True)}
+            where = kueue.placement(workload, flavors)
+            new = [kueue.apply_placement(pod, where) for pod in new]
         kopf.adopt(new, owner=owner)
         done = await asyncio.gather(*(self._io(self.cluster.create, pod) for pod in new))
         return [pod["metadata"]["name"] for pod, ok in zip(new, done, strict=True) if ok]

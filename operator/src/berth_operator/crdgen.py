@@ -48,6 +48,12 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss"},
     {"name": "Examples/s", "type": "number", "jsonPath": ".status.progress.examplesPerSecond"},
     {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
+    {
+        "name": "Queue",
+        "type": "string",
+        "jsonPath": ".status.queue.name",
+        "description": "Kueue LocalQueue (label kueue.x-k8s.io/queue-name)",
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

@@ -46,11 +46,21 @@ class Expectations:
     deleted: frozenset[str] = frozenset()
     #: We deleted the training itself (ttlSecondsAfterFinished): it must disappear.
     training_gone: bool = False
+    #: We created the training's Kueue Workload: it must appear.
+    workload_created: bool = False
+    #: resourceVersion of the Workload after our last patch of it.
+    workload_version: str | None = None
     #: Loop time after which the next pass runs whether or not the caches caught up.
     deadline: float = 0.0
 
-    def met(self, training: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]) -> bool:
-        """Whether `training` and `pods` (as cached now) show every write of the last pass."""
+    def met(
+        self,
+        training: Mapping[str, Any] | None,
+        pods: Sequence[Mapping[str, Any]],
+        workload: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Whether `training`, `pods` and its Kueue `workload` (as cached now) show every write
+        of the last pass."""
         if self.training_gone:
             return training is None
         if training is None:
@@ -58,6 +68,12 @@ class Expectations:
         meta = training.get("metadata") or {}
         if self.resource_version and not at_least(
             meta.get("resourceVersion"), self.resource_version
+        ):
+            return False
+        if self.workload_created and workload is None:
+            return False
+        if self.workload_version and not at_least(
+            (workload or {}).get("metadata", {}).get("resourceVersion"), self.workload_version
         ):
             return False
         names = {p["metadata"]["name"] for p in pods}
@@ -70,4 +86,11 @@ class Expectations:
 
     @property
     def empty(self) -> bool:
-        return not (self.resource_version or self.created or self.deleted or self.training_gone)
+        return not (
+            self.resource_version
+            or self.created
+            or self.deleted
+            or self.training_gone
+            or self.workload_created
+            or self.workload_version
+        )

@@ -5,6 +5,9 @@ in-memory indexes, and every watch event puts the training's key on the controll
 (`berth_operator.controller`), which reconciles from those indexes. There are no timers: a pass
 runs because something changed, or because a time-based rule of that training is due.
 
+With `--kueue`, the Kueue Workloads the operator made (label `berth.dev/training`) are watched
+and indexed the same way: admission and eviction wake their training.
+
 Trainings with `spec.tpu.provider: cloud` have no pods; `berth_operator.tpu.handlers` handles
 them instead.
 """
@@ -17,7 +20,7 @@ from typing import Any
 
 import kopf
 
-from berth_operator import labels, metrics
+from berth_operator import kueue, labels, metrics
 from berth_operator.context import from_memo
 from berth_operator.controller import POD_COALESCE, Controller
 from berth_operator.settings import Settings
@@ -27,13 +30,14 @@ log = logging.getLogger(__name__)
 
 TRAININGS = (labels.GROUP, labels.VERSION, labels.PLURAL)
 PODS = ("", "v1", "pods")
+WORKLOADS = (kueue.GROUP, kueue.VERSION, kueue.WORKLOADS)
 TRAINING_LABEL = labels.TRAINING
 #: Only Berth's worker pods are watched (and cached): the selector is applied by the API server.
 WORKER_SELECTOR = f"{labels.TRAINING},{labels.ROLE}={labels.ROLE_WORKER}"
 #: kopf's threads for sync work: logging in, and the Cloud TPU path's few API calls.
 SYNC_THREADS = 4
 #: Index names: kopf hands each index to handlers as a keyword argument of this name.
-TRAINING_INDEX, POD_INDEX = "berth_trainings", "berth_pods"
+TRAINING_INDEX, POD_INDEX, WORKLOAD_INDEX = "berth_trainings", "berth_pods", "berth_workloads"
 
 
 def startup(settings: kopf.OperatorSettings, memo: Any, **indexes: Any) -> None:
@@ -44,6 +48,7 @@ def startup(settings: kopf.OperatorSettings, memo: Any, **indexes: Any) -> None:
         prefix=labels.GROUP, key="last-handled-configuration"
     )
     settings.watching.label_selectors[PODS] = WORKER_SELECTOR
+    settings.watching.label_selectors[WORKLOADS] = TRAINING_LABEL
     settings.watching.server_timeout = 120
     settings.watching.client_timeout = 150
     settings.watching.connect_timeout = 10
@@ -51,7 +56,11 @@ def startup(settings: kopf.OperatorSettings, memo: Any, **indexes: Any) -> None:
     settings.execution.max_workers = SYNC_THREADS
     ctx = from_memo(memo)
     ctx.controller = Controller(
-        ctx.settings, ctx.cluster, indexes[TRAINING_INDEX], indexes[POD_INDEX]
+        ctx.settings,
+        ctx.cluster,
+        indexes[TRAINING_INDEX],
+        indexes[POD_INDEX],
+        indexes.get(WORKLOAD_INDEX),  # with --kueue only
     )
     metrics.serve(ctx.settings.metrics_port)
 
@@ -83,6 +92,7 @@ POD_META = (
     "deletionTimestamp",
 )
 POD_STATUS = ("phase", "conditions", "containerStatuses", "podIP", "reason", "message")
+WORKLOAD_META = (*TRAINING_META, "finalizers")
 
 
 def _pick(mapping: Mapping[str, Any] | None, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -106,6 +116,16 @@ def cached_pod(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def cached_workload(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A Workload without its pod sets (the operator wrote them; it reads only the rest)."""
+    spec = body.get("spec") or {}
+    return {
+        "metadata": _pick(body.get("metadata"), WORKLOAD_META),
+        "spec": {k: spec[k] for k in ("active", "queueName") if k in spec},
+        "status": _pick(body.get("status"), ("conditions", "admission", "admissionChecks")),
+    }
+
+
 async def index_training(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
@@ -118,6 +138,13 @@ async def index_pod(
 ) -> dict[tuple[str, str], dict[str, Any]]:
     """Worker pods by (namespace, training), only what `workers.observe_pod` reads."""
     return {(namespace or "", labels[TRAINING_LABEL]): cached_pod(body)}
+
+
+async def index_workload(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Kueue Workloads by (namespace, training)."""
+    return {(namespace or "", labels[TRAINING_LABEL]): cached_workload(body)}
 
 
 async def training_event(
@@ -144,6 +171,13 @@ async def pod_event(namespace: str | None, labels: kopf.Labels, memo: Any, **_: 
         controller.enqueue((namespace or "", labels[TRAINING_LABEL]), within=POD_COALESCE)
 
 
+async def workload_event(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
+    """Kueue admitted, evicted or finished a Workload: reconcile its training."""
+    controller = from_memo(memo).controller
+    if controller is not None:
+        controller.enqueue((namespace or "", labels[TRAINING_LABEL]))
+
+
 def register(settings: Settings) -> kopf.OperatorRegistry:
     """A kopf registry with every handler of both paths."""
     registry = kopf.OperatorRegistry()
@@ -160,5 +194,11 @@ def register(settings: Settings) -> kopf.OperatorRegistry:
     kopf.on.event(*PODS, registry=registry, id="pod-event", labels={TRAINING_LABEL: kopf.PRESENT})(
         pod_event
     )
+    if settings.kueue:
+        owned = {TRAINING_LABEL: kopf.PRESENT}
+        kopf.index(*WORKLOADS, registry=registry, id=WORKLOAD_INDEX, labels=owned)(index_workload)
+        kopf.on.event(*WORKLOADS, registry=registry, id="workload-event", labels=owned)(
+            workload_event
+        )
     tpu_handlers.register(registry, settings.reconcile_interval)
     return registry

@@ -15,7 +15,7 @@ from typing import Any
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-from berth_operator import labels
+from berth_operator import kueue, labels
 
 
 def load_config(pool_size: int | None = None) -> None:
@@ -52,6 +52,18 @@ def _drain(response: Any) -> None:
     response.data  # noqa: B018
 
 
+def _patched(call: Any, where: tuple[str, ...], patch: Mapping[str, Any]) -> str | None:
+    """Run a custom-object merge-patch `call` on `where` (group, version, namespace, plural,
+    name); the object's new resourceVersion, or None when it is gone."""
+    try:
+        result = call(*where, dict(patch), _preload_content=False)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return str(_json(result)["metadata"]["resourceVersion"])
+
+
 class Cluster:
     """Typed wrappers over the few API calls the operator makes.
 
@@ -82,21 +94,11 @@ class Cluster:
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> str | None:
         """Merge-patch the training's status; its new resourceVersion (None: it is gone)."""
-        try:
-            result = self.custom.patch_namespaced_custom_object_status(
-                labels.GROUP,
-                labels.VERSION,
-                namespace,
-                labels.PLURAL,
-                name,
-                {"status": dict(status)},
-                _preload_content=False,
-            )
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-        return str(_json(result)["metadata"]["resourceVersion"])
+        return _patched(
+            self.custom.patch_namespaced_custom_object_status,
+            (labels.GROUP, labels.VERSION, namespace, labels.PLURAL, name),
+            {"status": dict(status)},
+        )
 
     def namespace_terminating(self, namespace: str) -> bool:
         """Whether `namespace` is being deleted: a server-side dry-run create tells, with no
@@ -165,6 +167,53 @@ class Cluster:
                 return False
             raise
         return True
+
+    def create_workload(self, obj: Mapping[str, Any]) -> bool:
+        """Create a Kueue Workload; False if it already existed."""
+        try:
+            _drain(
+                self.custom.create_namespaced_custom_object(
+                    kueue.GROUP,
+                    kueue.VERSION,
+                    obj["metadata"]["namespace"],
+                    kueue.WORKLOADS,
+                    dict(obj),
+                    _preload_content=False,
+                )
+            )
+        except ApiException as error:
+            if error.status == 409:
+                return False
+            if namespace_terminating(error):
+                raise NamespaceTerminatingError(obj["metadata"]["namespace"]) from error
+            raise
+        return True
+
+    def patch_workload(
+        self, namespace: str, name: str, patch: Mapping[str, Any], status: bool = False
+    ) -> str | None:
+        """Merge-patch a Workload (its status subresource if `status`); its new
+        resourceVersion, or None when it is gone. A patch carrying a stale resourceVersion
+        fails with 409, as it should."""
+        call = (
+            self.custom.patch_namespaced_custom_object_status
+            if status
+            else self.custom.patch_namespaced_custom_object
+        )
+        return _patched(call, (kueue.GROUP, kueue.VERSION, namespace, kueue.WORKLOADS, name), patch)
+
+    def get_kueue_object(self, plural: str, name: str) -> dict[str, Any] | None:
+        """A cluster-scoped Kueue object (ResourceFlavor, WorkloadPriorityClass), or None."""
+        try:
+            result = self.custom.get_cluster_custom_object(
+                kueue.GROUP, kueue.VERSION, plural, name, _preload_content=False
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        found: dict[str, Any] = _json(result)
+        return found
 
     def get_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
         """A Secret's data, decoded (only for spec.tpu.credentialsSecret; needs secrets get)."""

@@ -26,6 +26,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from berth_operator import kueue
 from berth_operator.api import (
     FINISHED_PHASES,
     CleanPodPolicy,
@@ -49,6 +50,7 @@ OWNED_STATUS_FIELDS = (
     "completionTime",
     "observedGeneration",
     "message",
+    "queue",
 )
 
 
@@ -71,6 +73,11 @@ class Plan:
     delete: list[str] = dataclasses.field(default_factory=list)
     events: list[Event] = dataclasses.field(default_factory=list)
     delete_training: bool = False
+    #: Kueue (`berth_operator.kueue`): create the Workload; merge-patch its status; merge-patch
+    #: the Workload itself (spec.active, its finalizer).
+    create_workload: bool = False
+    workload_status: dict[str, Any] | None = None
+    workload_patch: dict[str, Any] | None = None
 
 
 def should_retry(policy: str, worker: WorkerState) -> bool:
@@ -184,22 +191,34 @@ class _Pass:
             self.condition(ConditionType.RESTARTING, True, reason, message)
         else:
             self.drop_false(ConditionType.RESTARTING, reason)
-        if phase == Phase.SUSPENDED:
-            self.condition(ConditionType.SUSPENDED, True, reason, message)
-        else:
-            self.drop_false(ConditionType.SUSPENDED, reason)
+        for waiting in (Phase.SUSPENDED, Phase.QUEUED):
+            kind = ConditionType(waiting.value)
+            if phase == waiting:
+                self.condition(kind, True, reason, message)
+            else:
+                self.drop_false(kind, reason)
         if phase in (Phase.SUCCEEDED, Phase.FAILED):
             kind = ConditionType.SUCCEEDED if phase == Phase.SUCCEEDED else ConditionType.FAILED
             self.condition(kind, True, reason, message)
             self.status.setdefault("completionTime", self.stamp)
-        if changed and phase in (Phase.RUNNING, Phase.SUCCEEDED, Phase.FAILED, Phase.SUSPENDED):
+        if changed and phase in (
+            Phase.RUNNING,
+            Phase.SUCCEEDED,
+            Phase.FAILED,
+            Phase.SUSPENDED,
+            Phase.QUEUED,
+        ):
             self.event("Warning" if phase == Phase.FAILED else "Normal", reason, message)
 
 
 def reconcile(
-    training: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], now: datetime
+    training: Mapping[str, Any],
+    pods: Sequence[Mapping[str, Any]],
+    now: datetime,
+    queueing: kueue.Queueing | None = None,
 ) -> Plan:
-    """Decide the next step for `training` given its worker `pods` (as listed) at `now`."""
+    """Decide the next step for `training` given its worker `pods` (as listed) at `now`;
+    `queueing`: the training is queued with Kueue (its Workload as cached)."""
     meta = training["metadata"]
     name = meta["name"]
     p = _Pass(training.get("status") or {}, now, meta.get("generation"))
@@ -223,7 +242,11 @@ def reconcile(
         p.status["workers"] = worker_counts(current, spec.workers)
         return plan
 
+    if queueing is None:
+        p.status.pop("queue", None)
     if p.phase in FINISHED_PHASES:
+        if queueing is not None:
+            _finish_workload(plan, p, queueing, str(meta.get("uid")))
         plan.delete = clean_up(states, run_policy.clean_pod_policy)
         p.status.setdefault("completionTime", p.stamp)
         ttl = run_policy.ttl_seconds_after_finished
@@ -235,6 +258,10 @@ def reconcile(
 
     # Pods of an older group restart are stale: delete them before anything else.
     plan.delete = [s.name for s in states if current.get(s.index) is not s and not s.terminating]
+    held = None
+    if queueing is not None:
+        all_ready = sum(s.ready or s.succeeded for s in current.values()) == spec.workers
+        held = _queue(p, plan, meta, run_policy.suspend, states, all_ready, queueing)
 
     if run_policy.suspend:
         plan.delete = [s.name for s in states if not s.terminating]
@@ -246,6 +273,12 @@ def reconcile(
         p.set_phase(Phase.PENDING, "Resumed", "runPolicy.suspend is false")
         p.event("Normal", "Resumed", "runPolicy.suspend is false: recreating workers")
         p.status.pop("startTime", None)
+    if held is not None:  # Kueue has not admitted the training (or took it back)
+        plan.delete = [s.name for s in states if not s.terminating]
+        p.set_phase(Phase.QUEUED, *held)
+        p.status.pop("startTime", None)
+        p.status["workers"] = worker_counts({}, spec.workers)
+        return plan
 
     overdue = deadline_exceeded(run_policy.active_deadline_seconds, p.status, now)
     if overdue:
@@ -316,6 +349,74 @@ def reconcile(
     counts = worker_counts(current, spec.workers)
     p.status["workers"] = counts
     return plan
+
+
+def _queue(
+    p: _Pass,
+    plan: Plan,
+    meta: Mapping[str, Any],
+    suspend: bool,
+    states: Sequence[WorkerState],
+    ready: bool,
+    queueing: kueue.Queueing,
+) -> tuple[str, str] | None:
+    """Kueue's say over a training: the Workload writes go into `plan`; the (reason, message)
+    to queue with while the workers may not run, or None once the Workload is admitted.
+    `ready`: every worker of the current group is Ready or done.
+
+    Evicted: every worker is deleted and, once none is left, the quota is given back
+    (`kueue.release`). The group restart count is untouched: an eviction is not a failure."""
+    uid, queue = str(meta.get("uid")), queueing.queue
+    state = kueue.observe(queueing.workload, uid)
+    name = state.name if state else kueue.workload_name(meta["name"], uid)
+    admitted = state is not None and state.admitted and state.eviction is None
+    p.status["queue"] = {
+        "name": queue,
+        "workload": name,
+        **({"clusterQueue": state.cluster_queue} if admitted and state else {}),
+    }
+    if state is None:
+        plan.create_workload = True
+        return "Queued", f"creating Workload {name} in LocalQueue {queue}"
+    patch: dict[str, Any] = {}
+    if state.active == suspend:
+        patch["spec"] = {"active": not suspend}
+    held: tuple[str, str] | None = None
+    if state.deleting:
+        if state.finalizer and not states:
+            patch |= kueue.drop_finalizer(state)
+        held = ("WorkloadDeleted", f"Workload {name} is being deleted; a new one follows")
+    elif (eviction := state.eviction) is not None:
+        reason = str(eviction.get("reason") or "Evicted")
+        said = f"evicted by Kueue ({reason}): {eviction.get('message') or ''}".rstrip(": ")
+        if state.quota_reserved and not states:
+            plan.workload_status = kueue.release(state, p.stamp)
+            p.event("Normal", "Requeued", f"{said}; back in LocalQueue {queue}")
+        elif state.quota_reserved:
+            said += "; stopping the workers (they checkpoint)"
+        else:
+            said += f"; queued in LocalQueue {queue}: {state.waiting_for(queue)}"
+        held = (reason, said)
+    elif not state.admitted:
+        cond = next((c for c in state.conditions if c.get("type") == "QuotaReserved"), None)
+        held = (str((cond or {}).get("reason") or "Queued"), state.waiting_for(queue))
+    else:  # admitted: keep PodsReady true to the workers (Kueue's waitForPodsReady reads it)
+        plan.workload_status = kueue.pods_ready(state, ready, p.stamp)
+    plan.workload_patch = patch or None
+    return held
+
+
+def _finish_workload(plan: Plan, p: _Pass, queueing: kueue.Queueing, uid: str) -> None:
+    """A finished training finishes its Workload (Kueue frees the quota), then lets it go."""
+    state = kueue.observe(queueing.workload, uid)
+    if state is None:
+        return
+    if not state.finished:
+        succeeded = p.phase == Phase.SUCCEEDED.value
+        message = str(p.status.get("message") or p.phase)
+        plan.workload_status = kueue.finish(state, succeeded, message, p.stamp)
+    elif state.finalizer:
+        plan.workload_patch = kueue.drop_finalizer(state)
 
 
 def next_due(training: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> datetime | None:

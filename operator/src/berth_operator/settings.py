@@ -14,6 +14,7 @@
 | --peering-priority N         | BERTH_PEERING_PRIORITY   | random (peering on)  |
 | --tpu-api-endpoint HOST:PORT | BERTH_TPU_API_ENDPOINT   | tpu.googleapis.com   |
 | --tpu-api-insecure           | BERTH_TPU_API_INSECURE   | off (tests only)     |
+| --kueue                      | BERTH_KUEUE              | off                  |
 
 With several replicas, kopf pauses every operator that sees a live peer of the *same*
 priority, so each process picks a random priority unless one is given: the highest live one
@@ -49,6 +50,7 @@ class Settings:
     peering_priority: int | None = None  # None without peering
     tpu_api_endpoint: str = DEFAULT_TPU_API_ENDPOINT
     tpu_api_insecure: bool = False  # plaintext gRPC, no credentials: fakes in tests only
+    kueue: bool = False  # trainings labelled kueue.x-k8s.io/queue-name wait for Kueue
 
     @property
     def clusterwide(self) -> bool:
@@ -154,6 +156,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=_flag(env.get("BERTH_TPU_API_INSECURE", "")),
         help="plaintext gRPC without credentials to --tpu-api-endpoint (test fakes only)",
     )
+    parser.add_argument(
+        "--kueue",
+        action="store_true",
+        default=_flag(env.get("BERTH_KUEUE", "")),
+        help="queue trainings labelled kueue.x-k8s.io/queue-name with Kueue (needs Kueue's "
+        "CRDs and BertTraining.v1alpha1.berth.dev in its integrations.externalFrameworks)",
+    )
     return parser
 
 
@@ -189,4 +198,5 @@ def parse_settings(
         ),
         tpu_api_endpoint=args.tpu_api_endpoint,
         tpu_api_insecure=args.tpu_api_insecure,
+        kueue=args.kueue,
     )

@@ -148,3 +148,26 @@ def test_tpu_credentials_secrets_must_be_names() -> None:
     assert "/rbac/tpuCredentialsSecrets/0" in render_error(
         {"rbac": {"tpuCredentialsSecrets": ["*"]}}
     )
+
+
+KUEUE_NAMESPACED: set[Rule] = {
+    *(("kueue.x-k8s.io", "workloads", v) for v in ("list", "watch", "create", "patch")),
+    ("kueue.x-k8s.io", "workloads/status", "patch"),
+}
+KUEUE_CLUSTER: set[Rule] = {
+    ("kueue.x-k8s.io", r, "get") for r in ("resourceflavors", "workloadpriorityclasses")
+}
+
+
+@pytest.mark.parametrize("watch", [[], ["ml", "nlp"]])
+def test_kueue_grants_workloads_only_when_enabled(watch: list[str]) -> None:
+    plain = render({"watchNamespaces": watch})
+    assert not {r for role in roles(plain) for r in flatten(role) if r[0] == "kueue.x-k8s.io"}
+    objects = render({"watchNamespaces": watch, "kueue": {"enabled": True}})
+    cluster = flatten(one(objects, "ClusterRole"))
+    if watch:
+        assert cluster == CRDS | NAMESPACES | KUEUE_CLUSTER
+        for role in of_kind(objects, "Role"):
+            assert flatten(role) == NAMESPACED | KUEUE_NAMESPACED
+    else:
+        assert cluster == NAMESPACED | CRDS | KUEUE_NAMESPACED | KUEUE_CLUSTER

@@ -239,3 +239,9 @@ def test_existing_service_account_is_used_without_creating_one() -> None:
 def test_fullname_override() -> None:
     objects = render({"fullnameOverride": "trainer-ops"})
     assert {obj["metadata"]["name"] for obj in objects} == {"trainer-ops", "trainer-ops-metrics"}
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_kueue_value_passes_the_flag(enabled: bool) -> None:
+    args = operator_container(render({"kueue": {"enabled": enabled}}))["args"]
+    assert ("--kueue" in args) is enabled

@@ -103,6 +103,7 @@ def test_names_and_printer_columns(crd: dict[str, Any]) -> None:
         "Loss",
         "Examples/s",
         "Restarts",
+        "Queue",
         "Age",
     ]
 
@@ -112,6 +113,8 @@ def test_names_and_printer_columns(crd: dict[str, Any]) -> None:
 )
 def test_examples_are_valid_trainings(path: Path) -> None:
     for doc in yaml.safe_load_all(path.read_text()):
+        if doc["apiVersion"].startswith("kueue.x-k8s.io/"):  # a queue for it (validated by
+            continue  # the real Kueue: tests/integration/test_crd_validation.py)
         assert doc["kind"] == "BertTraining"
         spec = BertTrainingSpec.model_validate(doc["spec"])
         gpus = spec.resources and (spec.resources.limits or spec.resources.requests or {})

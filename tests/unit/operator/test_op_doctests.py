@@ -12,6 +12,7 @@ MODULES = [
     "builders",
     "conditions",
     "expectations",
+    "kueue",
     "labels",
     "local.manifest",
     "local.view",

@@ -135,6 +135,23 @@ def test_expectation_of_a_deleted_training() -> None:
     assert Expectations().empty and not gone.empty
 
 
+@pytest.mark.parametrize(
+    ("expected", "workload", "met"),
+    [
+        (Expectations(workload_created=True), None, False),
+        (Expectations(workload_created=True), {"metadata": {"resourceVersion": "3"}}, True),
+        (Expectations(workload_version="4"), {"metadata": {"resourceVersion": "3"}}, False),
+        (Expectations(workload_version="4"), {"metadata": {"resourceVersion": "4"}}, True),
+        (Expectations(workload_version="4"), None, False),
+    ],
+)
+def test_expectations_of_the_kueue_workload(
+    expected: Expectations, workload: dict[str, Any] | None, met: bool
+) -> None:
+    assert expected.met(make_training(), [], workload) is met
+    assert not expected.empty
+
+
 # -- due times of the time-based rules -------------------------------------------------------
 
 

@@ -1,12 +1,15 @@
-"""Conditions, progress parsing, pod observation and the CLI settings contract."""
+"""Conditions, progress parsing, pod observation, the CLI settings contract and local
+manifests."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 from berth_operator.conditions import set_condition
+from berth_operator.local.manifest import ManifestError, load_manifest
 from berth_operator.progress import metrics_url, progress_changed, progress_from_metrics
 from berth_operator.settings import Settings, parse_settings
 from berth_operator.workers import observe_pod
@@ -177,3 +180,25 @@ def test_identity_without_a_passwd_entry() -> None:
     _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert got.startswith(f"uid{uid}@"), got
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "on"),
+    [([], {}, False), (["--kueue"], {}, True), ([], {"BERTH_KUEUE": "true"}, True)],
+)
+def test_kueue_setting(argv: list[str], env: dict[str, str], on: bool) -> None:
+    assert parse_settings(argv, env=env).kueue is on
+
+
+def test_local_manifest_takes_the_training_among_other_kinds(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[3] / "examples" / "kueue-queued-training.yaml"
+    assert load_manifest(example)["metadata"]["name"] == "bert-base-queued"
+    two = tmp_path / "two.yaml"
+    training = example.read_text().split("---\n")[-1]
+    two.write_text(f"{training}---\n{training}")
+    with pytest.raises(ManifestError, match="expected one BertTraining document, found 2"):
+        load_manifest(two)
+    queue_only = tmp_path / "queue.yaml"
+    queue_only.write_text(example.read_text().split("---\n")[2])
+    with pytest.raises(ManifestError, match=r"apiVersion/kind: expected berth\.dev/v1alpha1"):
+        load_manifest(queue_only)

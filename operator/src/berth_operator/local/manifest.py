@@ -59,9 +59,14 @@ def load_manifest(path: str | Path) -> dict[str, Any]:
         documents = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as error:
         raise ManifestError(f"{path}: not valid YAML: {error}") from error
-    if len(documents) != 1:
-        raise ManifestError(f"{path}: expected one BertTraining document, found {len(documents)}")
-    return parse_manifest(documents[0])
+    # Other kinds beside the training (Kueue's queues in examples/kueue-queued-training.yaml)
+    # mean nothing to a local run.
+    trainings = [d for d in documents if isinstance(d, Mapping) and d.get("kind") == labels.KIND]
+    if len(documents) == 1:
+        trainings = documents
+    if len(trainings) != 1:
+        raise ManifestError(f"{path}: expected one BertTraining document, found {len(trainings)}")
+    return parse_manifest(trainings[0])
 
 
 def parse_manifest(obj: Any) -> dict[str, Any]:
