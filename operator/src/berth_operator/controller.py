@@ -37,7 +37,7 @@ from kubernetes.client.exceptions import ApiException
 from berth_operator import builders, kueue, labels, metrics, outcome, policy, progress
 from berth_operator.api import Phase
 from berth_operator.expectations import Expectations
-from berth_operator.k8s import Cluster, NamespaceTerminatingError
+from berth_operator.k8s import Cluster, KueueMissingError, NamespaceTerminatingError
 from berth_operator.settings import Settings
 from berth_operator.workers import format_time
 from berth_operator.workqueue import QueueClosed, WorkQueue
@@ -397,7 +397,10 @@ class Controller:
         pod = builders.build_worker_pod(owner, 0, self.settings.default_image, plan.restart)
         workload = kueue.build_workload(training, pod, priority)
         kopf.adopt(workload, owner=owner)
-        await self._io(self.cluster.create_workload, workload)
+        try:
+            await self._io(self.cluster.create_workload, workload)
+        except KueueMissingError as error:
+            return str(error)
         return None
 
     async def _create(

@@ -43,6 +43,10 @@ class NamespaceTerminatingError(Exception):
     """The namespace is being deleted: nothing new can be created in it."""
 
 
+class KueueMissingError(Exception):
+    """--kueue, but the API server has no Kueue Workloads (the message says so)."""
+
+
 def _json(response: Any) -> Any:
     return json.loads(response.data)
 
@@ -169,7 +173,8 @@ class Cluster:
         return True
 
     def create_workload(self, obj: Mapping[str, Any]) -> bool:
-        """Create a Kueue Workload; False if it already existed."""
+        """Create a Kueue Workload; False if it already existed. KueueMissingError when the
+        API server does not serve Workloads (Kueue is not installed)."""
         try:
             _drain(
                 self.custom.create_namespaced_custom_object(
@@ -186,6 +191,11 @@ class Cluster:
                 return False
             if namespace_terminating(error):
                 raise NamespaceTerminatingError(obj["metadata"]["namespace"]) from error
+            if error.status == 404:  # the namespace exists: its training is in it
+                raise KueueMissingError(
+                    f"the API server does not serve {kueue.GROUP}/{kueue.VERSION} workloads: "
+                    "install Kueue, or run the operator without --kueue"
+                ) from error
             raise
         return True
 
