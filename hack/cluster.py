@@ -607,8 +607,9 @@ def up(kwok_only: bool) -> None:
     print_usage()
 
 
-#: Kueue's job kinds: none of its built-in integrations, only BertTraining, whose Workloads the
-#: Berth operator creates (an external framework: docs/operator.md, "With Kueue").
+#: Kueue's configuration. Job kinds: its default batch/job (nothing here labels a Job) and
+#: BertTraining, whose Workloads the Berth operator creates (an external framework:
+#: docs/operator.md, "With Kueue"; the name is pinned by tests/unit/operator/test_op_kueue.py).
 KUEUE_CONFIG = """apiVersion: config.kueue.x-k8s.io/v1beta2
 kind: Configuration
 health:

@@ -4,6 +4,7 @@ the reconcile pass do (berth_operator.kueue, berth_operator.policy)."""
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -425,3 +426,12 @@ def test_without_queueing_the_queue_status_goes() -> None:
     training = make_training().with_status(phase="Running", queue={"name": "team"})
     plan = reconcile(training, running_group(training), LATER)
     assert plan.status.get("queue") is None and not plan.create_workload
+
+
+def test_kueue_is_told_the_kind_everywhere_under_its_one_name() -> None:
+    """Kueue's `externalFrameworks` entry names the served kind (Kind.version.group): the test
+    control plane's Kueue config, the docs and the chart must all follow the API."""
+    assert kueue.FRAMEWORK == "BertTraining.v1alpha1.berth.dev"
+    repo = Path(__file__).resolve().parents[3]
+    for path in ("hack/cluster.py", "docs/operator.md", "charts/berth/values.yaml"):
+        assert kueue.FRAMEWORK in (repo / path).read_text(), path
