@@ -227,6 +227,29 @@ def test_suspend_deactivates_the_workload_and_gives_back_its_quota(
     assert kueue.workload_of("nap")["spec"]["active"] is True
 
 
+def test_new_resources_of_a_queued_training_replace_its_workload(
+    queued_operator: Operator, trainings: Trainings, kueue: Kueue
+) -> None:
+    """Kueue's pod sets are immutable: 2 x 8 GPUs do not fit a quota of 8; the user asks for
+    4 GPUs per worker, and a new Workload asking for 2 x 4 is admitted."""
+    queue = kueue.queue(quota=8)
+    trainings.create(gpu_training("big", queue))
+    wait_for(
+        lambda: "insufficient" in trainings.status("big").get("message", ""),
+        what="2 x 8 GPUs not admitted",
+    )
+    old = kueue.workload_of("big")["metadata"]["uid"]
+    trainings.patch("big", {"spec": {"resources": {"limits": {"nvidia.com/gpu": 4}}}})
+    trainings.wait_phase("big", "Running", timeout=45)
+    (workload,) = kueue.workloads()
+    assert workload["metadata"]["uid"] != old
+    limits = workload["spec"]["podSets"][0]["template"]["spec"]["containers"][0]["resources"]
+    assert limits == {"limits": {"nvidia.com/gpu": "4"}}
+    assert [p.spec.containers[0].resources.limits for p in trainings.pods("big")] == [
+        {"nvidia.com/gpu": "4"}
+    ] * 2
+
+
 def test_without_the_label_nothing_changes(
     queued_operator: Operator, trainings: Trainings, kueue: Kueue
 ) -> None:

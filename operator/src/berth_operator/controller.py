@@ -382,6 +382,9 @@ class Controller:
             version = await self._io(
                 self.cluster.patch_workload, namespace, name, plan.workload_patch
             )
+        if plan.delete_workload:
+            await self._io(self.cluster.delete_workload, namespace, name)
+            return expected, None  # its delete event wakes the training: a new one is made
         return dataclasses.replace(expected, workload_version=version), None
 
     async def _create_workload(

@@ -92,7 +92,7 @@ POD_META = (
     "deletionTimestamp",
 )
 POD_STATUS = ("phase", "conditions", "containerStatuses", "podIP", "reason", "message")
-WORKLOAD_META = (*TRAINING_META, "finalizers")
+WORKLOAD_META = (*TRAINING_META, "finalizers", "annotations")
 
 
 def _pick(mapping: Mapping[str, Any] | None, keys: tuple[str, ...]) -> dict[str, Any]:

@@ -212,6 +212,23 @@ class Cluster:
         )
         return _patched(call, (kueue.GROUP, kueue.VERSION, namespace, kueue.WORKLOADS, name), patch)
 
+    def delete_workload(self, namespace: str, name: str) -> None:
+        """Delete a Workload (gone already counts as done)."""
+        try:
+            _drain(
+                self.custom.delete_namespaced_custom_object(
+                    kueue.GROUP,
+                    kueue.VERSION,
+                    namespace,
+                    kueue.WORKLOADS,
+                    name,
+                    _preload_content=False,
+                )
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
     def get_kueue_object(self, plural: str, name: str) -> dict[str, Any] | None:
         """A cluster-scoped Kueue object (ResourceFlavor, WorkloadPriorityClass), or None."""
         try:

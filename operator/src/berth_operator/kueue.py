@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -33,12 +34,11 @@ from berth_operator.conditions import get_condition, is_true, set_condition
 
 GROUP, VERSION = "kueue.x-k8s.io", "v1beta2"
 WORKLOADS, FLAVORS, PRIORITY_CLASSES = "workloads", "resourceflavors", "workloadpriorityclasses"
-#: The label a user puts on a BertTraining to queue it, and the optional priority.
-QUEUE_LABEL = f"{GROUP}/queue-name"
-PRIORITY_LABEL = f"{GROUP}/priority-class"
-#: On a Workload: the UID of the job it belongs to (as Kueue's own integrations write it).
-JOB_UID_LABEL = f"{GROUP}/job-uid"
+QUEUE_LABEL, PRIORITY_LABEL = labels.KUEUE_QUEUE, labels.KUEUE_PRIORITY_CLASS
+JOB_UID_LABEL, POD_SET_HASH_ANNOTATION = labels.KUEUE_JOB_UID, labels.POD_SET_HASH
 FINALIZER = f"{GROUP}/resource-in-use"
+#: The spec fields that change what Kueue counts for a training's pod set.
+POD_SET_FIELDS = ("workers", "resources", "tpu")
 #: How Kueue's configuration names this kind (Kind.version.group).
 FRAMEWORK = f"{labels.KIND}.{labels.VERSION}.{labels.GROUP}"
 POD_SET = "workers"
@@ -87,6 +87,22 @@ def workload_name(training: str, uid: str) -> str:
     return f"{labels.SINGULAR}-{training}-{digest}"
 
 
+def pod_set_hash(training: Mapping[str, Any]) -> str:
+    """A hash of the spec fields that make what Kueue counts (workers, resources, TPU): when it
+    changes, the Workload no longer says what the workers need, and Kueue's pod sets are
+    immutable.
+
+    >>> a = {"spec": {"workers": 2, "vocabulary": "v"}}
+    >>> pod_set_hash(a) == pod_set_hash({"spec": {"workers": 2, "vocabulary": "w"}})
+    True
+    >>> pod_set_hash(a) == pod_set_hash({"spec": {"workers": 3, "vocabulary": "v"}})
+    False
+    """
+    spec = training.get("spec") or {}
+    wanted = {k: spec.get(k) for k in POD_SET_FIELDS}
+    return hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def build_workload(
     training: Mapping[str, Any], pod: Mapping[str, Any], priority: tuple[str, int] | None
 ) -> dict[str, Any]:
@@ -124,6 +140,7 @@ def build_workload(
             "name": workload_name(name, uid),
             "namespace": meta.get("namespace", "default"),
             "labels": {**labels.common_labels(name), JOB_UID_LABEL: uid},
+            "annotations": {POD_SET_HASH_ANNOTATION: pod_set_hash(training)},
             "finalizers": [FINALIZER],
         },
         "spec": spec,
@@ -151,6 +168,7 @@ class WorkloadState:
     finalizers: tuple[str, ...]
     cluster_queue: str | None
     check_states: tuple[str, ...]
+    pod_set_hash: str | None
 
     @property
     def finalizer(self) -> bool:
@@ -201,6 +219,7 @@ def observe(workload: Mapping[str, Any] | None, training_uid: str) -> WorkloadSt
         finalizers=tuple(meta.get("finalizers") or ()),
         cluster_queue=(status.get("admission") or {}).get("clusterQueue"),
         check_states=tuple(str(c.get("state")) for c in status.get("admissionChecks") or ()),
+        pod_set_hash=(meta.get("annotations") or {}).get(POD_SET_HASH_ANNOTATION),
     )
 
 

@@ -29,6 +29,14 @@ RESTART = "berth.dev/restart"
 
 ROLE_WORKER = "worker"
 
+#: Kueue's keys (docs/operator.md, "With Kueue"): on a BertTraining, the LocalQueue it is queued
+#: in and its WorkloadPriorityClass; on its Workload, the training's UID (as Kueue's own
+#: integrations write it) and a hash of the spec fields its pod set is made from (ours).
+KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+KUEUE_PRIORITY_CLASS = "kueue.x-k8s.io/priority-class"
+KUEUE_JOB_UID = "kueue.x-k8s.io/job-uid"
+POD_SET_HASH = "berth.dev/pod-set-hash"
+
 APP_NAME = "app.kubernetes.io/name"
 APP_INSTANCE = "app.kubernetes.io/instance"
 APP_COMPONENT = "app.kubernetes.io/component"

@@ -74,10 +74,11 @@ class Plan:
     events: list[Event] = dataclasses.field(default_factory=list)
     delete_training: bool = False
     #: Kueue (`berth_operator.kueue`): create the Workload; merge-patch its status; merge-patch
-    #: the Workload itself (spec.active, its finalizer).
+    #: the Workload itself (spec.active, its finalizer); delete it (out of sync with the spec).
     create_workload: bool = False
     workload_status: dict[str, Any] | None = None
     workload_patch: dict[str, Any] | None = None
+    delete_workload: bool = False
 
 
 def should_retry(policy: str, worker: WorkerState) -> bool:
@@ -261,7 +262,7 @@ def reconcile(
     held = None
     if queueing is not None:
         all_ready = sum(s.ready or s.succeeded for s in current.values()) == spec.workers
-        held = _queue(p, plan, meta, run_policy.suspend, states, all_ready, queueing)
+        held = _queue(p, plan, training, run_policy.suspend, states, all_ready, queueing)
 
     if run_policy.suspend:
         plan.delete = [s.name for s in states if not s.terminating]
@@ -354,7 +355,7 @@ def reconcile(
 def _queue(
     p: _Pass,
     plan: Plan,
-    meta: Mapping[str, Any],
+    training: Mapping[str, Any],
     suspend: bool,
     states: Sequence[WorkerState],
     ready: bool,
@@ -366,6 +367,7 @@ def _queue(
 
     Evicted: every worker is deleted and, once none is left, the quota is given back
     (`kueue.release`). The group restart count is untouched: an eviction is not a failure."""
+    meta = training["metadata"]
     uid, queue = str(meta.get("uid")), queueing.queue
     state = kueue.observe(queueing.workload, uid)
     name = state.name if state else kueue.workload_name(meta["name"], uid)
@@ -386,6 +388,15 @@ def _queue(
         if state.finalizer and not states:
             patch |= kueue.drop_finalizer(state)
         held = ("WorkloadDeleted", f"Workload {name} is being deleted; a new one follows")
+    elif state.pod_set_hash != kueue.pod_set_hash(training):
+        # Kueue's pod sets are immutable: a new Workload asks for what the workers now need.
+        if not states:
+            patch |= kueue.drop_finalizer(state)
+            plan.delete_workload = True
+        held = (
+            "WorkloadOutOfSync",
+            f"spec.workers, resources or tpu changed: replacing Workload {name}",
+        )
     elif (eviction := state.eviction) is not None:
         reason = str(eviction.get("reason") or "Evicted")
         said = f"evicted by Kueue ({reason}): {eviction.get('message') or ''}".rstrip(": ")

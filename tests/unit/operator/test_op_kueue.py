@@ -54,6 +54,7 @@ def workload(
             "resourceVersion": "7",
             "generation": 1,
             "labels": {"berth.dev/training": meta["name"], kueue.JOB_UID_LABEL: meta["uid"]},
+            "annotations": {kueue.POD_SET_HASH_ANNOTATION: kueue.pod_set_hash(training)},
             "finalizers": [kueue.FINALIZER],
         },
         "spec": {"active": True, "queueName": "team"},
@@ -420,6 +421,25 @@ def test_deleted_workload_stops_the_workers_and_lets_go_when_they_are_gone() -> 
     assert plan.workload_patch is None
     plan = plan_for(training.with_status(**plan.status), [], wl)
     assert plan.workload_patch == {"metadata": {"finalizers": [], "resourceVersion": "7"}}
+
+
+def test_changed_resources_replace_the_workload_once_the_workers_are_gone() -> None:
+    training = queued().with_status(phase="Running")
+    wl = admitted(training)  # made for 8 GPUs a worker
+    grown = training.with_gpu(4)
+    plan = plan_for(grown, running_group(training), wl)
+    assert plan.status["phase"] == "Queued" and len(plan.delete) == 3
+    assert "replacing Workload" in plan.status["message"]
+    assert not plan.delete_workload and plan.workload_patch is None
+    plan = plan_for(grown.with_status(**plan.status), [], wl)
+    assert plan.delete_workload
+    assert plan.workload_patch == {"metadata": {"finalizers": [], "resourceVersion": "7"}}
+    fresh = kueue.build_workload(grown, make_pod(grown, 0), None)
+    container = fresh["spec"]["podSets"][0]["template"]["spec"]["containers"][0]
+    assert container["resources"] == {"limits": {"nvidia.com/gpu": "4"}}
+    # A change that Kueue does not count (the trainer config) keeps the Workload.
+    retuned = training.with_spec(training={"globalBatchSize": 96, "sequenceLength": 64})
+    assert kueue.pod_set_hash(retuned) == kueue.pod_set_hash(training)
 
 
 def test_without_queueing_the_queue_status_goes() -> None:
