@@ -335,7 +335,9 @@ class Controller:
         )
         problem = None
         if queueing is not None:
-            expected, problem = await self._write_workload(owner, training, plan, expected)
+            expected, problem = await self._write_workload(
+                owner, training, workload, plan, expected
+            )
         if plan.delete_training:
             log.info("%s/%s: runPolicy.ttlSecondsAfterFinished passed: deleting", *key)
             await self._io(self.cluster.delete_training, namespace, name)
@@ -356,6 +358,7 @@ class Controller:
         self,
         owner: kopf.Body,
         training: Mapping[str, Any],
+        workload: Mapping[str, Any] | None,
         plan: policy.Plan,
         expected: Expectations,
     ) -> tuple[Expectations, str | None]:
@@ -370,7 +373,6 @@ class Controller:
                 kopf.event(owner, type="Warning", reason="WorkloadNotCreated", message=problem)
                 return expected, problem
             return dataclasses.replace(expected, workload_created=True), None
-        workload = self.workload((namespace, owner["metadata"]["name"]), training)
         if workload is None:
             return expected, None
         name, version = workload["metadata"]["name"], None

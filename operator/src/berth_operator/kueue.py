@@ -57,12 +57,16 @@ def queue_name(training: Mapping[str, Any]) -> str | None:
     >>> queue_name({"metadata": {"labels": {"kueue.x-k8s.io/queue-name": "team-a"}}})
     'team-a'
     """
-    value = ((training.get("metadata") or {}).get("labels") or {}).get(QUEUE_LABEL)
-    return str(value) if value else None
+    return _label(training, QUEUE_LABEL)
 
 
 def priority_class(training: Mapping[str, Any]) -> str | None:
-    value = ((training.get("metadata") or {}).get("labels") or {}).get(PRIORITY_LABEL)
+    """The WorkloadPriorityClass a training asks for (its label), or None."""
+    return _label(training, PRIORITY_LABEL)
+
+
+def _label(training: Mapping[str, Any], key: str) -> str | None:
+    value = ((training.get("metadata") or {}).get("labels") or {}).get(key)
     return str(value) if value else None
 
 

@@ -36,7 +36,7 @@ from berth_operator.api import (
     RunPolicy,
 )
 from berth_operator.builders import parse_spec, worker_name
-from berth_operator.conditions import set_condition
+from berth_operator.conditions import get_condition, set_condition
 from berth_operator.workers import WorkerState, format_time, observe_pod, parse_time
 from berth_trainer.exit_codes import is_retryable
 
@@ -409,7 +409,7 @@ def _queue(
             said += f"; queued in LocalQueue {queue}: {state.waiting_for(queue)}"
         held = (reason, said)
     elif not state.admitted:
-        cond = next((c for c in state.conditions if c.get("type") == "QuotaReserved"), None)
+        cond = get_condition(state.conditions, "QuotaReserved")
         held = (str((cond or {}).get("reason") or "Queued"), state.waiting_for(queue))
     else:  # admitted: keep PodsReady true to the workers (Kueue's waitForPodsReady reads it)
         plan.workload_status = kueue.pods_ready(state, ready, p.stamp)
