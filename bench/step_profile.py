@@ -76,8 +76,8 @@ def berth_side(model: str, batch: int, precision: str, args: argparse.Namespace)
     @tf.function
     def forward_backward():
         with tf.GradientTape() as tape:
-            logits = b.model(b.features, training=True)["logits"]
-            loss = tf.reduce_mean(task_loss(b.cfg.task, logits, b.labels)[0])
+            outputs = b.model(b.features, training=True)
+            loss = tf.reduce_mean(task_loss(b.cfg.task, outputs, b.labels)[0])
         grads = tape.gradient(loss, b.variables)
         return tf.add_n(
             [tf.reduce_sum(tf.cast(tf.convert_to_tensor(g), tf.float32)) for g in grads]

@@ -36,7 +36,7 @@ def main(model_dir: str) -> int:
     before = metrics["initial_validation_accuracy"]
     after = metrics["validation_accuracy"]
     console.print(
-        f"MLM accuracy on held-out sentences (masked tokens): before training {before:.1%} "
+        f"MLM accuracy on held-out documents (masked tokens): before training {before:.1%} "
         f"→ after {int(metrics['steps'])} steps {after:.1%}",
         soft_wrap=True,
     )

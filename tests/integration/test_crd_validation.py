@@ -78,6 +78,21 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
         "spec.training.maxPredictionsPerSequence",
     ),
     ("learning-rate-zero", _with("training.learningRate", 0), "spec.training.learningRate"),
+    (
+        "sentence-prediction-without-pairs",
+        _with("pretraining", {"sentencePrediction": "nextSentence"}),
+        "spec.pretraining.sentencePrediction",
+    ),
+    (
+        "packing-unknown",
+        _with("pretraining", {"packing": "greedy"}),
+        "spec.pretraining.packing",
+    ),
+    (
+        "whole-word-masking-unknown",
+        _with("pretraining", {"wholeWordMasking": "japanese"}),
+        "spec.pretraining.wholeWordMasking",
+    ),
     ("optimizer-unknown", _with("training.optimizer", "sgd"), "spec.training.optimizer"),
     ("precision-unknown", _with("training.precision", "float16"), "spec.training.precision"),
     ("classification-without-classes", _with("task", "classification"), "spec.training.numClasses"),

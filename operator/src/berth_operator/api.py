@@ -232,6 +232,15 @@ class BertTrainingSpec(TrainerConfig):
                     "training.logEverySteps and checkpoint.everySteps",
                 },
                 {
+                    "rule": "!has(self.pretraining) || "
+                    "!has(self.pretraining.sentencePrediction) || "
+                    "self.pretraining.sentencePrediction == 'none' || "
+                    "self.pretraining.packing == 'segmentPairs'",
+                    "fieldPath": ".pretraining.sentencePrediction",
+                    "message": "spec.pretraining.sentencePrediction: needs pretraining.packing "
+                    "segmentPairs",
+                },
+                {
                     "rule": "self.task != 'classification' || has(self.training.numClasses)",
                     "fieldPath": ".training.numClasses",
                     "message": "spec.training.numClasses: required when task is classification",

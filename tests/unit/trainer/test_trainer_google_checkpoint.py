@@ -20,7 +20,7 @@ from trainer_testlib import (
 from berth_trainer.config import TrainerConfig
 from berth_trainer.errors import TrainerError
 from berth_trainer.exit_codes import ExitCode
-from berth_trainer.google_checkpoint import load_google_checkpoint
+from berth_trainer.google_checkpoint import load_google_checkpoint, tf1_value, weight_map
 from berth_trainer.modeling import build_model
 
 H, HEADS, LAYERS, FF, POS, V = 64, 2, 2, 128, 32, 60
@@ -83,7 +83,7 @@ def numpy_bert(wt: dict, ids: np.ndarray, segments: np.ndarray, mask: np.ndarray
     def dense(x, p):
         return x @ wt[p + "kernel"] + wt[p + "bias"]
 
-    gelu = np.vectorize(lambda v: 0.5 * v * (1 + math.erf(v / math.sqrt(2))))
+    gelu = tanh_gelu
     e = "bert/embeddings/"
     x = wt[e + "word_embeddings"][ids] + wt[e + "position_embeddings"][: ids.shape[1]]
     x = ln(x + wt[e + "token_type_embeddings"][segments], e + "LayerNorm/")
@@ -106,6 +106,16 @@ def numpy_bert(wt: dict, ids: np.ndarray, segments: np.ndarray, mask: np.ndarray
     return x, pooled
 
 
+def tanh_gelu(x: np.ndarray) -> np.ndarray:
+    """Google BERT's GELU (modeling.py `gelu`): the tanh approximation."""
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def tf1_weights(model) -> dict[str, np.ndarray]:
+    """The model's weights under Google's names and layouts (what an export writes)."""
+    return {name: tf1_value(var, kind) for name, (var, kind) in weight_map(model).items()}
+
+
 def _cfg(corpus, tmp_path, task: str) -> TrainerConfig:
     make = pretraining_config if task == "pretraining" else classification_config
     return TrainerConfig.model_validate(make(corpus, tmp_path))
@@ -115,12 +125,7 @@ def test_trainer_google_checkpoint_outputs_match_reference(tmp_path, corpus):
     wt = google_weights(np.random.default_rng(0))
     write_tf1_checkpoint(str(tmp_path / "bert_model.ckpt"), wt)
     model = build_model(_cfg(corpus, tmp_path, "pretraining"), V)
-    load_google_checkpoint(
-        str(tmp_path / "bert_model.ckpt"),
-        model.get_layer("bert"),
-        model.get_layer("mlm_head"),
-        "pretraining",
-    )
+    load_google_checkpoint(str(tmp_path / "bert_model.ckpt"), model, "pretraining")
     rng = np.random.default_rng(1)
     ids = rng.integers(5, V, (2, 16)).astype(np.int32)
     segments = (np.arange(16)[None] >= 8).astype(np.int32).repeat(2, 0)
@@ -143,12 +148,42 @@ def test_trainer_google_checkpoint_outputs_match_reference(tmp_path, corpus):
     p = "cls/predictions/"
     h = np.take_along_axis(seq, positions[..., None], 1) @ wt[p + "transform/dense/kernel"]
     h = h + wt[p + "transform/dense/bias"]
-    h = 0.5 * h * (1 + np.vectorize(math.erf)(h / math.sqrt(2)))
+    h = tanh_gelu(h)
     mu, var = h.mean(-1, keepdims=True), h.var(-1, keepdims=True)
     h = (h - mu) / np.sqrt(var + 1e-12) * wt[p + "transform/LayerNorm/gamma"]
     h = h + wt[p + "transform/LayerNorm/beta"]
     expected = h @ wt["bert/embeddings/word_embeddings"].T + wt[p + "output_bias"]
-    np.testing.assert_allclose(logits, expected, atol=1e-3)
+    np.testing.assert_allclose(logits, expected, atol=1e-4)
+
+
+def test_trainer_google_checkpoint_next_sentence_head_round_trips(tmp_path, corpus):
+    """Continuing Google's pre-training keeps `cls/seq_relationship/*`: loaded into the
+    sentence head, its logits are the reference's, and the Hugging Face export writes them
+    back unchanged (the HF tests load that export again)."""
+    wt = google_weights(np.random.default_rng(0))
+    write_tf1_checkpoint(str(tmp_path / "bert_model.ckpt"), wt)
+    raw = pretraining_config(corpus, tmp_path)
+    raw["pretraining"] = {"packing": "segmentPairs", "sentencePrediction": "nextSentence"}
+    model = build_model(TrainerConfig.model_validate(raw), V)
+    load_google_checkpoint(str(tmp_path / "bert_model.ckpt"), model, "pretraining")
+    ids = np.random.default_rng(1).integers(5, V, (2, 16)).astype(np.int32)
+    segments = (np.arange(16)[None] >= 8).astype(np.int32).repeat(2, 0)
+    mask = np.ones((2, 16), np.int32)
+    inputs = {"token_ids": ids, "segment_ids": segments, "padding_mask": mask}
+    out = model({**inputs, "mask_positions": np.zeros((2, 4), np.int32)})
+    _, pooled = numpy_bert(wt, ids, segments, mask.astype(np.float64))
+    expected = (
+        pooled @ wt["cls/seq_relationship/output_weights"].T
+        + wt["cls/seq_relationship/output_bias"]
+    )
+    np.testing.assert_allclose(out["sentence_logits"], expected, atol=1e-4)
+    saved = tf1_weights(model)
+    for name, value in wt.items():
+        if name != "global_step":
+            np.testing.assert_array_equal(saved[name], value, err_msg=name)
+    np.testing.assert_array_equal(
+        saved["cls/seq_relationship/output_weights"], wt["cls/seq_relationship/output_weights"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -156,7 +191,7 @@ def test_trainer_google_checkpoint_outputs_match_reference(tmp_path, corpus):
     [
         ("pretraining", "bert/pooler/", False, "bert/pooler/dense/kernel"),
         ("classification", "bert/pooler/", True, "bert/pooler/dense/kernel"),
-        ("classification", "cls/", False, "cls/predictions/output_bias"),
+        ("classification", "cls/", False, "output_weights"),
         ("pretraining", "cls/predictions/", True, "cls/predictions/output_bias"),
     ],
 )
@@ -168,10 +203,7 @@ def test_trainer_google_checkpoint_missing_heads(
     }
     write_tf1_checkpoint(str(tmp_path / "bert_model.ckpt"), wt)
     model = build_model(_cfg(corpus, tmp_path, task), V)
-    head = model.get_layer("mlm_head" if task == "pretraining" else "classifier")
-    load = lambda: load_google_checkpoint(  # noqa: E731
-        str(tmp_path / "bert_model.ckpt"), model.get_layer("bert"), head, task
-    )
+    load = lambda: load_google_checkpoint(str(tmp_path / "bert_model.ckpt"), model, task)  # noqa: E731
     if fails:
         with pytest.raises(TrainerError) as err:
             load()

@@ -21,7 +21,7 @@ def test_reporter_serves_its_identity_beside_progress(monkeypatch: pytest.Monkey
     port = free_port()
     reporter = Reporter(total_steps=10, metrics_port=port, tb_dir=None, worker=0)
     reporter.start(0)
-    reporter.step(3, {"loss": 1.5}, global_batch=8, log_now=True)
+    reporter.step(3, {"loss": 1.5}, examples=8, log_now=True)
     text = fetch_metrics(metrics_url("127.0.0.1", port))
     assert identity_from_metrics(text) == identity("ml", "bert", 2, 0)
     assert identity_from_metrics(text) != identity("ml", "bert", 1, 0)

@@ -30,22 +30,29 @@ def _batch(cfg: TrainerConfig, corpus) -> tuple[dict, dict]:
     return next(iter(ds))
 
 
-@pytest.mark.parametrize("task", ["pretraining", "classification"])
-def test_trainer_model_config_round_trip_and_clone(tmp_path, corpus, task):
-    cfg = _cfg(corpus, tmp_path, task)
+@pytest.mark.parametrize(
+    ("task", "sentences"),
+    [("pretraining", None), ("pretraining", "nextSentence"), ("classification", None)],
+)
+def test_trainer_model_config_round_trip_and_clone(tmp_path, corpus, task, sentences):
+    raw = _cfg(corpus, tmp_path, task).to_wire()
+    if sentences:
+        raw["pretraining"] = {"packing": "segmentPairs", "sentencePrediction": sentences}
+    cfg = TrainerConfig.model_validate(raw)
     keras.utils.set_random_seed(0)
     model = build_model(cfg, 60)
     features, _ = _batch(cfg, corpus)
-    expected = model(features)["logits"]
+    expected = model(features)
+    assert ("sentence_logits" in expected) == bool(sentences)
 
     # Pretraining is a subclassed `BertPretrainer`: `keras.Model.from_config` rebuilds only
     # functional configs, so rebuild through the model's own class.
     rebuilt = type(model).from_config(model.get_config())
-    rebuilt.set_weights(model.get_weights())
-    np.testing.assert_allclose(rebuilt(features)["logits"], expected, atol=1e-5)
     clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
-    np.testing.assert_allclose(clone(features)["logits"], expected, atol=1e-5)
+    for again in (rebuilt, clone):
+        again.set_weights(model.get_weights())
+        for key, value in again(features).items():
+            np.testing.assert_allclose(value, expected[key], atol=1e-5, err_msg=key)
     for layer in model.layers:
         again = layer.__class__.from_config(layer.get_config())
         assert again.get_config() == layer.get_config(), layer.name

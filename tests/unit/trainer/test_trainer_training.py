@@ -26,14 +26,16 @@ def _train(tmp_path, cfg: dict, capsys: pytest.CaptureFixture) -> list[dict]:
 
 @pytest.mark.slow
 def test_trainer_pretraining_loss_decreases_and_export_fills_mask(tmp_path, corpus, capsys):
-    steps = _train(tmp_path, pretraining_config(corpus, tmp_path, steps=50), capsys)
-    assert [s["step"] for s in steps] == list(range(5, 55, 5))
+    steps = _train(
+        tmp_path, pretraining_config(corpus, tmp_path, steps=80, sequenceLength=32), capsys
+    )
+    assert [s["step"] for s in steps] == list(range(5, 85, 5))
     first, last = steps[0]["loss"], sum(s["loss"] for s in steps[-3:]) / 3
     assert last < 0.8 * first, [s["loss"] for s in steps]
     out = tmp_path / "out"
     for name in ("model.keras", "saved_model", "vocab.txt", "config.json", "metrics.json"):
         assert (out / name).exists(), name
-    assert json.loads((out / "metrics.json").read_text())["steps"] == 50
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 80
     assert list((out / "tensorboard").iterdir())
 
     result = run_cli(["predict", "--model", str(out), "the cat [MASK] the ball ."], timeout=120)

@@ -19,10 +19,8 @@ def test_trainer_vocab_prepare_then_train_on_tfrecord(tmp_path, corpus, capsys):
     assert tokens[: len(SPECIAL_TOKENS)] == list(SPECIAL_TOKENS) and "cat" in tokens
 
     record = str(tmp_path / "corpus.tfrecord")
-    assert (
-        main(["prepare", "--vocabulary", vocab, "--input", corpus["corpus"], "--output", record])
-        == 0
-    )
+    prepare = ["prepare", "--vocabulary", vocab, "--input", corpus["corpus"], "--output", record]
+    assert main([*prepare, "--sequence-length", "16"]) == 0
     capsys.readouterr()
     cfg = pretraining_config(corpus, tmp_path, steps=10)
     cfg["vocabulary"] = vocab

@@ -14,8 +14,10 @@ import os
 import keras
 import tensorflow as tf
 
+from berth_trainer.config import Task
 from berth_trainer.errors import TrainerError
 from berth_trainer.exit_codes import ExitCode
+from berth_trainer.modeling import CLASSIFIER_NAME
 
 log = logging.getLogger("berth_trainer")
 
@@ -52,23 +54,31 @@ class StepCheckpoints:
             tf.io.gfile.rmtree(self._own_dir)
 
 
-def init_from(path: str, backbone: keras.Model, head: keras.layers.Layer, task: str) -> None:
-    """Load initial weights from a Google BERT checkpoint, a keras-hub preset directory or a
-    Berth checkpoint directory (whichever `path` is)."""
-    if tf.io.gfile.isdir(path) and tf.io.gfile.exists(os.path.join(path, "metadata.json")):
+def init_from(path: str, model: keras.Model, task: str) -> None:
+    """Load initial weights from a Google BERT checkpoint, a Hugging Face BERT directory, a
+    keras-hub preset directory or a Berth checkpoint directory (whichever `path` is)."""
+    backbone = model.get_layer("bert")
+    head = model.get_layer("mlm_head" if task == Task.PRETRAINING else CLASSIFIER_NAME)
+    isdir = tf.io.gfile.isdir(path)
+    if isdir and tf.io.gfile.exists(os.path.join(path, "metadata.json")):
         _from_preset(path, backbone)
-    elif tf.io.gfile.isdir(path) and tf.train.latest_checkpoint(path):
+    elif isdir and tf.io.gfile.exists(os.path.join(path, "config.json")):
+        from berth_trainer.huggingface import load_huggingface
+
+        load_huggingface(path, model, task)
+    elif isdir and tf.train.latest_checkpoint(path):
         _from_berth(tf.train.latest_checkpoint(path), backbone, head, task)
     elif tf.io.gfile.exists(path + ".index"):
         from berth_trainer.google_checkpoint import load_google_checkpoint
 
-        load_google_checkpoint(path, backbone, head, task)
+        load_google_checkpoint(path, model, task)
     else:
         raise TrainerError(
             ExitCode.CHECKPOINT_MISMATCH,
             f"initCheckpoint: {path} is neither a Google BERT checkpoint prefix "
-            "(bert_model.ckpt with .index), a keras-hub preset directory (metadata.json) "
-            "nor a Berth checkpoint directory",
+            "(bert_model.ckpt with .index), a Hugging Face BERT directory (config.json and "
+            "model.safetensors), a keras-hub preset directory (metadata.json) nor a Berth "
+            "checkpoint directory",
         )
     log.info("initialised from %s", path)
 

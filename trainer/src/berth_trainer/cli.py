@@ -5,7 +5,8 @@ seconds with the field named and exit code CONFIG_INVALID (2). Every failure wit
 exits with its `ExitCode` and writes its message to the termination log.
 
     berth-trainer train --config cfg.yaml [--metrics-port 9090] [--termination-log PATH]
-    berth-trainer prepare --vocabulary vocab.txt --input 'corpus/*.txt' --output data.tfrecord
+    berth-trainer prepare --vocabulary vocab.txt --input 'corpus/*.txt' --output data.tfrecord \
+        [--sequence-length 128] [--packing fullSentences] [--shards 8] ...
     berth-trainer vocab --input 'corpus/*.txt' --output vocab.txt --size 8000
     berth-trainer predict --model out/ "the [MASK] sat on the mat"
 """
@@ -18,6 +19,7 @@ import logging
 import os
 import sys
 
+from berth_trainer.config import PretrainingConfig, TrainingConfig
 from berth_trainer.errors import TrainerError, write_termination_log
 from berth_trainer.exit_codes import ExitCode
 
@@ -35,10 +37,27 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="default $BERTH_TERMINATION_LOG or /dev/termination-log",
     )
-    prep = sub.add_parser("prepare", help="tokenize text files into a tfrecord file")
+    prep = sub.add_parser(
+        "prepare", help="tokenize and pack text files into tfrecord shards for pretraining"
+    )
     prep.add_argument("--vocabulary", required=True)
     prep.add_argument("--input", required=True, help="text files (globs, comma-separated)")
-    prep.add_argument("--output", required=True, help="output .tfrecord path")
+    prep.add_argument(
+        "--output", required=True, help="output .tfrecord path (with --shards N: its prefix)"
+    )
+    prep.add_argument("--sequence-length", type=int, default=128, help="training.sequenceLength")
+    prep.add_argument("--shards", type=int, default=1, help="files to write (>= workers)")
+    prep.add_argument("--seed", type=int, default=0)
+    for flag, field in (
+        ("--packing", "packing"),
+        ("--sentence-prediction", "sentence_prediction"),
+        ("--whole-word-masking", "whole_word_masking"),
+        ("--short-sequence-probability", "short_sequence_probability"),
+    ):
+        info = PretrainingConfig.model_fields[field]
+        prep.add_argument(
+            flag, default=None, help=f"pretraining.{info.description} Default {info.default}."
+        )
     voc = sub.add_parser("vocab", help="learn a WordPiece vocab.txt from text files")
     voc.add_argument("--input", required=True, nargs="+", help="text files or globs")
     voc.add_argument("--output", required=True)
@@ -85,10 +104,30 @@ def main(argv: list[str] | None = None) -> int:
             train(cfg, metrics_port=args.metrics_port)
         elif args.command == "prepare":
             _quiet_tensorflow()
+            from pydantic import ValidationError
+
             from berth_trainer.prepare import prepare_tfrecord
 
-            count = prepare_tfrecord(args.vocabulary, args.input, args.output)
-            log.info("wrote %d examples to %s", count, args.output)
+            flags = {
+                k: v
+                for k in PretrainingConfig.model_fields
+                if (v := getattr(args, k, None)) is not None
+            }
+            try:
+                pretraining = PretrainingConfig.model_validate(flags)
+                TrainingConfig(sequence_length=args.sequence_length)
+            except ValidationError as err:
+                raise TrainerError(ExitCode.CONFIG_INVALID, _config_error(err)) from err
+            counts = prepare_tfrecord(
+                args.vocabulary,
+                args.input,
+                args.output,
+                args.sequence_length,
+                pretraining,
+                max(args.shards, 1),
+                args.seed,
+            )
+            log.info("wrote %s", args.output, extra={"fields": counts})
         elif args.command == "vocab":
             _quiet_tensorflow()
             from berth_trainer.vocab import build_vocabulary

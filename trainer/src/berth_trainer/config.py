@@ -162,6 +162,68 @@ class DataConfig(ApiModel):
     )
 
 
+class Packing(enum.StrEnum):
+    NONE = "none"
+    SEGMENT_PAIRS = "segmentPairs"
+    FULL_SENTENCES = "fullSentences"
+    DOC_SENTENCES = "docSentences"
+
+
+class SentencePrediction(enum.StrEnum):
+    NONE = "none"
+    NEXT_SENTENCE = "nextSentence"
+    SENTENCE_ORDER = "sentenceOrder"
+
+
+class WholeWordMasking(enum.StrEnum):
+    NONE = "none"
+    WORD_PIECE = "wordPiece"
+    CHINESE = "chinese"
+
+
+class PretrainingConfig(ApiModel):
+    """pretraining: how a corpus becomes pre-training examples (task pretraining only)."""
+
+    packing: Packing = Field(
+        default=Packing.FULL_SENTENCES,
+        description="packing: how sentences fill each sequence. fullSentences (RoBERTa): "
+        "consecutive sentences filling every example (the last one split), crossing documents "
+        "with a [SEP]; docSentences: the same, ending each example with its document; "
+        "segmentPairs (Google BERT): two segments A [SEP] B from one document (needed by "
+        "sentencePrediction); none: one line per example, padded.",
+    )
+    sentence_prediction: SentencePrediction = Field(
+        default=SentencePrediction.NONE,
+        description="sentencePrediction: second objective beside masked-LM: none, "
+        "nextSentence (BERT's NSP: B follows A, or comes from another document) or "
+        "sentenceOrder (ALBERT's SOP: A and B in order, or swapped). Needs packing "
+        "segmentPairs.",
+    )
+    whole_word_masking: WholeWordMasking = Field(
+        default=WholeWordMasking.NONE,
+        description="wholeWordMasking: none (mask word pieces independently), wordPiece "
+        "(a word's ## pieces are masked together) or chinese (words from the jieba segmenter: "
+        "all characters of a word are masked together, as in the Chinese BERT-wwm models).",
+    )
+    short_sequence_probability: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.1,
+        description="shortSequenceProbability: segmentPairs: share of examples packed to a "
+        "random shorter length, so the model also sees short inputs (Google BERT's 0.1).",
+    )
+
+    @model_validator(mode="after")
+    def _pairs_for_sentences(self) -> PretrainingConfig:
+        if (
+            self.sentence_prediction != SentencePrediction.NONE
+            and self.packing != Packing.SEGMENT_PAIRS
+        ):
+            raise ValueError(
+                "pretraining.sentencePrediction: needs pretraining.packing segmentPairs (the "
+                "two segments whose relation it predicts)"
+            )
+        return self
+
+
 class Optimizer(enum.StrEnum):
     ADAMW = "adamw"
     LAMB = "lamb"
@@ -262,10 +324,15 @@ class TrainerConfig(ApiModel):
     vocabulary: str = Field(min_length=1, description="vocabulary: path of a WordPiece vocab.txt.")
     init_checkpoint: str | None = Field(
         default=None,
-        description="initCheckpoint: Google BERT checkpoint prefix, keras-hub preset directory "
-        "or Berth checkpoint directory to start from.",
+        description="initCheckpoint: Google BERT checkpoint prefix, Hugging Face BERT "
+        "directory (config.json + model.safetensors), keras-hub preset directory or Berth "
+        "checkpoint directory to start from.",
     )
     data: DataConfig = Field(description="data: training and validation data.")
+    pretraining: PretrainingConfig = Field(
+        default_factory=PretrainingConfig,
+        description="pretraining: packing, second objective and whole-word masking.",
+    )
     training: TrainingConfig = Field(
         default_factory=TrainingConfig, description="training: the optimisation loop."
     )

@@ -2,7 +2,13 @@
 
 Every pipeline maps one example at a time, then `batch(drop_remainder=True)`, so each batch
 has the fixed shape the compiled step expects. Sharding across workers is explicit: by FILE when
-there are at least as many files as input pipelines, by DATA (every n-th example) otherwise.
+there are at least as many files as input pipelines, by DATA (every n-th example, or for a
+pre-training text corpus every n-th document) otherwise.
+
+Pre-training text is read and tokenized once per pipeline into documents, which
+`packing.pack` turns into full examples again each epoch (documents in a new order, new
+sentence pairs), drawn from `training.seed`; masking is dynamic, per example. TFRecords
+written by `berth-trainer prepare` are already packed.
 """
 
 from __future__ import annotations
@@ -10,16 +16,26 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import itertools
 import json
 import logging
-from collections.abc import Callable
+import random
 
 import keras_hub
+import numpy as np
 import tensorflow as tf
 
-from berth_trainer.config import DataConfig, DataFormat, Task, TrainerConfig
+from berth_trainer.config import (
+    DataConfig,
+    DataFormat,
+    SentencePrediction,
+    Task,
+    TrainerConfig,
+    WholeWordMasking,
+)
 from berth_trainer.errors import TrainerError
 from berth_trainer.exit_codes import ExitCode
+from berth_trainer.packing import Document, Sentence, Specials, pack
 from berth_trainer.vocab import make_tokenizer
 
 log = logging.getLogger("berth_trainer")
@@ -133,9 +149,15 @@ class ExampleEncoder:
     def __init__(self, cfg: TrainerConfig, vocabulary: list[str]) -> None:
         t = cfg.training
         self.sequence_length = t.sequence_length
+        self.vocabulary = vocabulary
         self.tokenizer = make_tokenizer(vocabulary)
         ids = {tok: i for i, tok in enumerate(vocabulary)}
         self.pad_id, self.mask_id = ids["[PAD]"], ids["[MASK]"]
+        self.specials = Specials(pad=self.pad_id, cls=ids["[CLS]"], sep=ids["[SEP]"])
+        self.special_ids = [self.pad_id, ids["[CLS]"], ids["[SEP]"]]
+        self.whole_word = cfg.pretraining.whole_word_masking
+        self.sentence_prediction = cfg.pretraining.sentence_prediction != SentencePrediction.NONE
+        self.mask_probability = t.mask_probability
         self.packer = keras_hub.layers.MultiSegmentPacker(
             sequence_length=t.sequence_length,
             start_value=ids["[CLS]"],
@@ -147,7 +169,7 @@ class ExampleEncoder:
             mask_selection_rate=t.mask_probability,
             mask_token_id=self.mask_id,
             mask_selection_length=t.max_predictions_per_sequence,
-            unselectable_token_ids=[self.pad_id, ids["[CLS]"], ids["[SEP]"]],
+            unselectable_token_ids=self.special_ids,
         )
         self.max_predictions = t.max_predictions_per_sequence
 
@@ -161,17 +183,151 @@ class ExampleEncoder:
             "padding_mask": tf.cast(tf.not_equal(token_ids, self.pad_id), tf.int32),
         }
 
-    def masked(self, features: Features) -> tuple[Features, dict[str, tf.Tensor]]:
-        """Dynamic MLM masking (fresh each epoch): 80% [MASK], 10% random, 10% unchanged."""
-        m = self.masker(features["token_ids"])
+    def masked(self, packed: Features) -> tuple[Features, dict[str, tf.Tensor]]:
+        """Dynamic MLM masking (fresh each epoch): 80% [MASK], 10% random, 10% unchanged; with
+        whole-word masking every piece of a chosen word is masked."""
+        token_ids = packed["token_ids"]
+        if self.whole_word == WholeWordMasking.NONE:
+            m = self.masker(token_ids)
+        else:
+            m = whole_word_mask(
+                token_ids,
+                packed["word_starts"],
+                tf.reduce_all(tf.not_equal(token_ids[:, None], self.special_ids), -1),
+                self.mask_probability,
+                self.max_predictions,
+                self.mask_id,
+                len(self.vocabulary),
+            )
         p = self.max_predictions
-        inputs = dict(features, token_ids=m["token_ids"])
-        inputs["mask_positions"] = tf.ensure_shape(tf.cast(m["mask_positions"], tf.int32), [p])
+        inputs = {
+            "token_ids": tf.ensure_shape(tf.cast(m["token_ids"], tf.int32), [self.sequence_length]),
+            "segment_ids": packed["segment_ids"],
+            "padding_mask": tf.cast(tf.not_equal(token_ids, self.pad_id), tf.int32),
+            "mask_positions": tf.ensure_shape(tf.cast(m["mask_positions"], tf.int32), [p]),
+        }
         labels = {
             "mask_ids": tf.ensure_shape(tf.cast(m["mask_ids"], tf.int32), [p]),
             "mask_weights": tf.ensure_shape(tf.cast(m["mask_weights"], tf.float32), [p]),
         }
+        if self.sentence_prediction:
+            labels["sentence_label"] = packed["sentence_label"]
         return inputs, labels
+
+
+def whole_word_mask(
+    token_ids: tf.Tensor,
+    word_starts: tf.Tensor,
+    selectable: tf.Tensor,
+    rate: float,
+    max_predictions: int,
+    mask_id: int,
+    vocabulary_size: int,
+) -> dict[str, tf.Tensor]:
+    """Masked-LM inputs of one example where words (a token with `word_starts` 1 and the
+    tokens after it with 0) are masked whole; static shapes throughout.
+
+    Words are taken in a random order while their tokens fit in `min(max_predictions,
+    round(rate * selectable tokens))`, leaving out words longer than that (so at least one word
+    is masked when any fits); a special token, and the token after one, always start a word,
+    so no word spans [CLS], [SEP] or padding. Returns what
+    keras-hub's `MaskedLMMaskGenerator` does: token_ids, mask_positions, mask_ids,
+    mask_weights.
+    """
+    n = token_ids.shape[0]
+    after_special = tf.concat([[True], tf.logical_not(selectable[:-1])], 0)
+    starts = (word_starts > 0) | tf.logical_not(selectable) | after_special
+    word = tf.cumsum(tf.cast(starts, tf.int32)) - 1
+    length = tf.math.unsorted_segment_sum(tf.ones([n], tf.int32), word, n)
+    word_ok = (tf.math.unsorted_segment_min(tf.cast(selectable, tf.int32), word, n) > 0) & (
+        length > 0
+    )
+    count = tf.reduce_sum(tf.cast(selectable, tf.float32))
+    budget = tf.minimum(max_predictions, tf.maximum(1, tf.cast(tf.round(count * rate), tf.int32)))
+    word_ok &= length <= budget
+    order = tf.argsort(tf.where(word_ok, tf.random.uniform([n]), 2.0))
+    fits = (tf.cumsum(tf.gather(length, order)) <= budget) & tf.gather(word_ok, order)
+    chosen = tf.scatter_nd(order[:, None], fits, [n])
+    selected = tf.gather(chosen, word) & selectable
+    positions = tf.argsort(tf.cast(tf.logical_not(selected), tf.int32), stable=True)
+    positions = positions[:max_predictions]
+    weights = tf.gather(selected, positions)
+    draw = tf.random.uniform([n])
+    random_ids = tf.random.uniform([n], 0, vocabulary_size, dtype=token_ids.dtype)
+    replaced = tf.where(draw < 0.8, tf.cast(mask_id, token_ids.dtype), random_ids)
+    replaced = tf.where(draw < 0.9, replaced, token_ids)
+    return {
+        "token_ids": tf.where(selected, replaced, token_ids),
+        "mask_positions": tf.where(weights, positions, 0),
+        "mask_ids": tf.where(weights, tf.gather(token_ids, positions), 0),
+        "mask_weights": tf.cast(weights, tf.float32),
+    }
+
+
+def read_documents(
+    files: list[str],
+    tokenizer,
+    vocabulary: list[str],
+    whole_word: str,
+    shard: tuple[int, int] = (0, 1),
+) -> list[Document]:
+    """Documents of text files (one sentence per line, a blank line between documents),
+    tokenized; with `shard` (index, count) every count-th document only.
+
+    Word starts: wordPiece and none from the vocabulary (a `##` piece continues a word),
+    chinese from jieba's segmentation (every character of a word after its first continues it).
+    """
+    continues = np.array([t.startswith("##") for t in vocabulary])
+    documents: list[list[str]] = [[]]
+    for path in files:
+        with tf.io.gfile.GFile(path, "r") as f:
+            for line in f:
+                if line.strip():
+                    documents[-1].append(line.strip())
+                elif documents[-1]:
+                    documents.append([])
+        if documents[-1]:
+            documents.append([])
+    index, count = shard
+    mine = [d for d in documents if d][index::count]
+    lines = [line for doc in mine for line in doc]
+    tokenized: list[Sentence] = []
+    for start in range(0, len(lines), 512):
+        batch = lines[start : start + 512]
+        if whole_word == WholeWordMasking.CHINESE:
+            tokenized += _segmented(batch, tokenizer)
+        else:
+            for ids in _ids(tokenizer, batch):
+                tokenized.append(Sentence.of(ids, (~continues[ids]).astype(np.int32)))
+    out, k = [], 0
+    for doc in mine:
+        sentences = [s for s in tokenized[k : k + len(doc)] if len(s)]  # e.g. only "\u200b"
+        out += [sentences] if sentences else []
+        k += len(doc)
+    return out
+
+
+def _ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    tokens = tokenizer(tf.constant(texts))
+    return tokens.to_list() if hasattr(tokens, "to_list") else [list(t) for t in tokens]
+
+
+def _segmented(lines: list[str], tokenizer) -> list[Sentence]:
+    """Each line's words from jieba; a word's first word piece starts it."""
+    import jieba
+
+    jieba.setLogLevel(logging.WARNING)
+    words = [[w for w in jieba.lcut(line) if w.strip()] for line in lines]
+    flat = _ids(tokenizer, [w for ws in words for w in ws] or [""])
+    out, k = [], 0
+    for ws in words:
+        ids, starts = [], []
+        for pieces in flat[k : k + len(ws)]:
+            ids += pieces
+            starts += [1] + [0] * (len(pieces) - 1)
+        k += len(ws)
+        out.append(Sentence.of(ids, starts))
+    return out
 
 
 @dataclasses.dataclass
@@ -183,6 +339,8 @@ class DataPlan:
     train_rows: Tabular | None
     validation_rows: Tabular | None
     label_names: list[str] | None
+    #: What a DATA shard takes every n-th of: document (text), record or example (tabular).
+    unit: str = "example"
 
 
 def plan_data(cfg: TrainerConfig) -> DataPlan:
@@ -195,7 +353,12 @@ def plan_data(cfg: TrainerConfig) -> DataPlan:
             raise TrainerError(
                 ExitCode.CONFIG_INVALID, "data.format: pretraining reads text or tfrecord"
             )
-        return DataPlan(train, valid, None, None, None)
+        if d.format == DataFormat.TFRECORD:
+            for files, field in ((train, "data.train"), (valid, "data.validation")):
+                if files:
+                    check_records(files[0], cfg, field)
+        unit = "record" if d.format == DataFormat.TFRECORD else "document"
+        return DataPlan(train, valid, None, None, None, unit)
     if d.format not in (DataFormat.CSV, DataFormat.TSV, DataFormat.JSONL):
         raise TrainerError(
             ExitCode.CONFIG_INVALID, "data.format: classification reads csv, tsv or jsonl"
@@ -212,27 +375,105 @@ def plan_data(cfg: TrainerConfig) -> DataPlan:
     return DataPlan(train, valid, rows, vrows, names)
 
 
-def _raw_source(plan: DataPlan, cfg: TrainerConfig, validation: bool) -> tf.data.Dataset:
+#: Features of a packed pre-training example (`berth-trainer prepare` writes them as int64).
+PACKED_FEATURES = ("token_ids", "segment_ids", "word_starts", "sentence_label")
+
+
+def check_records(path: str, cfg: TrainerConfig, field: str) -> None:
+    """The first record of `path` must be a packed example of training.sequenceLength."""
+    first = next(iter(tf.data.TFRecordDataset(path).take(1)), None)
+    if first is None:
+        raise TrainerError(ExitCode.DATA_INVALID, f"{field}: no records in {path}")
+    example = tf.train.Example.FromString(first.numpy()).features.feature
+    absent = [k for k in PACKED_FEATURES if k not in example]
+    if absent:
+        raise TrainerError(
+            ExitCode.DATA_INVALID,
+            f"{field}: {path} is not a packed pre-training file (no {absent}); write it with "
+            "`berth-trainer prepare --sequence-length N` (files from before packing existed "
+            "must be prepared again)",
+        )
+    length = len(example["token_ids"].int64_list.value)
+    if length != cfg.training.sequence_length:
+        raise TrainerError(
+            ExitCode.DATA_INVALID,
+            f"{field}: {path} holds examples of {length} tokens but training.sequenceLength is "
+            f"{cfg.training.sequence_length}; prepare it again with --sequence-length "
+            f"{cfg.training.sequence_length}",
+        )
+
+
+def _parse_packed(sequence_length: int):
+    spec = {k: tf.io.FixedLenFeature([sequence_length], tf.int64) for k in PACKED_FEATURES[:3]}
+    spec["sentence_label"] = tf.io.FixedLenFeature([], tf.int64)
+
+    def parse(record: tf.Tensor) -> Features:
+        return {
+            k: tf.cast(v, tf.int32) for k, v in tf.io.parse_single_example(record, spec).items()
+        }
+
+    return parse
+
+
+def _packed_text(
+    plan: DataPlan,
+    cfg: TrainerConfig,
+    encoder: ExampleEncoder,
+    shard: tuple[int, int],
+    validation: bool,
+) -> tf.data.Dataset:
+    """Packed examples of a text corpus; training repeats forever, each epoch re-packed."""
+    index, count = shard
     files = plan.validation_files if validation else plan.train_files
-    rows = plan.validation_rows if validation else plan.train_rows
-    if rows is not None:
-        columns: tuple = (rows.texts,) + ((rows.pairs,) if rows.pairs is not None else ())
-        return tf.data.Dataset.from_tensor_slices((columns, rows.labels))
-    return tf.data.Dataset.from_tensor_slices(files)
-
-
-def _read_files(fmt: str) -> Callable[[tf.Tensor], tf.data.Dataset]:
-    if fmt == DataFormat.TFRECORD:
-        spec = {"token_ids": tf.io.VarLenFeature(tf.int64)}
-
-        def read(path: tf.Tensor) -> tf.data.Dataset:
-            parse = lambda r: tf.sparse.to_dense(tf.io.parse_single_example(r, spec)["token_ids"])  # noqa: E731
-            return tf.data.TFRecordDataset(path).map(parse)
-
-        return read
-    return lambda path: tf.data.TextLineDataset(path).filter(
-        lambda s: tf.strings.length(tf.strings.strip(s)) > 0
+    by_file = len(files) >= count
+    documents = read_documents(
+        files[index::count] if by_file else files,
+        encoder.tokenizer,
+        encoder.vocabulary,
+        cfg.pretraining.whole_word_masking,
+        (0, 1) if by_file else shard,
     )
+    field = "data.validation" if validation else "data.train"
+    if not documents:
+        raise TrainerError(
+            ExitCode.DATA_INVALID, f"{field}: no text in input pipeline {index}'s shard of {files}"
+        )
+    p, n = cfg.pretraining, cfg.training.sequence_length
+    epochs = 1 if validation else None  # training repeats forever
+
+    def chunks():
+        """Packed examples, stacked 256 at a time (one Python call per chunk, not per example)."""
+        epoch = 0
+        while epochs is None or epoch < epochs:
+            rng = random.Random(f"{cfg.training.seed}/{index}/{epoch}")
+            order = list(documents)
+            if not validation:
+                rng.shuffle(order)
+            examples = pack(
+                order,
+                p.packing,
+                n,
+                encoder.specials,
+                rng,
+                p.sentence_prediction,
+                p.short_sequence_probability,
+            )
+            while chunk := list(itertools.islice(examples, 256)):
+                yield {
+                    k: np.asarray([getattr(e, k) for e in chunk], np.int32) for k in PACKED_FEATURES
+                }
+            epoch += 1
+
+    spec = {k: tf.TensorSpec([None, n], tf.int32) for k in PACKED_FEATURES[:3]}
+    spec["sentence_label"] = tf.TensorSpec([None], tf.int32)
+    return tf.data.Dataset.from_generator(chunks, output_signature=spec).unbatch()
+
+
+def _raw_source(plan: DataPlan, validation: bool) -> tf.data.Dataset:
+    rows = plan.validation_rows if validation else plan.train_rows
+    assert rows is not None
+    columns: tuple = (rows.texts,) + ((rows.pairs,) if rows.pairs is not None else ())
+    return tf.data.Dataset.from_tensor_slices((columns, rows.labels))
 
 
 def make_dataset(
@@ -246,36 +487,39 @@ def make_dataset(
 ) -> tf.data.Dataset:
     """Batches of (features, labels) for one input pipeline (`shard` = (index, count))."""
     index, count = shard
-    ds = _raw_source(plan, cfg, validation)
-    tabular = plan.train_rows is not None
     files = plan.validation_files if validation else plan.train_files
-    by_file = not tabular and len(files) >= count
-    if count > 1 and by_file:
-        ds = ds.shard(count, index)
-    if not tabular:
-        ds = ds.interleave(_read_files(cfg.data.format), cycle_length=1)
-    if count > 1 and not by_file:
-        ds = ds.shard(count, index)
+    if cfg.task != Task.PRETRAINING:
+        ds = _raw_source(plan, validation)
+        if count > 1:
+            ds = ds.shard(count, index)
+    elif cfg.data.format == DataFormat.TFRECORD:
+        ds = tf.data.Dataset.from_tensor_slices(files)
+        if count > 1 and len(files) >= count:
+            ds = ds.shard(count, index)
+        ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=1)
+        if count > 1 and len(files) < count:
+            ds = ds.shard(count, index)
+        ds = ds.map(
+            _parse_packed(cfg.training.sequence_length), num_parallel_calls=tf.data.AUTOTUNE
+        )
+    else:
+        ds = _packed_text(plan, cfg, encoder, shard, validation)
     if not validation:
-        ds = ds.shuffle(4096, seed=cfg.training.seed, reshuffle_each_iteration=True).repeat()
+        if cfg.data.format == DataFormat.TFRECORD or cfg.task != Task.PRETRAINING:
+            ds = ds.repeat()
+        ds = ds.shuffle(4096, seed=cfg.training.seed, reshuffle_each_iteration=True)
         ds = ds.skip(skip_examples)
-    pretraining = cfg.task == Task.PRETRAINING
-    tokenized = cfg.data.format == DataFormat.TFRECORD
-
-    def encode(*example):
-        if pretraining:
-            (raw,) = example
-            ids = tf.cast(raw, tf.int32) if tokenized else encoder.tokenizer(raw)
-            return encoder.pack((ids,))
-        texts, label = example
-        features = encoder.pack(tuple(encoder.tokenizer(t) for t in texts))
-        return features, {"label": tf.cast(label, tf.int32)}
-
-    ds = ds.map(encode, num_parallel_calls=tf.data.AUTOTUNE)
-    if pretraining:
+    if cfg.task == Task.PRETRAINING:
         # Masking draws random numbers: in one sequential map they follow training.seed, so a
         # run is reproducible (in parallel calls the draws would interleave at random).
         ds = ds.map(encoder.masked)
+    else:
+
+        def encode(texts, label):
+            features = encoder.pack(tuple(encoder.tokenizer(t) for t in texts))
+            return features, {"label": tf.cast(label, tf.int32)}
+
+        ds = ds.map(encode, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=not validation).prefetch(2)
 
 
@@ -285,4 +529,4 @@ def describe_shard(plan: DataPlan, shard: tuple[int, int], validation: bool = Fa
     files = plan.validation_files if validation else plan.train_files
     if plan.train_rows is None and len(files) >= count:
         return f"FILE shard {index}/{count}: {files[index::count]}"
-    return f"DATA shard {index}/{count} (every {count}th example of {len(files)} file(s))"
+    return f"DATA shard {index}/{count} (every {count}th {plan.unit} of {len(files)} file(s))"

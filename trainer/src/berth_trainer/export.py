@@ -9,6 +9,9 @@ Layout of `output.dir`:
                                            mask_positions, mask_valid
                            classification: text[, text_pair] → probabilities, label_id, label
                          (the serving process must `import tensorflow_text`)
+    huggingface/         the same weights as a Hugging Face BERT directory (config.json,
+                         model.safetensors, vocab.txt): BertForMaskedLM, BertForPreTraining
+                         (with a sentence head) or BertForSequenceClassification
     vocab.txt            the WordPiece vocabulary
     config.json          the trainer config (camelCase) plus labels
     metrics.json         final metrics
@@ -24,6 +27,7 @@ import tensorflow as tf
 
 from berth_trainer.config import Task, TrainerConfig
 from berth_trainer.data import ExampleEncoder
+from berth_trainer.huggingface import export_huggingface
 from berth_trainer.modeling import for_serving
 
 #: How many candidates the pretraining signature returns per [MASK].
@@ -45,6 +49,7 @@ def export_all(
         export_saved_model(
             cfg, model, encoder, vocabulary, label_names, os.path.join(out, "saved_model")
         )
+    export_huggingface(model, cfg.task, vocabulary, label_names, os.path.join(out, "huggingface"))
     with tf.io.gfile.GFile(os.path.join(out, "vocab.txt"), "w") as f:
         f.write("".join(tok + "\n" for tok in vocabulary))
     config = {**cfg.to_wire(), "labels": label_names}

@@ -1,23 +1,30 @@
 """Initialise from a Google BERT TF1 checkpoint (bert_model.ckpt*, names like
-`bert/encoder/layer_0/attention/self/query/kernel`) by explicit name mapping."""
+`bert/encoder/layer_0/attention/self/query/kernel`) by explicit name mapping.
+
+Google's names and layouts are also the common ground of the other formats: the Hugging Face
+importer and exporter (`huggingface.py`) translate names to and from these.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from berth_trainer.bert_pretrainer import SENTENCE_HEAD
 from berth_trainer.config import Task
 from berth_trainer.errors import TrainerError
 from berth_trainer.exit_codes import ExitCode
+from berth_trainer.modeling import CLASSIFIER_NAME
 
 log = logging.getLogger("berth_trainer")
 
 POOLER = ("bert/pooler/dense/kernel", "bert/pooler/dense/bias")
-#: Checkpoint entries that are never loaded: NSP head, optimizer slots, step counter.
-_IGNORED = ("cls/seq_relationship/", "global_step", "/adam_m", "/adam_v", "bad_steps", "loss_scale")
+#: Checkpoint entries that are never loaded: optimizer slots, step counter, loss scale.
+_IGNORED = ("global_step", "/adam_m", "/adam_v", "bad_steps", "loss_scale")
 
 
 def _backbone_map(backbone: keras.Model) -> dict[str, tuple[str, str]]:
@@ -59,45 +66,90 @@ def _backbone_map(backbone: keras.Model) -> dict[str, tuple[str, str]]:
     return m
 
 
-_HEAD_MAP = {
-    "cls/predictions/transform/dense/kernel": "intermediate_dense/kernel",
-    "cls/predictions/transform/dense/bias": "intermediate_dense/bias",
-    "cls/predictions/transform/LayerNorm/gamma": "intermediate_layer_norm/gamma",
-    "cls/predictions/transform/LayerNorm/beta": "intermediate_layer_norm/beta",
-    "cls/predictions/output_bias": "output_bias",
+#: Google's heads: TF1 name → (our layer, weight, reshape kind). `output_weights` /
+#: `output_bias` are run_classifier.py's classifier; its and NSP's kernels are [classes, H].
+_HEADS = {
+    "cls/predictions/transform/dense/kernel": ("mlm_head", "intermediate_dense/kernel", ""),
+    "cls/predictions/transform/dense/bias": ("mlm_head", "intermediate_dense/bias", ""),
+    "cls/predictions/transform/LayerNorm/gamma": (
+        "mlm_head",
+        "intermediate_layer_norm/gamma",
+        "",
+    ),
+    "cls/predictions/transform/LayerNorm/beta": ("mlm_head", "intermediate_layer_norm/beta", ""),
+    "cls/predictions/output_bias": ("mlm_head", "output_bias", ""),
+    "cls/seq_relationship/output_weights": (SENTENCE_HEAD, "kernel", "T"),
+    "cls/seq_relationship/output_bias": (SENTENCE_HEAD, "bias", ""),
+    "output_weights": (CLASSIFIER_NAME, "kernel", "T"),
+    "output_bias": (CLASSIFIER_NAME, "bias", ""),
 }
 
 
-def load_google_checkpoint(
-    prefix: str, backbone: keras.Model, head: keras.layers.Layer, task: str
-) -> None:
-    """Assign every mapped variable; raise CHECKPOINT_MISMATCH listing all problems at once."""
-    reader = tf.train.load_checkpoint(prefix)
-    saved = {n: tuple(s) for n, s in reader.get_variable_to_shape_map().items()}
-    relevant = {n for n in saved if not any(x in n for x in _IGNORED)}
+def weight_map(model: keras.Model) -> dict[str, tuple[keras.Variable, str]]:
+    """TF1 name → (the model's variable, reshape kind), for every weight the model has."""
+    backbone = model.get_layer("bert")
     ours = {w.path: w for w in backbone.weights}
-    mapping = _backbone_map(backbone)
-    targets = {n: ours[p] for n, (p, _) in mapping.items()}
-    kinds = {n: kind for n, (_, kind) in mapping.items()}
-    heads = {w.path.split("/", 1)[1]: w for w in head.weights}
+    out = {n: (ours[p], kind) for n, (p, kind) in _backbone_map(backbone).items()}
+    layers = {layer.name: layer for layer in model._flatten_layers(include_self=False)}
+    for name, (layer, weight, kind) in _HEADS.items():
+        if layers.get(layer) is not None:
+            heads = {w.path.split("/", 1)[1]: w for w in layers[layer].weights}
+            out[name] = (heads[weight], kind)
+    return out
+
+
+class NamedWeights(Protocol):
+    """A checkpoint as TF1 names (Google's layout): shapes, and values on demand."""
+
+    def shapes(self) -> dict[str, tuple]: ...
+
+    def get(self, name: str) -> np.ndarray: ...
+
+
+class _Tf1Reader:
+    def __init__(self, prefix: str) -> None:
+        self.reader = tf.train.load_checkpoint(prefix)
+
+    def shapes(self) -> dict[str, tuple]:
+        return {n: tuple(s) for n, s in self.reader.get_variable_to_shape_map().items()}
+
+    def get(self, name: str) -> np.ndarray:
+        return self.reader.get_tensor(name)
+
+
+def load_google_checkpoint(prefix: str, model: keras.Model, task: str) -> None:
+    """Initialise `model` from a Google BERT TF1 checkpoint (see `load_named_weights`)."""
+    load_named_weights(_Tf1Reader(prefix), model, task, prefix)
+
+
+def load_named_weights(source: NamedWeights, model: keras.Model, task: str, where: str) -> None:
+    """Assign every weight the checkpoint has for `model`; raise CHECKPOINT_MISMATCH listing
+    all problems at once.
+
+    Required: the backbone; the pooler when a classifier or sentence head reads it; the MLM
+    head for pretraining. Optional, left freshly initialised with a warning: a sentence head or
+    classifier the checkpoint lacks (a classifier of another label count too). Heads the model
+    does not have (e.g. NSP when fine-tuning) are skipped.
+    """
+    saved = source.shapes()
+    relevant = {n for n in saved if not any(x in n for x in _IGNORED)}
+    targets = weight_map(model)
     pretraining = task == Task.PRETRAINING
-    if pretraining:
-        targets |= {n: heads[p] for n, p in _HEAD_MAP.items()}
-    optional = set(POOLER) if pretraining else set(_HEAD_MAP)
+    pooled = not pretraining or getattr(model, "sentence_head", None) is not None
+    optional = {n for n in targets if n.startswith(("cls/seq_relationship/", "output_"))}
+    optional |= set() if pooled else set(POOLER)
     missing = sorted(n for n in targets if n not in saved and n not in optional)
-    unused_missing = sorted(n for n in optional if n not in saved)
-    unexpected = sorted(relevant - set(targets) - set(_HEAD_MAP) - set(POOLER))
-    if unused_missing:
-        log.warning(
-            "checkpoint %s lacks %s (not needed by %s: left freshly initialised)",
-            prefix,
-            unused_missing,
-            task,
-        )
+    unexpected = sorted(relevant - set(_HEADS) - set(targets) - set(POOLER))
     shapes = []
-    for name, var in targets.items():
-        if name in saved and _reshaped(saved[name], kinds.get(name, ""), var) != tuple(var.shape):
+    for name, (var, kind) in targets.items():
+        if name in saved and _reshaped(saved[name], kind, var) != tuple(var.shape):
+            if name.startswith("output_"):
+                saved.pop(name)  # another label count: a fresh classifier
+                continue
             shapes.append(f"{name}: checkpoint {saved[name]} vs model {tuple(var.shape)}")
+    fresh = sorted(n for n in optional if n not in saved)
+    if fresh:
+        log.warning("checkpoint %s lacks %s: left freshly initialised", where, fresh)
     if missing or unexpected or shapes:
         need = " (the pooler is needed for classification)" if set(POOLER) & set(missing) else ""
         need += (
@@ -107,19 +159,34 @@ def load_google_checkpoint(
         )
         raise TrainerError(
             ExitCode.CHECKPOINT_MISMATCH,
-            f"initCheckpoint: {prefix} does not match the model{need}: missing {missing}; "
+            f"initCheckpoint: {where} does not match the model{need}: missing {missing}; "
             f"unexpected {unexpected}; wrong shapes {shapes}. Likely cause: model size, "
             "maxSequenceLength or vocabulary in the config differ from the checkpoint's "
-            "bert_config.json / vocab.txt.",
+            "config (bert_config.json / config.json) and vocab.txt.",
         )
-    for name, var in targets.items():
+    for name, (var, kind) in targets.items():
         if name in saved:
-            value = reader.get_tensor(name)
+            value = source.get(name)
+            value = value.T if kind == "T" else value
             var.assign(np.reshape(value, var.shape).astype(var.dtype))
+
+
+def tf1_value(var: keras.Variable, kind: str) -> np.ndarray:
+    """A variable's value in Google's TF1 layout (the inverse of loading it)."""
+    value = keras.ops.convert_to_numpy(var).astype(np.float32)
+    if kind == "T":
+        return value.T
+    if kind == "qkv":
+        return value.reshape(value.shape[0], -1) if value.ndim == 3 else value.reshape(-1)
+    if kind == "out":
+        return value.reshape(-1, value.shape[-1])
+    return value
 
 
 def _reshaped(shape: tuple, kind: str, var) -> tuple:
     """The checkpoint shape in our layout (attention kernels are split per head)."""
+    if kind == "T":
+        return tuple(reversed(shape))
     if kind == "qkv" and len(shape) == 2:
         return (shape[0], *tuple(var.shape)[1:]) if shape[1] == np.prod(var.shape[1:]) else shape
     if kind == "qkv" and len(shape) == 1:

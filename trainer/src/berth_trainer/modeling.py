@@ -24,7 +24,7 @@ from keras.src.backend.common.remat import RematMode
 
 from berth_trainer.activations import fused_gelu, keras_gelu, use_fused_gelu
 from berth_trainer.bert_pretrainer import BertPretrainer
-from berth_trainer.config import Task, TrainerConfig
+from berth_trainer.config import SentencePrediction, Task, TrainerConfig
 
 #: Name of the classification head's output layer (also used by the checkpoint importer).
 CLASSIFIER_NAME = "classifier"
@@ -79,7 +79,8 @@ def build_backbone(cfg: TrainerConfig, vocabulary_size: int) -> keras_hub.models
 def build_model(
     cfg: TrainerConfig, vocabulary_size: int, backbone: keras.Model | None = None
 ) -> keras.Model:
-    """The model of `cfg.task`: outputs `{"logits": ...}` (MLM: at `mask_positions`)."""
+    """The model of `cfg.task`: outputs `{"logits": ...}` (MLM: at `mask_positions`; with a
+    sentence objective also `"sentence_logits"`)."""
     backbone = backbone or build_backbone(cfg, vocabulary_size)
     n = cfg.training.sequence_length
     if cfg.task == Task.PRETRAINING:
@@ -87,6 +88,9 @@ def build_model(
             backbone,
             sequence_length=n,
             max_predictions_per_sequence=cfg.training.max_predictions_per_sequence,
+            sentence_classes=0
+            if cfg.pretraining.sentence_prediction == SentencePrediction.NONE
+            else 2,
             name=f"bert_{cfg.task}",
         )
     inputs = {

@@ -101,7 +101,7 @@ class Reporter:
             self._task = self._progress.add_task("training", total=total_steps)
             self._progress.start()
         self._last_time = time.monotonic()
-        self._last_step: int | None = None
+        self._examples = self._tokens = 0.0
 
     def _start_metrics(self, port: int) -> None:
         import prometheus_client as prom
@@ -112,6 +112,14 @@ class Reporter:
             ("berth_train_total_steps", "Optimizer steps configured."),
             ("berth_train_loss", "Training loss of the last logged step."),
             ("berth_train_examples_per_second", "Global examples per second (all workers)."),
+            (
+                "berth_train_tokens_per_second",
+                "Global non-padding (useful) tokens per second (all workers).",
+            ),
+            (
+                "berth_train_non_padding_fraction",
+                "Share of the last step's token positions that are not padding.",
+            ),
             ("berth_last_checkpoint_step", "Step of the last checkpoint saved."),
         ):
             self._gauges[name] = prom.Gauge(name, doc, registry=registry)
@@ -132,30 +140,46 @@ class Reporter:
             self._gauges[name].set(value)
 
     def start(self, step: int) -> None:
-        self._last_step, self._last_time = step, time.monotonic()
+        self._last_time = time.monotonic()
+        self._examples = self._tokens = 0.0
         self._set("berth_train_step", step)
         if self._progress:
             self._progress.update(self._task, completed=step)
 
-    def step(self, step: int, metrics: dict[str, float], global_batch: int, log_now: bool) -> None:
+    def step(
+        self,
+        step: int,
+        metrics: dict[str, float],
+        examples: int,
+        log_now: bool,
+        tokens: float = 0.0,
+    ) -> None:
+        """One call's progress: `examples` and non-padding `tokens` it processed (all workers)."""
         if self._progress:
             self._progress.update(self._task, completed=step)
+        self._examples += examples
+        self._tokens += tokens
         if not log_now:
             return
         now = time.monotonic()
-        done = step - (self._last_step if self._last_step is not None else step - 1)
-        eps = done * global_batch / max(now - self._last_time, 1e-9)
-        self._last_step, self._last_time = step, now
+        seconds = max(now - self._last_time, 1e-9)
+        eps, tps = self._examples / seconds, self._tokens / seconds
+        self._last_time = now
+        self._examples = self._tokens = 0.0
         self._set("berth_train_step", step)
         self._set("berth_train_loss", metrics["loss"])
         self._set("berth_train_examples_per_second", eps)
+        self._set("berth_train_tokens_per_second", tps)
+        self._set("berth_train_non_padding_fraction", metrics.get("non_padding_fraction", 0.0))
         fields = {"step": step, "total_steps": self.total_steps, "worker": self.worker}
         fields.update({k: round(v, 6) for k, v in metrics.items()})
         fields["examples_per_second"] = round(eps, 2)
+        fields["tokens_per_second"] = round(tps, 1)
         log.info("train step", extra={"fields": fields})
         if self.guest is not None:
             self.guest.report(step, metrics["loss"], eps, self._last_checkpoint)
-        self.scalars(step, {**metrics, "examples_per_second": eps}, prefix="train/")
+        rates = {"examples_per_second": eps, "tokens_per_second": tps}
+        self.scalars(step, {**metrics, **rates}, prefix="train/")
 
     def scalars(self, step: int, values: dict[str, float], prefix: str = "") -> None:
         if self._writer is None:

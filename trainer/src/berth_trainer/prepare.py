@@ -2,39 +2,82 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import random
 
+import numpy as np
 import tensorflow as tf
 
-from berth_trainer.data import resolve_files
+from berth_trainer.config import PretrainingConfig
+from berth_trainer.data import read_documents, resolve_files
 from berth_trainer.errors import TrainerError
 from berth_trainer.exit_codes import ExitCode
 from berth_trainer.vocab import load_vocabulary, make_tokenizer
 
 
-def prepare_tfrecord(vocabulary: str, pattern: str, output: str) -> int:
-    """Write one tf.train.Example per non-blank line: `token_ids` (WordPiece ids, no [CLS]/[SEP];
-    packing and masking happen at training time). Returns the number of examples."""
-    tokenizer = make_tokenizer(load_vocabulary(vocabulary))
+def prepare_tfrecord(
+    vocabulary: str,
+    pattern: str,
+    output: str,
+    sequence_length: int,
+    pretraining: PretrainingConfig,
+    shards: int = 1,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Tokenize and pack text files (one sentence per line, a blank line between documents)
+    into `shards` TFRecord files of `tf.train.Example`s with the int64 features
+    `data.PACKED_FEATURES` (masking happens at training time, so it stays dynamic).
+
+    Files are read one at a time (a sentence pair's random B comes from the same file) and
+    examples are dealt round-robin over the shards. One shard is written to `output`, several
+    to `output-00000-of-0000N`. Returns the counts and the non-padding fraction.
+    """
+    from berth_trainer.packing import Specials, pack
+
+    tokens = load_vocabulary(vocabulary)
+    tokenizer = make_tokenizer(tokens)
     files = resolve_files(pattern, "--input")
-    lines = tf.data.TextLineDataset(files).filter(
-        lambda s: tf.strings.length(tf.strings.strip(s)) > 0
+    paths = (
+        [output] if shards == 1 else [f"{output}-{i:05d}-of-{shards:05d}" for i in range(shards)]
     )
-    count = 0
-    with tf.io.TFRecordWriter(output) as writer:
-        for batch in lines.batch(256):
-            tokenized = tokenizer(batch)  # eager keras-hub returns python lists for ragged
-            for ids in tokenized.to_list() if hasattr(tokenized, "to_list") else tokenized:
-                feature = tf.train.Feature(int64_list=tf.train.Int64List(value=ids))
-                example = tf.train.Example(
-                    features=tf.train.Features(feature={"token_ids": feature})
-                )
-                writer.write(example.SerializeToString())
-                count += 1
-    if not count:
+    ids = {t: i for i, t in enumerate(tokens)}
+    specials = Specials(pad=ids["[PAD]"], cls=ids["[CLS]"], sep=ids["[SEP]"])
+    written = tokens_written = 0
+    writers = [tf.io.TFRecordWriter(p) for p in paths]
+    try:
+        for n, path in enumerate(files):
+            rng = random.Random(f"{seed}/{n}")
+            documents = read_documents([path], tokenizer, tokens, pretraining.whole_word_masking)
+            rng.shuffle(documents)
+            for example in pack(
+                documents,
+                pretraining.packing,
+                sequence_length,
+                specials,
+                rng,
+                pretraining.sentence_prediction,
+                pretraining.short_sequence_probability,
+            ):
+                feature = {
+                    k: tf.train.Feature(int64_list=tf.train.Int64List(value=np.atleast_1d(v)))
+                    for k, v in dataclasses.asdict(example).items()
+                }
+                record = tf.train.Example(features=tf.train.Features(feature=feature))
+                writers[written % shards].write(record.SerializeToString())
+                written += 1
+                tokens_written += int(np.sum(example.token_ids != specials.pad))
+    finally:
+        for w in writers:
+            w.close()
+    if not written:
         raise TrainerError(ExitCode.DATA_INVALID, f"--input: no text lines in {files}")
-    return count
+    return {
+        "examples": written,
+        "shards": shards,
+        "non_padding_fraction": round(tokens_written / (written * sequence_length), 4),
+    }
 
 
 def predict(model_dir: str, texts: list[str]) -> list[dict]:

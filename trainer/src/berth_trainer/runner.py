@@ -10,6 +10,7 @@ import signal
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from berth_trainer import tpu
@@ -25,7 +26,7 @@ from berth_trainer.runtime import (
     require_expected_gpus,
     resolve_strategy,
 )
-from berth_trainer.train_step import STEP_OUTPUTS, make_train_step, task_loss
+from berth_trainer.train_step import STATS, STEP_OUTPUTS, make_train_step, step_stats
 from berth_trainer.vocab import load_vocabulary
 
 log = logging.getLogger("berth_trainer")
@@ -119,7 +120,7 @@ def train(cfg: TrainerConfig, metrics_port: int = 0) -> dict[str, float]:
     )
     restored = ckpts.restore_latest()
     if restored is None and cfg.init_checkpoint:
-        init_from(cfg.init_checkpoint, backbone, head, cfg.task)
+        init_from(cfg.init_checkpoint, model, cfg.task)
     start = restored or 0
     if worker.is_chief:
         tf.io.gfile.makedirs(ckpt_dir)
@@ -165,12 +166,9 @@ def train(cfg: TrainerConfig, metrics_port: int = 0) -> dict[str, float]:
             step_var.assign(step)
             if t.precision == Precision.MIXED_FLOAT16:
                 good_steps = _update_loss_scale(loss_scale, values["nonfinite"] > 0, good_steps)
-            metrics = {
-                "loss": values["loss"] / steps,
-                "accuracy": values["correct"] / max(values["count"], 1),
-            }
+            metrics = {"loss": values["loss"] / steps, **rates(values)}
             log_now = step % t.log_every_steps == 0 or step == t.steps
-            reporter.step(step, metrics, t.global_batch_size, log_now)
+            reporter.step(step, metrics, t.global_batch_size * steps, log_now, values["tokens"])
             if values["stop"] > 0:
                 ckpts.save(step)
                 reporter.checkpoint(step)
@@ -209,9 +207,20 @@ def train(cfg: TrainerConfig, metrics_port: int = 0) -> dict[str, float]:
     return final
 
 
+def rates(sums: dict[str, float]) -> dict[str, float]:
+    """Accuracies and the non-padding fraction from a step's (or a validation's) `STATS`."""
+    out = {
+        "accuracy": sums["correct"] / max(sums["count"], 1),
+        "non_padding_fraction": sums["tokens"] / max(sums["positions"], 1),
+    }
+    if sums["sentence_count"]:
+        out["sentence_accuracy"] = sums["sentence_correct"] / sums["sentence_count"]
+    return out
+
+
 def trainable_variables(model: keras.Model, cfg: TrainerConfig) -> list:
-    """What the step trains: pretraining has no NSP head, so the pooler gets no gradient."""
-    if cfg.task != Task.PRETRAINING:
+    """What the step trains: the pooler only feeds a classifier or a sentence head."""
+    if cfg.task != Task.PRETRAINING or model.sentence_head is not None:
         return model.trainable_variables
     pooler = {id(v) for v in model.get_layer("bert").get_layer("pooled_dense").weights}
     return [v for v in model.trainable_variables if id(v) not in pooler]
@@ -231,24 +240,23 @@ def _update_loss_scale(scale: tf.Variable, nonfinite: bool, good_steps: int) -> 
 def evaluate(
     model: keras.Model, plan, cfg: TrainerConfig, encoder: ExampleEncoder
 ) -> dict[str, float]:
-    """Loss and accuracy over the whole validation set (chief only, one process)."""
+    """Loss, accuracies and non-padding fraction over the whole validation set (chief only)."""
     ds = make_dataset(plan, cfg, encoder, cfg.training.global_batch_size, (0, 1), validation=True)
 
     @tf.function(reduce_retracing=True)
     def batch_metrics(features, labels):
-        logits = model(features, training=False)["logits"]
-        per_example, correct, count = task_loss(cfg.task, logits, labels)
-        return tf.reduce_sum(per_example), tf.cast(tf.size(per_example), tf.float32), correct, count
+        per_example, stats = step_stats(cfg.task, model(features, training=False), features, labels)
+        size = tf.cast(tf.size(per_example), tf.float32)
+        return tf.concat([[tf.reduce_sum(per_example), size], stats], 0)
 
-    totals = [0.0, 0.0, 0.0, 0.0]
+    totals = np.zeros(len(STATS) + 2)
     start = time.monotonic()
     for features, labels in ds:
-        totals = [
-            a + float(b) for a, b in zip(totals, batch_metrics(features, labels), strict=True)
-        ]
+        totals += batch_metrics(features, labels).numpy()
+    sums = dict(zip(STATS, totals[2:].tolist(), strict=True))
     result = {
-        "validation_loss": totals[0] / max(totals[1], 1),
-        "validation_accuracy": totals[2] / max(totals[3], 1),
+        f"validation_{k}": v
+        for k, v in {"loss": totals[0] / max(totals[1], 1), **rates(sums)}.items()
     }
     log.info("validation", extra={"fields": {**result, "seconds": time.monotonic() - start}})
     return result

@@ -17,25 +17,58 @@ import tensorflow as tf
 
 from berth_trainer.config import Precision, Task, TrainerConfig
 
+#: What a step counts (summed over replicas and micro-batches), after its loss.
+STATS = (
+    "correct",  # MLM / classification predictions right
+    "count",  # … of how many
+    "sentence_correct",  # NSP / SOP predictions right
+    "sentence_count",  # … of how many
+    "tokens",  # non-padding positions of the batch
+    "positions",  # all positions of the batch
+)
 #: Order of the values a step returns (summed over replicas).
-STEP_OUTPUTS = ("loss", "correct", "count", "stop", "nonfinite")
+STEP_OUTPUTS = ("loss", *STATS, "stop", "nonfinite")
 
 
 def task_loss(
-    task: str, logits: tf.Tensor, labels: dict[str, tf.Tensor]
-) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Per-example loss, and the correct/total prediction counts for accuracy."""
-    logits = tf.cast(logits, tf.float32)
+    task: str, outputs: dict[str, tf.Tensor], labels: dict[str, tf.Tensor]
+) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+    """Per-example loss, and the prediction counts of `STATS` (without the token counts)."""
+    logits = tf.cast(outputs["logits"], tf.float32)
     if task == Task.PRETRAINING:
         ids, weights = labels["mask_ids"], labels["mask_weights"]
         ce = keras.losses.sparse_categorical_crossentropy(ids, logits, from_logits=True)
         per_example = tf.reduce_sum(ce * weights, -1) / tf.maximum(tf.reduce_sum(weights, -1), 1)
         hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), ids), tf.float32)
-        return per_example, tf.reduce_sum(hits * weights), tf.reduce_sum(weights)
+        stats = {"correct": tf.reduce_sum(hits * weights), "count": tf.reduce_sum(weights)}
+        if "sentence_label" in labels:
+            label = labels["sentence_label"]
+            sentence = tf.cast(outputs["sentence_logits"], tf.float32)
+            per_example += keras.losses.sparse_categorical_crossentropy(
+                label, sentence, from_logits=True
+            )
+            right = tf.equal(tf.argmax(sentence, -1, output_type=tf.int32), label)
+            stats["sentence_correct"] = tf.reduce_sum(tf.cast(right, tf.float32))
+            stats["sentence_count"] = tf.cast(tf.size(label), tf.float32)
+        return per_example, stats
     label = labels["label"]
     per_example = keras.losses.sparse_categorical_crossentropy(label, logits, from_logits=True)
     hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), label), tf.float32)
-    return per_example, tf.reduce_sum(hits), tf.cast(tf.size(label), tf.float32)
+    return per_example, {
+        "correct": tf.reduce_sum(hits),
+        "count": tf.cast(tf.size(label), tf.float32),
+    }
+
+
+def step_stats(
+    task: str, outputs: dict[str, tf.Tensor], features: dict, labels: dict
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Per-example loss and the `STATS` vector of one batch."""
+    per_example, stats = task_loss(task, outputs, labels)
+    padding = tf.cast(features["padding_mask"], tf.float32)
+    stats["tokens"] = tf.reduce_sum(padding)
+    stats["positions"] = tf.cast(tf.size(padding), tf.float32)
+    return per_example, tf.stack([stats.get(k, tf.zeros([])) for k in STATS])
 
 
 def _densify(g):
@@ -66,12 +99,12 @@ def make_train_step(
 
     def forward_backward(features, labels):
         with tf.GradientTape() as tape:
-            logits = model(features, training=True)["logits"]
-            per_example, correct, count = task_loss(task, logits, labels)
+            outputs = model(features, training=True)
+            per_example, stats = step_stats(task, outputs, features, labels)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
             scaled = loss * loss_scale if fp16 else loss
         grads = tape.gradient(scaled, variables)
-        return loss, correct, count, grads
+        return loss, stats, grads
 
     if cfg.training.jit_compile:
         forward_backward = tf.function(forward_backward, jit_compile=True)
@@ -85,20 +118,20 @@ def make_train_step(
 
         feats = tf.nest.map_structure(micro, features)
         labs = tf.nest.map_structure(micro, labels)
-        sums = [tf.zeros([]), tf.zeros([]), tf.zeros([])]
+        total, stats = tf.zeros([]), tf.zeros([len(STATS)])
         grads = [tf.zeros(v.shape, v.dtype) for v in variables]
         for i in tf.range(accum):
             pick = lambda x: x[i]  # noqa: B023,E731
-            loss, correct, count, g = forward_backward(
+            loss, s, g = forward_backward(
                 tf.nest.map_structure(pick, feats), tf.nest.map_structure(pick, labs)
             )
-            sums = [sums[0] + loss, sums[1] + correct, sums[2] + count]
+            total, stats = total + loss, stats + s
             grads = [a + tf.cast(_densify(b), a.dtype) for a, b in zip(grads, g, strict=True)]
-        return sums[0], sums[1], sums[2], grads
+        return total, stats, grads
 
     def replica_fn(features, labels, stop):
         ctx = tf.distribute.get_replica_context()
-        loss, correct, count, grads = accumulate(features, labels)
+        loss, stats, grads = accumulate(features, labels)
         nonfinite = tf.zeros([])
         if fp16:
             grads = [g / tf.cast(loss_scale, g.dtype) for g in map(_densify, grads)]
@@ -109,7 +142,7 @@ def make_train_step(
             # Every replica sees the same flag, so all take the same branch together.
             grads = [tf.where(nonfinite > 0, tf.zeros_like(g), g) for g in grads]
         optimizer.apply_gradients(zip(grads, variables, strict=True))
-        return tf.stack([loss, correct, count, stop, nonfinite])
+        return tf.concat([[loss], stats, [stop, nonfinite]], 0)
 
     @tf.function
     def train_step(iterator, stop):
