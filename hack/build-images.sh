@@ -143,8 +143,17 @@ PY
   platforms+=(--platform "manylinux2014_$arch" --platform "manylinux2010_$arch" --platform "manylinux1_$arch")
   start=$(now)
   mkdir -p "$wheelhouse"
+  # Pure-Python requirements published only as source (marked "sdist-only" in the file): the
+  # host builds their wheels, which any Python and platform can install, into the wheelhouse.
+  local sdist_only
+  sdist_only=$(sed -nE 's/^([^#]+[^ #]) *#.*sdist-only.*$/\1/p' "${reqs[1]}")
+  if [ -n "$sdist_only" ]; then
+    # shellcheck disable=SC2086  # one requirement per line
+    "$python" -m pip wheel --quiet --no-deps --wheel-dir "$wheelhouse" $sdist_only
+  fi
   # shellcheck disable=SC2086  # one build requirement per line
   "$python" -m pip download --quiet --no-cache-dir --dest "$wheelhouse" --only-binary=:all: \
+    --find-links "$wheelhouse" \
     --python-version "$wheel_python" --implementation cp --abi "cp${wheel_python/./}" \
     "${platforms[@]}" "${reqs[@]}" $build_requires
   echo "wheelhouse: $1's wheels ready in $(took "$start") ($(du -sh "$wheelhouse" | cut -f1))"
