@@ -4,11 +4,11 @@ independent NumPy BERT forward pass over the same weights; mismatches fail clear
 from __future__ import annotations
 
 import logging
-import math
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from hf_reference import hf_config, reference_forward
 from trainer_testlib import (
     classification_config,
     pretraining_config,
@@ -21,6 +21,7 @@ from berth_trainer.config import TrainerConfig
 from berth_trainer.errors import TrainerError
 from berth_trainer.exit_codes import ExitCode
 from berth_trainer.google_checkpoint import load_google_checkpoint, tf1_value, weight_map
+from berth_trainer.huggingface import tf1_to_hf
 from berth_trainer.modeling import build_model
 
 H, HEADS, LAYERS, FF, POS, V = 64, 2, 2, 128, 32, 60
@@ -73,42 +74,15 @@ def write_tf1_checkpoint(prefix: str, weights: dict[str, np.ndarray]) -> None:
     )
 
 
-def numpy_bert(wt: dict, ids: np.ndarray, segments: np.ndarray, mask: np.ndarray):
-    """Reference BERT encoder (Devlin et al.), written from the paper's equations."""
-
-    def ln(x, p):
-        mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
-        return (x - mu) / np.sqrt(var + 1e-12) * wt[p + "gamma"] + wt[p + "beta"]
-
-    def dense(x, p):
-        return x @ wt[p + "kernel"] + wt[p + "bias"]
-
-    gelu = tanh_gelu
-    e = "bert/embeddings/"
-    x = wt[e + "word_embeddings"][ids] + wt[e + "position_embeddings"][: ids.shape[1]]
-    x = ln(x + wt[e + "token_type_embeddings"][segments], e + "LayerNorm/")
-    d = H // HEADS
-    for i in range(LAYERS):
-        g = f"bert/encoder/layer_{i}/"
-        q, k, v = (
-            dense(x, f"{g}attention/self/{n}/").reshape(*x.shape[:2], HEADS, d)
-            for n in ("query", "key", "value")
-        )
-        scores = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(d)
-        scores = scores + (1.0 - mask[:, None, None, :]) * -1e9
-        attn = np.exp(scores - scores.max(-1, keepdims=True))
-        attn /= attn.sum(-1, keepdims=True)
-        ctx = np.einsum("bhqk,bkhd->bqhd", attn, v).reshape(x.shape)
-        x = ln(x + dense(ctx, g + "attention/output/dense/"), g + "attention/output/LayerNorm/")
-        ff = dense(gelu(dense(x, g + "intermediate/dense/")), g + "output/dense/")
-        x = ln(x + ff, g + "output/LayerNorm/")
-    pooled = np.tanh(dense(x[:, 0], "bert/pooler/dense/"))
-    return x, pooled
-
-
-def tanh_gelu(x: np.ndarray) -> np.ndarray:
-    """Google BERT's GELU (modeling.py `gelu`): the tanh approximation."""
-    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+def reference(wt: dict[str, np.ndarray], ids, segments, mask) -> dict[str, np.ndarray]:
+    """The independent NumPy BERT of `hf_reference` over the same weights, renamed to Hugging
+    Face's names (`tf1_to_hf` is pinned by the Hugging Face tests against that reference)."""
+    state = {}
+    for name, value in wt.items():
+        if name != "global_step":
+            hf, transposed = tf1_to_hf(name)
+            state[hf] = value.T if transposed else value
+    return reference_forward(state, hf_config(V, H, LAYERS, HEADS, FF, POS), ids, segments, mask)
 
 
 def tf1_weights(model) -> dict[str, np.ndarray]:
@@ -132,9 +106,9 @@ def test_trainer_google_checkpoint_outputs_match_reference(tmp_path, corpus):
     mask = np.ones((2, 16), np.int32)
     mask[1, 12:] = 0
     out = model.get_layer("bert")({"token_ids": ids, "segment_ids": segments, "padding_mask": mask})
-    seq, pooled = numpy_bert(wt, ids, segments, mask.astype(np.float64))
-    np.testing.assert_allclose(out["sequence_output"], seq, atol=1e-4)
-    np.testing.assert_allclose(out["pooled_output"], pooled, atol=1e-4)
+    ref = reference(wt, ids, segments, mask)
+    np.testing.assert_allclose(out["sequence_output"], ref["sequence_output"], atol=1e-4)
+    np.testing.assert_allclose(out["pooled_output"], ref["pooled_output"], atol=1e-4)
     # The MLM head: transform → LayerNorm → tied word embeddings (copied) + output_bias.
     positions = np.array([[1, 2, 5, 9], [3, 4, 0, 0]], np.int32)
     logits = model(
@@ -145,14 +119,7 @@ def test_trainer_google_checkpoint_outputs_match_reference(tmp_path, corpus):
             "mask_positions": positions,
         }
     )["logits"]
-    p = "cls/predictions/"
-    h = np.take_along_axis(seq, positions[..., None], 1) @ wt[p + "transform/dense/kernel"]
-    h = h + wt[p + "transform/dense/bias"]
-    h = tanh_gelu(h)
-    mu, var = h.mean(-1, keepdims=True), h.var(-1, keepdims=True)
-    h = (h - mu) / np.sqrt(var + 1e-12) * wt[p + "transform/LayerNorm/gamma"]
-    h = h + wt[p + "transform/LayerNorm/beta"]
-    expected = h @ wt["bert/embeddings/word_embeddings"].T + wt[p + "output_bias"]
+    expected = np.take_along_axis(ref["mlm_logits"], positions[..., None], 1)
     np.testing.assert_allclose(logits, expected, atol=1e-4)
 
 
@@ -171,19 +138,12 @@ def test_trainer_google_checkpoint_next_sentence_head_round_trips(tmp_path, corp
     mask = np.ones((2, 16), np.int32)
     inputs = {"token_ids": ids, "segment_ids": segments, "padding_mask": mask}
     out = model({**inputs, "mask_positions": np.zeros((2, 4), np.int32)})
-    _, pooled = numpy_bert(wt, ids, segments, mask.astype(np.float64))
-    expected = (
-        pooled @ wt["cls/seq_relationship/output_weights"].T
-        + wt["cls/seq_relationship/output_bias"]
-    )
+    expected = reference(wt, ids, segments, mask)["nsp_logits"]
     np.testing.assert_allclose(out["sentence_logits"], expected, atol=1e-4)
     saved = tf1_weights(model)
     for name, value in wt.items():
         if name != "global_step":
             np.testing.assert_array_equal(saved[name], value, err_msg=name)
-    np.testing.assert_array_equal(
-        saved["cls/seq_relationship/output_weights"], wt["cls/seq_relationship/output_weights"]
-    )
 
 
 @pytest.mark.parametrize(

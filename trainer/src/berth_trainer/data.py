@@ -153,8 +153,8 @@ class ExampleEncoder:
         self.tokenizer = make_tokenizer(vocabulary)
         ids = {tok: i for i, tok in enumerate(vocabulary)}
         self.pad_id, self.mask_id = ids["[PAD]"], ids["[MASK]"]
-        self.specials = Specials(pad=self.pad_id, cls=ids["[CLS]"], sep=ids["[SEP]"])
-        self.special_ids = [self.pad_id, ids["[CLS]"], ids["[SEP]"]]
+        self.specials = Specials.of(vocabulary)
+        self.special_ids = list(dataclasses.astuple(self.specials))
         self.whole_word = cfg.pretraining.whole_word_masking
         self.sentence_prediction = cfg.pretraining.sentence_prediction != SentencePrediction.NONE
         self.mask_probability = t.mask_probability

@@ -90,11 +90,15 @@ def weight_map(model: keras.Model) -> dict[str, tuple[keras.Variable, str]]:
     backbone = model.get_layer("bert")
     ours = {w.path: w for w in backbone.weights}
     out = {n: (ours[p], kind) for n, (p, kind) in _backbone_map(backbone).items()}
-    layers = {layer.name: layer for layer in model._flatten_layers(include_self=False)}
+    heads = {  # "mlm_head/output_bias" → weight, for every head the model has
+        w.path: w
+        for layer in model._flatten_layers(include_self=False)
+        if layer.name in ("mlm_head", SENTENCE_HEAD, CLASSIFIER_NAME)
+        for w in layer.weights
+    }
     for name, (layer, weight, kind) in _HEADS.items():
-        if layers.get(layer) is not None:
-            heads = {w.path.split("/", 1)[1]: w for w in layers[layer].weights}
-            out[name] = (heads[weight], kind)
+        if f"{layer}/{weight}" in heads:
+            out[name] = (heads[f"{layer}/{weight}"], kind)
     return out
 
 
@@ -139,7 +143,7 @@ def load_named_weights(source: NamedWeights, model: keras.Model, task: str, wher
     optional = {n for n in targets if n.startswith(("cls/seq_relationship/", "output_"))}
     optional |= set() if pooled else set(POOLER)
     missing = sorted(n for n in targets if n not in saved and n not in optional)
-    unexpected = sorted(relevant - set(_HEADS) - set(targets) - set(POOLER))
+    unexpected = sorted(relevant - set(_HEADS) - set(targets))
     shapes = []
     for name, (var, kind) in targets.items():
         if name in saved and _reshaped(saved[name], kind, var) != tuple(var.shape):

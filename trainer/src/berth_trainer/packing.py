@@ -65,6 +65,11 @@ class Specials:
     cls: int
     sep: int
 
+    @staticmethod
+    def of(vocabulary: list[str]) -> Specials:
+        """The ids of [PAD], [CLS] and [SEP] in a vocabulary."""
+        return Specials(*(vocabulary.index(t) for t in ("[PAD]", "[CLS]", "[SEP]")))
+
 
 @dataclasses.dataclass(frozen=True)
 class Example:
@@ -134,8 +139,8 @@ def pack_sentences(
             if head.ids[-1] == sp.sep and len(head) > 1 and cross_documents:
                 head = head[:-1]  # the example's own [SEP] ends the document
             yield _example([head], sequence_length, sp)
-            if len(tokens) and tokens.ids[0] == sp.sep:
-                tokens = tokens[1:]  # a document boundary at an example's start: no [SEP]
+        # No rest starts with a document's [SEP]: a buffer reaching the budget is emitted
+        # before the next document's [SEP] is appended.
         buffer, size = ([tokens] if len(tokens) else []), len(tokens)
 
     for doc in documents:
@@ -176,9 +181,9 @@ def pack_pairs(
         while i < len(sentences):
             chunk.append(sentences[i])
             if i == len(sentences) - 1 or sum(map(len, chunk)) >= target:
-                example, unused = _pair(chunk, documents, d, max_tokens, sp, rng, objective)
-                if len(example[0]) and len(example[1]):  # a lone one-token rest: no pair
-                    yield _example(example[:2], sequence_length, sp, example[2])
+                (a, b, label), unused = _pair(chunk, documents, d, max_tokens, rng, objective)
+                if len(a) and len(b):  # a lone one-token rest makes no pair
+                    yield _example([a, b], sequence_length, sp, label)
                 i -= unused  # sentences a random B displaced go back into the stream
                 target, chunk = draw_target(), []
             i += 1
@@ -189,7 +194,6 @@ def _pair(
     documents: list[Document],
     d: int,
     max_tokens: int,
-    sp: Specials,
     rng: random.Random,
     objective: str,
 ) -> tuple[tuple[Sentence, Sentence, int], int]:

@@ -42,8 +42,7 @@ def prepare_tfrecord(
     paths = (
         [output] if shards == 1 else [f"{output}-{i:05d}-of-{shards:05d}" for i in range(shards)]
     )
-    ids = {t: i for i, t in enumerate(tokens)}
-    specials = Specials(pad=ids["[PAD]"], cls=ids["[CLS]"], sep=ids["[SEP]"])
+    specials = Specials.of(tokens)
     written = tokens_written = 0
     writers = [tf.io.TFRecordWriter(p) for p in paths]
     try:
