@@ -217,8 +217,8 @@ class BertTrainingSpec(TrainerConfig):
                     "model.maxSequenceLength",
                 },
                 {
-                    "rule": "self.training.maxPredictionsPerSequence <= "
-                    "self.training.sequenceLength",
+                    "rule": "self.task != 'pretraining' || "
+                    "self.training.maxPredictionsPerSequence <= self.training.sequenceLength",
                     "fieldPath": ".training.maxPredictionsPerSequence",
                     "message": "spec.training.maxPredictionsPerSequence: must not exceed "
                     "training.sequenceLength",
@@ -244,6 +244,22 @@ class BertTrainingSpec(TrainerConfig):
                     "rule": "self.task != 'classification' || has(self.training.numClasses)",
                     "fieldPath": ".training.numClasses",
                     "message": "spec.training.numClasses: required when task is classification",
+                },
+                {
+                    "rule": "self.task != 'questionAnswering' || "
+                    "self.questionAnswering.docStride + self.questionAnswering.maxQueryLength "
+                    "+ 3 <= self.training.sequenceLength",
+                    "fieldPath": ".questionAnswering.docStride",
+                    "message": "spec.questionAnswering.docStride: must not exceed "
+                    "training.sequenceLength - questionAnswering.maxQueryLength - 3 (the "
+                    "context window)",
+                },
+                {
+                    "rule": "self.task != 'seq2seq' || "
+                    "self.seq2seq.maxTargetLength + 3 <= self.training.sequenceLength",
+                    "fieldPath": ".seq2seq.maxTargetLength",
+                    "message": "spec.seq2seq.maxTargetLength: must leave room for a source "
+                    "(maxTargetLength + 3 <= training.sequenceLength)",
                 },
                 {
                     "rule": "has(self.model.size) || "

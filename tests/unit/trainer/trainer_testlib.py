@@ -7,9 +7,12 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
+
+from berth_operator.local.runner import die_with_parent
 
 #: A tiny BERT: fast enough for 50 steps in a few seconds on 2 shared cores.
 TINY_MODEL = {
@@ -120,3 +123,75 @@ def free_ports(n: int) -> list[int]:
 def tf_config(ports: list[int], index: int) -> str:
     workers = [f"127.0.0.1:{p}" for p in ports]
     return json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
+
+
+def start_workers(config: str, logs: Path, tag: str) -> list[subprocess.Popen]:
+    ports = free_ports(2)
+    procs = []
+    for i in range(2):
+        env = cli_env(TF_CONFIG=tf_config(ports, i), BERTH_NUM_THREADS="1")
+        out = open(logs / f"{tag}-{i}.log", "w")  # noqa: SIM115 (closed with the process)
+        procs.append(
+            subprocess.Popen(
+                [*TRAINER, *train_args(config, logs / f"{tag}-{i}.term")],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,  # no orphan if pytest dies
+                env=env,
+            )
+        )
+    return procs
+
+
+def wait_for_step(log: Path, step: int, timeout: float = 120) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen = [x["step"] for x in json_lines(log.read_text()) if x["msg"] == "train step"]
+        if seen and seen[-1] >= step:
+            return seen[-1]
+        time.sleep(0.05)
+    raise AssertionError(f"{log} never reached step {step}:\n{log.read_text()[-2000:]}")
+
+
+def losses(log: Path) -> dict[int, float]:
+    return {x["step"]: x["loss"] for x in json_lines(log.read_text()) if x["msg"] == "train step"}
+
+
+def assert_two_workers_resume_step_exact(
+    config: str, tmp_path: Path, steps: int, kill_at: int, every: int, log_every: int = 5
+) -> list[str]:
+    """Two real workers train `config` (checkpoint.everySteps `every`); worker 1 is SIGKILLed
+    past step `kill_at`; the survivor exits retryably; a restart of both resumes from the
+    last checkpoint and finishes with identical losses on both workers. Returns the first
+    run's logs."""
+    import signal
+
+    from berth_trainer.exit_codes import is_retryable
+
+    first = start_workers(config, tmp_path, "first")
+    killed_at = wait_for_step(tmp_path / "first-1.log", kill_at)
+    first[1].send_signal(signal.SIGKILL)
+    survivor_code = first[0].wait(timeout=120)
+    first[1].wait(timeout=30)
+    assert killed_at < steps
+    assert survivor_code != 0 and is_retryable(survivor_code), (
+        survivor_code,
+        (tmp_path / "first-0.log").read_text()[-1500:],
+    )
+    first_losses = [losses(tmp_path / f"first-{i}.log") for i in range(2)]
+    both = first_losses[0].keys() & first_losses[1].keys()
+    assert both and all(first_losses[0][s] == first_losses[1][s] for s in both)
+
+    second = start_workers(config, tmp_path, "second")
+    codes = [p.wait(timeout=300) for p in second]
+    assert codes == [0, 0], (codes, (tmp_path / "second-0.log").read_text()[-2000:])
+    for i in range(2):
+        lines = json_lines((tmp_path / f"second-{i}.log").read_text())
+        (resumed,) = [x for x in lines if x["msg"] == "resumed"]
+        assert kill_at - every <= resumed["step"] <= killed_at and resumed["step"] % every == 0
+        (finished,) = [x for x in lines if x["msg"] == "finished"]
+        assert finished["steps"] == steps
+        seen = [x["step"] for x in lines if x["msg"] == "train step"]
+        assert seen[0] == resumed["step"] + log_every and seen[-1] == steps
+    assert losses(tmp_path / "second-0.log") == losses(tmp_path / "second-1.log")
+    return [(tmp_path / f"first-{i}.log").read_text() for i in range(2)]

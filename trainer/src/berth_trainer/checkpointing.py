@@ -54,11 +54,15 @@ class StepCheckpoints:
             tf.io.gfile.rmtree(self._own_dir)
 
 
-def init_from(path: str, model: keras.Model, task: str) -> None:
+def init_from(path: str, model: keras.Model, task: str, head_name: str | None = None) -> None:
     """Load initial weights from a Google BERT checkpoint, a Hugging Face BERT directory, a
-    keras-hub preset directory or a Berth checkpoint directory (whichever `path` is)."""
+    keras-hub preset directory or a Berth checkpoint directory (whichever `path` is); the head
+    `head_name` comes from a Berth checkpoint of the same task, or of pretraining when it is
+    the MLM head (seq2seq; default: pretraining's or classification's head)."""
     backbone = model.get_layer("bert")
-    head = model.get_layer("mlm_head" if task == Task.PRETRAINING else CLASSIFIER_NAME)
+    head = model.get_layer(
+        head_name or ("mlm_head" if task == Task.PRETRAINING else CLASSIFIER_NAME)
+    )
     isdir = tf.io.gfile.isdir(path)
     if isdir and tf.io.gfile.exists(os.path.join(path, "metadata.json")):
         _from_preset(path, backbone)
@@ -130,9 +134,15 @@ def _from_berth(prefix: str, backbone: keras.Model, head: keras.layers.Layer, ta
         ) from err
 
 
+#: Tasks whose head is the MLM head: a checkpoint of one initialises the head of the other.
+_MLM_TASKS = {Task.PRETRAINING, Task.SEQ2SEQ}
+
+
 def _same_task(prefix: str, task: str) -> bool:
+    """Whether the checkpoint's head is this task's head (same task, or both MLM heads)."""
     marker = os.path.join(os.path.dirname(prefix), "task.txt")
     if not tf.io.gfile.exists(marker):
         return False
     with tf.io.gfile.GFile(marker) as f:
-        return f.read().strip() == task
+        saved = f.read().strip()
+    return saved == task or {saved, task} <= _MLM_TASKS

@@ -42,6 +42,10 @@ class ApiModel(BaseModel):
 class Task(enum.StrEnum):
     PRETRAINING = "pretraining"
     CLASSIFICATION = "classification"
+    REGRESSION = "regression"
+    TOKEN_CLASSIFICATION = "tokenClassification"
+    QUESTION_ANSWERING = "questionAnswering"
+    SEQ2SEQ = "seq2seq"
 
 
 class ModelSize(enum.StrEnum):
@@ -134,6 +138,8 @@ class DataFormat(enum.StrEnum):
     CSV = "csv"
     TSV = "tsv"
     JSONL = "jsonl"
+    CONLL = "conll"
+    SQUAD = "squad"
 
 
 class DataConfig(ApiModel):
@@ -149,7 +155,8 @@ class DataConfig(ApiModel):
     format: DataFormat = Field(
         default=DataFormat.TEXT,
         description="format: text (one sentence per line, blank line between documents), "
-        "tfrecord (written by `berth-trainer prepare`), csv, tsv or jsonl.",
+        "tfrecord (written by `berth-trainer prepare`), csv, tsv, jsonl, conll (a token and "
+        "its tag per line, a blank line between sentences) or squad (SQuAD v1.1/v2.0 JSON).",
     )
     text_field: str = Field(
         default="text", description="textField: column/key of the first text (csv/tsv/jsonl)."
@@ -158,7 +165,8 @@ class DataConfig(ApiModel):
         default=None, description="textPairField: column/key of the second text of a pair."
     )
     label_field: str = Field(
-        default="label", description="labelField: column/key of the class label."
+        default="label",
+        description="labelField: column/key of the class label (regression: the number).",
     )
 
 
@@ -224,6 +232,66 @@ class PretrainingConfig(ApiModel):
         return self
 
 
+class TagScheme(enum.StrEnum):
+    BIO = "bio"
+    BIOES = "bioes"
+
+
+class TokenClassificationConfig(ApiModel):
+    """tokenClassification: tagging every word, e.g. named entities (task tokenClassification)."""
+
+    scheme: TagScheme = Field(
+        default=TagScheme.BIO,
+        description="scheme: tags are O or B-/I-TYPE (bio), or also E-/S-TYPE (bioes); a tag "
+        "outside the scheme is a data error.",
+    )
+    tokens_field: str = Field(
+        default="tokens", description="tokensField: jsonl key of the list of words."
+    )
+    tags_field: str = Field(default="tags", description="tagsField: jsonl key of their tags.")
+
+
+class QuestionAnsweringConfig(ApiModel):
+    """questionAnswering: extractive QA, SQuAD-style (task questionAnswering)."""
+
+    doc_stride: Annotated[int, Field(ge=1)] = Field(
+        default=64,
+        description="docStride: word pieces between the starts of consecutive windows of a "
+        "context longer than one window; at most sequenceLength - maxQueryLength - 3.",
+    )
+    max_query_length: Annotated[int, Field(ge=1)] = Field(
+        default=32, description="maxQueryLength: word pieces of a question kept (the rest cut)."
+    )
+    max_answer_length: Annotated[int, Field(ge=1)] = Field(
+        default=30, description="maxAnswerLength: longest answer predicted, in word pieces."
+    )
+    allow_no_answer: bool = Field(
+        default=False,
+        description="allowNoAnswer: SQuAD v2.0: a question may have no answer in its context "
+        "(the model then answers the empty string).",
+    )
+
+
+class Seq2SeqConfig(ApiModel):
+    """seq2seq: UniLM sequence-to-sequence generation on one BERT (task seq2seq)."""
+
+    source_field: str = Field(default="source", description="sourceField: jsonl key of the input.")
+    target_field: str = Field(
+        default="target", description="targetField: jsonl key of the text to generate."
+    )
+    max_target_length: Annotated[int, Field(ge=2)] = Field(
+        default=32,
+        description="maxTargetLength: word pieces generated at most, the closing [SEP] "
+        "included (a fixed length: decoding has static shapes); longer targets are cut. The "
+        "source gets the other sequenceLength - maxTargetLength positions.",
+    )
+    beam_size: Annotated[int, Field(ge=1, le=16)] = Field(
+        default=1,
+        description="beamSize: beams of the search in validation and in the export; 1 is "
+        "greedy decoding.",
+    )
+
+
 class Optimizer(enum.StrEnum):
     ADAMW = "adamw"
     LAMB = "lamb"
@@ -274,7 +342,9 @@ class TrainingConfig(ApiModel):
         default=20, description="maxPredictionsPerSequence: masked positions per example."
     )
     num_classes: Annotated[int, Field(ge=2)] | None = Field(
-        default=None, description="numClasses: classes of the classification task."
+        default=None,
+        description="numClasses: classes of the classification task (the other tasks learn "
+        "their labels from the data).",
     )
     seed: int = Field(default=0, description="seed: seed of initialisation, masking, shuffling.")
     log_every_steps: Annotated[int, Field(ge=1)] = Field(
@@ -315,7 +385,10 @@ class TrainerConfig(ApiModel):
     """The whole trainer configuration (the file mounted into every worker)."""
 
     task: Task = Field(
-        default=Task.PRETRAINING, description="task: pretraining (MLM) or classification."
+        default=Task.PRETRAINING,
+        description="task: pretraining (MLM), classification, regression (a number per text "
+        "or pair), tokenClassification (a tag per word, e.g. NER), questionAnswering "
+        "(extractive, SQuAD) or seq2seq (UniLM generation).",
     )
     model: ModelConfig = Field(
         default_factory=lambda: ModelConfig(size=ModelSize.BASE),
@@ -332,6 +405,18 @@ class TrainerConfig(ApiModel):
     pretraining: PretrainingConfig = Field(
         default_factory=PretrainingConfig,
         description="pretraining: packing, second objective and whole-word masking.",
+    )
+    token_classification: TokenClassificationConfig = Field(
+        default_factory=TokenClassificationConfig,
+        description="tokenClassification: tag scheme and jsonl keys (task tokenClassification).",
+    )
+    question_answering: QuestionAnsweringConfig = Field(
+        default_factory=QuestionAnsweringConfig,
+        description="questionAnswering: windows and answers (task questionAnswering).",
+    )
+    seq2seq: Seq2SeqConfig = Field(
+        default_factory=Seq2SeqConfig,
+        description="seq2seq: target length, beam and jsonl keys (task seq2seq).",
     )
     training: TrainingConfig = Field(
         default_factory=TrainingConfig, description="training: the optimisation loop."
@@ -357,9 +442,24 @@ def check_trainer_rules(cfg: TrainerConfig) -> None:
         )
     if cfg.task == Task.CLASSIFICATION and cfg.training.num_classes is None:
         raise ValueError("training.numClasses: required when task is classification")
-    if cfg.training.max_predictions_per_sequence > cfg.training.sequence_length:
+    if (
+        cfg.task == Task.PRETRAINING
+        and cfg.training.max_predictions_per_sequence > cfg.training.sequence_length
+    ):
         raise ValueError(
             "training.maxPredictionsPerSequence: must not exceed training.sequenceLength"
+        )
+    n, qa = cfg.training.sequence_length, cfg.question_answering
+    if cfg.task == Task.QUESTION_ANSWERING and qa.doc_stride + qa.max_query_length + 3 > n:
+        raise ValueError(
+            f"questionAnswering.docStride: {qa.doc_stride} exceeds the context window "
+            f"training.sequenceLength - questionAnswering.maxQueryLength - 3 = "
+            f"{n - qa.max_query_length - 3} (windows would skip context)"
+        )
+    if cfg.task == Task.SEQ2SEQ and cfg.seq2seq.max_target_length + 3 > n:
+        raise ValueError(
+            f"seq2seq.maxTargetLength: {cfg.seq2seq.max_target_length} leaves no source in "
+            f"training.sequenceLength {n} (needs maxTargetLength + 3 <= sequenceLength)"
         )
     k = cfg.training.steps_per_execution
     if k is not None and (cfg.training.log_every_steps % k or cfg.checkpoint.every_steps % k):

@@ -20,6 +20,7 @@ import itertools
 import json
 import logging
 import random
+from typing import Any
 
 import keras_hub
 import numpy as np
@@ -36,7 +37,7 @@ from berth_trainer.config import (
 from berth_trainer.errors import TrainerError
 from berth_trainer.exit_codes import ExitCode
 from berth_trainer.packing import Document, Sentence, Specials, pack
-from berth_trainer.vocab import make_tokenizer
+from berth_trainer.vocab import load_vocabulary, make_tokenizer
 
 log = logging.getLogger("berth_trainer")
 
@@ -75,19 +76,11 @@ def read_tabular(
     pairs: list[str] | None = [] if data.text_pair_field else None
     raw_labels: list[str] = []
     wanted = [data.text_field, data.label_field] + ([data.text_pair_field] if pairs else [])
-    for path in files:
-        with tf.io.gfile.GFile(path, "r") as f:
-            content = f.read()
-        for where, row in _rows(content, path, data.format):
-            absent = [k for k in wanted if k not in row or row[k] is None]
-            if absent:
-                raise TrainerError(
-                    ExitCode.DATA_INVALID, f"{field}: {where}: missing field(s) {absent}"
-                )
-            texts.append(str(row[data.text_field]))
-            raw_labels.append(str(row[data.label_field]).strip())
-            if pairs is not None:
-                pairs.append(str(row[data.text_pair_field]))
+    for _, row in read_rows(files, data.format, wanted, field):
+        texts.append(str(row[data.text_field]))
+        raw_labels.append(str(row[data.label_field]).strip())
+        if pairs is not None:
+            pairs.append(str(row[data.text_pair_field]))
     if not texts:
         raise TrainerError(ExitCode.DATA_INVALID, f"{field}: no examples in {files}")
     if label_names is None:
@@ -103,6 +96,21 @@ def read_tabular(
             ExitCode.DATA_INVALID, f"{field}: unknown label(s) {unknown[:5]} (known: {label_names})"
         )
     return Tabular(texts, pairs, [index[v] for v in raw_labels]), label_names
+
+
+def read_rows(files: list[str], fmt: str, wanted: list[str], field: str):
+    """(`file:line`, row) of csv/tsv/jsonl `files`; a row without a `wanted` key is an error
+    naming `field`, file and line."""
+    for path in files:
+        with tf.io.gfile.GFile(path, "r") as f:
+            content = f.read()
+        for where, row in _rows(content, path, fmt):
+            absent = [k for k in wanted if k not in row or row[k] is None]
+            if absent:
+                raise TrainerError(
+                    ExitCode.DATA_INVALID, f"{field}: {where}: missing field(s) {absent}"
+                )
+            yield where, row
 
 
 def _rows(content: str, path: str, fmt: str):
@@ -180,6 +188,19 @@ class ExampleEncoder:
         return {
             "token_ids": token_ids,
             "segment_ids": tf.ensure_shape(tf.cast(segment_ids, tf.int32), [n]),
+            "padding_mask": tf.cast(tf.not_equal(token_ids, self.pad_id), tf.int32),
+        }
+
+    def encode_texts(self, *texts: tf.Tensor) -> Features:
+        """Raw strings `[batch]` (one tensor per segment) → a batch of packed features; what
+        classification and regression train on and what their exports serve."""
+        token_ids, segment_ids = self.packer(
+            tuple(self.tokenizer(x) for x in texts) if len(texts) > 1 else self.tokenizer(texts[0])
+        )
+        token_ids = tf.cast(token_ids, tf.int32)
+        return {
+            "token_ids": token_ids,
+            "segment_ids": tf.cast(segment_ids, tf.int32),
             "padding_mask": tf.cast(tf.not_equal(token_ids, self.pad_id), tf.int32),
         }
 
@@ -341,13 +362,41 @@ class DataPlan:
     label_names: list[str] | None
     #: What a DATA shard takes every n-th of: document (text), record or example (tabular).
     unit: str = "example"
+    #: The fine-tuning task (`tasks.FineTuning`) and its encoded splits, if the task has one.
+    task: Any = None
+    train_encoded: Any = None
+    validation_encoded: Any = None
 
 
-def plan_data(cfg: TrainerConfig) -> DataPlan:
-    """Resolve files and read tabular data now, so bad inputs fail before training starts."""
+def plan_data(cfg: TrainerConfig, encoder: ExampleEncoder | None = None) -> DataPlan:
+    """Resolve files and read tabular data now, so bad inputs fail before training starts
+    (a fine-tuning task encodes its data with `encoder`)."""
+    from berth_trainer.tasks import TASKS, for_task
+
     d = cfg.data
     train = resolve_files(d.train, "data.train")
     valid = resolve_files(d.validation, "data.validation") if d.validation else []
+    if cfg.task in TASKS:
+        task = for_task(cfg, encoder or ExampleEncoder(cfg, load_vocabulary(cfg.vocabulary)))
+        if d.format not in task.formats:
+            raise TrainerError(
+                ExitCode.CONFIG_INVALID,
+                f"data.format: {cfg.task} reads {', '.join(map(str, task.formats))}",
+            )
+        encoded, names = task.read(train, "data.train", None)
+        if not len(encoded):
+            raise TrainerError(ExitCode.DATA_INVALID, f"data.train: no examples in {train}")
+        vencoded = task.read(valid, "data.validation", names)[0] if valid else None
+        return DataPlan(
+            train,
+            valid,
+            None,
+            None,
+            names,
+            task=task,
+            train_encoded=encoded,
+            validation_encoded=vencoded,
+        )
     if cfg.task == Task.PRETRAINING:
         if d.format not in (DataFormat.TEXT, DataFormat.TFRECORD):
             raise TrainerError(
@@ -488,7 +537,12 @@ def make_dataset(
     """Batches of (features, labels) for one input pipeline (`shard` = (index, count))."""
     index, count = shard
     files = plan.validation_files if validation else plan.train_files
-    if cfg.task != Task.PRETRAINING:
+    if plan.task is not None:
+        encoded = plan.validation_encoded if validation else plan.train_encoded
+        ds = tf.data.Dataset.from_tensor_slices((encoded.features, encoded.labels))
+        if count > 1:
+            ds = ds.shard(count, index)
+    elif cfg.task != Task.PRETRAINING:
         ds = _raw_source(plan, validation)
         if count > 1:
             ds = ds.shard(count, index)
@@ -509,7 +563,9 @@ def make_dataset(
             ds = ds.repeat()
         ds = ds.shuffle(4096, seed=cfg.training.seed, reshuffle_each_iteration=True)
         ds = ds.skip(skip_examples)
-    if cfg.task == Task.PRETRAINING:
+    if plan.task is not None:
+        pass  # encoded when read
+    elif cfg.task == Task.PRETRAINING:
         # Masking draws random numbers: in one sequential map they follow training.seed, so a
         # run is reproducible (in parallel calls the draws would interleave at random).
         ds = ds.map(encoder.masked)
@@ -527,6 +583,6 @@ def describe_shard(plan: DataPlan, shard: tuple[int, int], validation: bool = Fa
     """How this pipeline is sharded, for the start-up log (tests check shards are disjoint)."""
     index, count = shard
     files = plan.validation_files if validation else plan.train_files
-    if plan.train_rows is None and len(files) >= count:
+    if plan.train_rows is None and plan.task is None and len(files) >= count:
         return f"FILE shard {index}/{count}: {files[index::count]}"
     return f"DATA shard {index}/{count} (every {count}th {plan.unit} of {len(files)} file(s))"

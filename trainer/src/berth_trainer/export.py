@@ -29,6 +29,7 @@ from berth_trainer.config import Task, TrainerConfig
 from berth_trainer.data import ExampleEncoder
 from berth_trainer.huggingface import export_huggingface
 from berth_trainer.modeling import for_serving
+from berth_trainer.tasks import FineTuning
 
 #: How many candidates the pretraining signature returns per [MASK].
 TOP_K = 5
@@ -41,13 +42,14 @@ def export_all(
     vocabulary: list[str],
     label_names: list[str] | None,
     metrics: dict[str, float],
+    task: FineTuning | None = None,
 ) -> None:
     out = cfg.output.dir
     tf.io.gfile.makedirs(out)
     model.save(os.path.join(out, "model.keras"))
     with for_serving(model):
         export_saved_model(
-            cfg, model, encoder, vocabulary, label_names, os.path.join(out, "saved_model")
+            cfg, model, encoder, vocabulary, label_names, os.path.join(out, "saved_model"), task
         )
     export_huggingface(model, cfg.task, vocabulary, label_names, os.path.join(out, "huggingface"))
     with tf.io.gfile.GFile(os.path.join(out, "vocab.txt"), "w") as f:
@@ -65,6 +67,7 @@ def export_saved_model(
     vocabulary: list[str],
     label_names: list[str] | None,
     path: str,
+    task: FineTuning | None = None,
 ) -> None:
     """A SavedModel whose serving signature takes raw strings (tokenizer and packer inside)."""
     # Build the text layers (a tfrecord-trained model never called the tokenizer).
@@ -73,23 +76,14 @@ def export_saved_model(
     archive.track(model)
     archive.track(encoder.tokenizer)
     archive.track(encoder.packer)
-    pad_id, mask_id = encoder.pad_id, encoder.mask_id
+    mask_id = encoder.mask_id
 
-    def encode(*texts):
-        token_ids, segment_ids = encoder.packer(
-            tuple(encoder.tokenizer(x) for x in texts)
-            if len(texts) > 1
-            else encoder.tokenizer(texts[0])
-        )
-        token_ids = tf.cast(token_ids, tf.int32)
-        return {
-            "token_ids": token_ids,
-            "segment_ids": tf.cast(segment_ids, tf.int32),
-            "padding_mask": tf.cast(tf.not_equal(token_ids, pad_id), tf.int32),
-        }
+    encode = encoder.encode_texts
 
     text = tf.TensorSpec([None], tf.string, name="text")
-    if cfg.task == Task.PRETRAINING:
+    if task is not None:
+        task.serve(model, archive, label_names)
+    elif cfg.task == Task.PRETRAINING:
         vocab = tf.constant(vocabulary)
         p = cfg.training.max_predictions_per_sequence
 

@@ -23,6 +23,10 @@ from berth_trainer.modeling import CLASSIFIER_NAME
 log = logging.getLogger("berth_trainer")
 
 POOLER = ("bert/pooler/dense/kernel", "bert/pooler/dense/bias")
+#: Name of the question-answering head (start and end logits; Google's `cls/squad`).
+QA_HEAD = "qa_head"
+#: Tasks whose head reads the pooled output (so the checkpoint must have the pooler).
+POOLED_TASKS = (Task.CLASSIFICATION, Task.REGRESSION)
 #: Checkpoint entries that are never loaded: optimizer slots, step counter, loss scale.
 _IGNORED = ("global_step", "/adam_m", "/adam_v", "bad_steps", "loss_scale")
 
@@ -82,6 +86,8 @@ _HEADS = {
     "cls/seq_relationship/output_bias": (SENTENCE_HEAD, "bias", ""),
     "output_weights": (CLASSIFIER_NAME, "kernel", "T"),
     "output_bias": (CLASSIFIER_NAME, "bias", ""),
+    "cls/squad/output_weights": (QA_HEAD, "kernel", "T"),
+    "cls/squad/output_bias": (QA_HEAD, "bias", ""),
 }
 
 
@@ -93,7 +99,7 @@ def weight_map(model: keras.Model) -> dict[str, tuple[keras.Variable, str]]:
     heads = {  # "mlm_head/output_bias" → weight, for every head the model has
         w.path: w
         for layer in model._flatten_layers(include_self=False)
-        if layer.name in ("mlm_head", SENTENCE_HEAD, CLASSIFIER_NAME)
+        if layer.name in ("mlm_head", SENTENCE_HEAD, CLASSIFIER_NAME, QA_HEAD)
         for w in layer.weights
     }
     for name, (layer, weight, kind) in _HEADS.items():
@@ -130,17 +136,19 @@ def load_named_weights(source: NamedWeights, model: keras.Model, task: str, wher
     """Assign every weight the checkpoint has for `model`; raise CHECKPOINT_MISMATCH listing
     all problems at once.
 
-    Required: the backbone; the pooler when a classifier or sentence head reads it; the MLM
-    head for pretraining. Optional, left freshly initialised with a warning: a sentence head or
-    classifier the checkpoint lacks (a classifier of another label count too). Heads the model
-    does not have (e.g. NSP when fine-tuning) are skipped.
+    Required: the backbone; the pooler when a classifier, regressor or sentence head reads it;
+    the MLM head for pretraining and seq2seq (whose head it is). Optional, left freshly
+    initialised with a warning: a sentence head, classifier or QA head the checkpoint lacks (a
+    classifier of another label count too). Heads the model does not have (e.g. NSP when
+    fine-tuning) are skipped.
     """
     saved = source.shapes()
     relevant = {n for n in saved if not any(x in n for x in _IGNORED)}
     targets = weight_map(model)
-    pretraining = task == Task.PRETRAINING
-    pooled = not pretraining or getattr(model, "sentence_head", None) is not None
-    optional = {n for n in targets if n.startswith(("cls/seq_relationship/", "output_"))}
+    pooled = task in POOLED_TASKS or getattr(model, "sentence_head", None) is not None
+    optional = {
+        n for n in targets if n.startswith(("cls/seq_relationship/", "cls/squad/", "output_"))
+    }
     optional |= set() if pooled else set(POOLER)
     missing = sorted(n for n in targets if n not in saved and n not in optional)
     unexpected = sorted(relevant - set(_HEADS) - set(targets))
@@ -157,7 +165,7 @@ def load_named_weights(source: NamedWeights, model: keras.Model, task: str, wher
     if missing or unexpected or shapes:
         need = " (the pooler is needed for classification)" if set(POOLER) & set(missing) else ""
         need += (
-            " (cls/predictions/* is needed for pretraining)"
+            " (cls/predictions/* is needed for pretraining and seq2seq)"
             if any(n.startswith("cls/") for n in missing)
             else ""
         )

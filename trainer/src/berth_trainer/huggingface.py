@@ -44,6 +44,18 @@ _SPECIAL = {
     "cls.seq_relationship.bias": "cls/seq_relationship/output_bias",
     "classifier.weight": "output_weights",
     "classifier.bias": "output_bias",
+    "qa_outputs.weight": "cls/squad/output_weights",
+    "qa_outputs.bias": "cls/squad/output_bias",
+}
+#: The transformers class of each task's export (seq2seq: the MLM head is its head; the UniLM
+#: attention mask is not part of the checkpoint).
+_ARCHITECTURES = {
+    Task.PRETRAINING: "BertForMaskedLM",
+    Task.CLASSIFICATION: "BertForSequenceClassification",
+    Task.REGRESSION: "BertForSequenceClassification",
+    Task.TOKEN_CLASSIFICATION: "BertForTokenClassification",
+    Task.QUESTION_ANSWERING: "BertForQuestionAnswering",
+    Task.SEQ2SEQ: "BertForMaskedLM",
 }
 #: Our GELU is the tanh approximation (Google BERT's); transformers calls it "gelu_new".
 HIDDEN_ACT = "gelu_new"
@@ -194,11 +206,9 @@ def export_huggingface(
         hf, transposed = tf1_to_hf(tf1)
         value = tf1_value(var, kind)
         tensors[hf] = np.ascontiguousarray(value.T if transposed else value)
-    if task == Task.PRETRAINING:
-        nsp = "cls.seq_relationship.weight" in tensors
-        architecture = "BertForPreTraining" if nsp else "BertForMaskedLM"
-    else:
-        architecture = "BertForSequenceClassification"
+    architecture = _ARCHITECTURES[Task(task)]
+    if "cls.seq_relationship.weight" in tensors:
+        architecture = "BertForPreTraining"
     config = {
         "architectures": [architecture],
         "model_type": "bert",
@@ -214,6 +224,8 @@ def export_huggingface(
     if label_names:
         config["id2label"] = dict(enumerate(label_names))
         config["label2id"] = {name: i for i, name in enumerate(label_names)}
+    if task == Task.REGRESSION:
+        config |= {"num_labels": 1, "problem_type": "regression"}
     tf.io.gfile.makedirs(directory)
     with tf.io.gfile.GFile(os.path.join(directory, "model.safetensors"), "wb") as f:
         f.write(save(tensors, metadata={"format": "pt"}))  # "pt": PyTorch names and layouts

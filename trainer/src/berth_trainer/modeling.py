@@ -25,6 +25,7 @@ from keras.src.backend.common.remat import RematMode
 from berth_trainer.activations import fused_gelu, keras_gelu, use_fused_gelu
 from berth_trainer.bert_pretrainer import BertPretrainer
 from berth_trainer.config import SentencePrediction, Task, TrainerConfig
+from berth_trainer.tasks import FineTuning
 
 #: Name of the classification head's output layer (also used by the checkpoint importer).
 CLASSIFIER_NAME = "classifier"
@@ -77,11 +78,17 @@ def build_backbone(cfg: TrainerConfig, vocabulary_size: int) -> keras_hub.models
 
 
 def build_model(
-    cfg: TrainerConfig, vocabulary_size: int, backbone: keras.Model | None = None
+    cfg: TrainerConfig,
+    vocabulary_size: int,
+    backbone: keras.Model | None = None,
+    task: FineTuning | None = None,
+    labels: list[str] | None = None,
 ) -> keras.Model:
     """The model of `cfg.task`: outputs `{"logits": ...}` (MLM: at `mask_positions`; with a
-    sentence objective also `"sentence_logits"`)."""
+    sentence objective also `"sentence_logits"`); a fine-tuning `task` builds its own."""
     backbone = backbone or build_backbone(cfg, vocabulary_size)
+    if task is not None:
+        return task.build(backbone, labels)
     n = cfg.training.sequence_length
     if cfg.task == Task.PRETRAINING:
         return BertPretrainer(

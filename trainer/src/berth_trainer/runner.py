@@ -26,6 +26,7 @@ from berth_trainer.runtime import (
     require_expected_gpus,
     resolve_strategy,
 )
+from berth_trainer.tasks import FineTuning
 from berth_trainer.train_step import STATS, STEP_OUTPUTS, make_train_step, step_stats
 from berth_trainer.vocab import load_vocabulary
 
@@ -89,8 +90,8 @@ def train(cfg: TrainerConfig, metrics_port: int = 0) -> dict[str, float]:
     keras.mixed_precision.set_global_policy(t.precision)
     keras.utils.set_random_seed(t.seed)
     vocabulary = load_vocabulary(cfg.vocabulary)
-    plan = plan_data(cfg)
     encoder = ExampleEncoder(cfg, vocabulary)
+    plan = plan_data(cfg, encoder)
     ckpt_dir = cfg.checkpoint.dir or os.path.join(cfg.output.dir, "checkpoints")
 
     from berth_trainer.checkpointing import StepCheckpoints, init_from
@@ -99,10 +100,10 @@ def train(cfg: TrainerConfig, metrics_port: int = 0) -> dict[str, float]:
 
     with strategy.scope():
         backbone = build_backbone(cfg, len(vocabulary))
-        model = build_model(cfg, len(vocabulary), backbone)
-        head = model.get_layer("mlm_head" if cfg.task == Task.PRETRAINING else "classifier")
+        model = build_model(cfg, len(vocabulary), backbone, plan.task, plan.label_names)
+        head = model.get_layer(head_name(cfg.task, plan.task))
         optimizer = build_optimizer(t)
-        variables = trainable_variables(model, cfg)
+        variables = trainable_variables(model, cfg, plan.task)
         optimizer.build(variables)
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         loss_scale = tf.Variable(2.0**15, trainable=False, name="loss_scale")
@@ -120,7 +121,7 @@ def train(cfg: TrainerConfig, metrics_port: int = 0) -> dict[str, float]:
     )
     restored = ckpts.restore_latest()
     if restored is None and cfg.init_checkpoint:
-        init_from(cfg.init_checkpoint, model, cfg.task)
+        init_from(cfg.init_checkpoint, model, cfg.task, head.name)
     start = restored or 0
     if worker.is_chief:
         tf.io.gfile.makedirs(ckpt_dir)
@@ -142,7 +143,7 @@ def train(cfg: TrainerConfig, metrics_port: int = 0) -> dict[str, float]:
         return make_dataset(plan, cfg, encoder, batch, shard, skip_examples=start * per_pipeline)
 
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
-    step_fn = make_train_step(model, optimizer, strategy, cfg, variables, loss_scale)
+    step_fn = make_train_step(model, optimizer, strategy, cfg, variables, loss_scale, plan.task)
     multi_step_fn = tpu.make_multi_step(step_fn, per_call, len(STEP_OUTPUTS))
     tb_dir = os.path.join(cfg.output.dir, "tensorboard") if worker.is_chief else None
     guest = tpu.GuestAttributes.from_environment() if worker.is_chief else None
@@ -203,24 +204,38 @@ def train(cfg: TrainerConfig, metrics_port: int = 0) -> dict[str, float]:
     if worker.is_chief:
         from berth_trainer.export import export_all
 
-        export_all(cfg, model, encoder, vocabulary, plan.label_names, final)
+        export_all(cfg, model, encoder, vocabulary, plan.label_names, final, plan.task)
     return final
 
 
 def rates(sums: dict[str, float]) -> dict[str, float]:
-    """Accuracies and the non-padding fraction from a step's (or a validation's) `STATS`."""
-    out = {
-        "accuracy": sums["correct"] / max(sums["count"], 1),
-        "non_padding_fraction": sums["tokens"] / max(sums["positions"], 1),
-    }
+    """Accuracies and the non-padding fraction from a step's (or a validation's) `STATS`
+    (no accuracy for a task that counts no predictions, e.g. regression)."""
+    out = {"non_padding_fraction": sums["tokens"] / max(sums["positions"], 1)}
+    if sums["count"]:
+        out["accuracy"] = sums["correct"] / sums["count"]
     if sums["sentence_count"]:
         out["sentence_accuracy"] = sums["sentence_correct"] / sums["sentence_count"]
     return out
 
 
-def trainable_variables(model: keras.Model, cfg: TrainerConfig) -> list:
-    """What the step trains: the pooler only feeds a classifier or a sentence head."""
-    if cfg.task != Task.PRETRAINING or model.sentence_head is not None:
+def head_name(task: str, fine_tuning: FineTuning | None) -> str:
+    """The task head's layer name (checkpointed as "head")."""
+    if fine_tuning is not None:
+        return fine_tuning.head
+    return "mlm_head" if task == Task.PRETRAINING else "classifier"
+
+
+def trainable_variables(
+    model: keras.Model, cfg: TrainerConfig, fine_tuning: FineTuning | None = None
+) -> list:
+    """What the step trains: the pooler only feeds a classifier, a regressor or a sentence
+    head."""
+    if fine_tuning is not None:
+        pooled = fine_tuning.uses_pooler
+    else:
+        pooled = cfg.task != Task.PRETRAINING or model.sentence_head is not None
+    if pooled:
         return model.trainable_variables
     pooler = {id(v) for v in model.get_layer("bert").get_layer("pooled_dense").weights}
     return [v for v in model.trainable_variables if id(v) not in pooler]
@@ -240,12 +255,14 @@ def _update_loss_scale(scale: tf.Variable, nonfinite: bool, good_steps: int) -> 
 def evaluate(
     model: keras.Model, plan, cfg: TrainerConfig, encoder: ExampleEncoder
 ) -> dict[str, float]:
-    """Loss, accuracies and non-padding fraction over the whole validation set (chief only)."""
+    """Loss, accuracies and non-padding fraction over the whole validation set, and a
+    fine-tuning task's own metrics (chief only)."""
     ds = make_dataset(plan, cfg, encoder, cfg.training.global_batch_size, (0, 1), validation=True)
 
     @tf.function(reduce_retracing=True)
     def batch_metrics(features, labels):
-        per_example, stats = step_stats(cfg.task, model(features, training=False), features, labels)
+        outputs = model(features, training=False)
+        per_example, stats = step_stats(plan.task or cfg.task, outputs, features, labels)
         size = tf.cast(tf.size(per_example), tf.float32)
         return tf.concat([[tf.reduce_sum(per_example), size], stats], 0)
 
@@ -258,6 +275,9 @@ def evaluate(
         f"validation_{k}": v
         for k, v in {"loss": totals[0] / max(totals[1], 1), **rates(sums)}.items()
     }
+    if plan.task is not None:
+        metrics = plan.task.evaluate(model, plan.validation_encoded, cfg.training.global_batch_size)
+        result |= {f"validation_{k}": v for k, v in metrics.items()}
     log.info("validation", extra={"fields": {**result, "seconds": time.monotonic() - start}})
     return result
 

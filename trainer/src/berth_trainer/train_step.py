@@ -16,6 +16,7 @@ import keras
 import tensorflow as tf
 
 from berth_trainer.config import Precision, Task, TrainerConfig
+from berth_trainer.tasks import FineTuning
 
 #: What a step counts (summed over replicas and micro-batches), after its loss.
 STATS = (
@@ -31,9 +32,12 @@ STEP_OUTPUTS = ("loss", *STATS, "stop", "nonfinite")
 
 
 def task_loss(
-    task: str, outputs: dict[str, tf.Tensor], labels: dict[str, tf.Tensor]
+    task: str | FineTuning, outputs: dict[str, tf.Tensor], labels: dict[str, tf.Tensor]
 ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
-    """Per-example loss, and the prediction counts of `STATS` (without the token counts)."""
+    """Per-example loss, and the prediction counts of `STATS` (without the token counts), of
+    `task`: pretraining, classification, or a fine-tuning task's own."""
+    if isinstance(task, FineTuning):
+        return task.loss(outputs, labels)
     logits = tf.cast(outputs["logits"], tf.float32)
     if task == Task.PRETRAINING:
         ids, weights = labels["mask_ids"], labels["mask_weights"]
@@ -61,7 +65,7 @@ def task_loss(
 
 
 def step_stats(
-    task: str, outputs: dict[str, tf.Tensor], features: dict, labels: dict
+    task: str | FineTuning, outputs: dict[str, tf.Tensor], features: dict, labels: dict
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Per-example loss and the `STATS` vector of one batch."""
     per_example, stats = task_loss(task, outputs, labels)
@@ -82,6 +86,7 @@ def make_train_step(
     cfg: TrainerConfig,
     variables: list | None = None,
     loss_scale: tf.Variable | None = None,
+    task: FineTuning | None = None,
 ) -> Callable:
     """A `tf.function(iterator, stop) -> tensor[len(STEP_OUTPUTS)]` doing one optimizer step.
 
@@ -94,13 +99,13 @@ def make_train_step(
     accum = t.gradient_accumulation_steps
     global_batch = t.global_batch_size
     variables = list(variables if variables is not None else model.trainable_variables)
-    task = cfg.task
+    loss_of = task or cfg.task
     fp16 = t.precision == Precision.MIXED_FLOAT16
 
     def forward_backward(features, labels):
         with tf.GradientTape() as tape:
             outputs = model(features, training=True)
-            per_example, stats = step_stats(task, outputs, features, labels)
+            per_example, stats = step_stats(loss_of, outputs, features, labels)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
             scaled = loss * loss_scale if fp16 else loss
         grads = tape.gradient(scaled, variables)
