@@ -15,7 +15,7 @@ import yaml
 
 from berth_operator.local.runner import die_with_parent
 from berth_trainer.synthetic import write_quickstart_corpus
-from tests.support.tiny import tiny_config
+from tests.support.tiny import tiny_config, write_pair_scores
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -229,3 +229,54 @@ def test_invalid_manifest_exits_2_naming_the_field(
     assert field in result.stderr
     assert not work.exists(), "a process or file was started for an invalid manifest"
     assert time.monotonic() - started < 30
+
+
+def test_fine_tuning_task_from_a_manifest(tmp_path: Path) -> None:
+    """A regression task (one of the fine-tuning tasks) runs from a BertTraining manifest on two
+    local workers to a learned score, and its export answers raw pairs."""
+    data = tmp_path / "data"
+    data.mkdir()
+    spec = tiny_config(
+        str(data / "vocab.txt"),
+        write_pair_scores(data, 512, 1),
+        steps=150,
+        checkpoint_dir="ckpt",
+        output_dir="model",
+    )
+    spec["model"] = {**spec["model"], "numLayers": 2, "hiddenSize": 64}
+    spec["data"] |= {
+        "validation": write_pair_scores(data, 128, 2),
+        "format": "csv",
+        "textPairField": "pair",
+        "labelField": "score",
+    }
+    spec["training"] |= {"globalBatchSize": 32, "learningRate": 0.002, "warmupSteps": 10}
+    body = {
+        "apiVersion": "berth.dev/v1alpha1",
+        "kind": "BertTraining",
+        "metadata": {"name": "scores"},
+        "spec": {**spec, "task": "regression", "workers": 2},
+    }
+    path = tmp_path / "scores.yaml"
+    path.write_text(yaml.safe_dump(body))
+    result = subprocess.run(
+        [*BERTH, "run", str(path), "--work-dir", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert status(tmp_path / "run")["phase"] == "Succeeded"
+    metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
+    assert metrics["validation_pearson"] >= 0.9, metrics
+    pair = json.dumps({"text": "good good red cat", "text_pair": "good good sun tree"})
+    model = str(tmp_path / "model")
+    served = subprocess.run(
+        [sys.executable, "-m", "berth_trainer", "predict", "--model", model, pair],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert served.returncode == 0, served.stderr[-2000:]
+    (answer,) = json.loads(served.stdout[served.stdout.index("[") :])
+    assert abs(answer["score"] - 4) < 0.75, answer

@@ -93,6 +93,30 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
         _with("pretraining", {"wholeWordMasking": "japanese"}),
         "spec.pretraining.wholeWordMasking",
     ),
+    (
+        "qa-stride-skips-context",
+        _merge(
+            task="questionAnswering",
+            questionAnswering={"docStride": 100, "maxQueryLength": 32},
+        ),
+        "spec.questionAnswering.docStride",
+    ),
+    (
+        "qa-default-stride-too-long-for-short-sequences",
+        _merge(task="questionAnswering", training={"sequenceLength": 64}),
+        "spec.questionAnswering.docStride",
+    ),
+    (
+        "seq2seq-target-leaves-no-source",
+        _merge(task="seq2seq", seq2seq={"maxTargetLength": 126}),
+        "spec.seq2seq.maxTargetLength",
+    ),
+    (
+        "tag-scheme-unknown",
+        _merge(task="tokenClassification", tokenClassification={"scheme": "iob1"}),
+        "spec.tokenClassification.scheme",
+    ),
+    ("beam-zero", _merge(task="seq2seq", seq2seq={"beamSize": 0}), "spec.seq2seq.beamSize"),
     ("optimizer-unknown", _with("training.optimizer", "sgd"), "spec.training.optimizer"),
     ("precision-unknown", _with("training.precision", "float16"), "spec.training.precision"),
     ("classification-without-classes", _with("task", "classification"), "spec.training.numClasses"),

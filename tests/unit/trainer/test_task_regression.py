@@ -5,16 +5,12 @@ step-exact resume, and bad rows named by file and line."""
 from __future__ import annotations
 
 import json
-import random
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from trainer_testlib import (
     TINY_MODEL,
     assert_two_workers_resume_step_exact,
-    cli_env,
     run_cli,
     train_args,
     write_config,
@@ -22,38 +18,18 @@ from trainer_testlib import (
 
 from berth_trainer.exit_codes import ExitCode
 from berth_trainer.tasks.regression import correlations
-
-WORDS = ["good", "red", "blue", "green", "cat", "dog", "sun", "tree"]
-
-
-def _text(rng: random.Random, goods: int) -> str:
-    words = ["good"] * goods + [rng.choice(WORDS[1:]) for _ in range(4 - goods)]
-    rng.shuffle(words)
-    return " ".join(words)
-
-
-def _write_data(directory, n: int, seed: int) -> str:
-    """Pairs whose score is how many times "good" occurs in both texts (0-4)."""
-    rng = random.Random(seed)
-    rows = ["text,pair,score"]
-    for _ in range(n):
-        a, b = rng.randint(0, 2), rng.randint(0, 2)
-        rows.append(f"{_text(rng, a)},{_text(rng, b)},{a + b}")
-    path = directory / f"sts-{seed}.csv"
-    path.write_text("\n".join(rows) + "\n")
-    return str(path)
+from tests.support.tiny import write_pair_scores
 
 
 def _config(tmp_path, **training) -> dict:
-    vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    train = write_pair_scores(tmp_path, 512, 1)
     return {
         "task": "regression",
-        "vocabulary": str(vocab),
+        "vocabulary": str(tmp_path / "vocab.txt"),
         "model": dict(TINY_MODEL),
         "data": {
-            "train": _write_data(tmp_path, 512, 1),
-            "validation": _write_data(tmp_path, 128, 2),
+            "train": train,
+            "validation": write_pair_scores(tmp_path, 128, 2),
             "format": "csv",
             "textPairField": "pair",
             "labelField": "score",
@@ -102,18 +78,19 @@ def test_regression_learns_scores_and_export_scores_raw_pairs(tmp_path):
     hf = json.loads((tmp_path / "out" / "huggingface" / "config.json").read_text())
     assert hf["architectures"] == ["BertForSequenceClassification"] and hf["num_labels"] == 1
 
-    script = f"""
-import json, tensorflow as tf, tensorflow_text
-serve = tf.saved_model.load({str(tmp_path / "out" / "saved_model")!r}).signatures["serving_default"]
-out = serve(text=tf.constant(["good good red cat", "red blue cat dog"]),
-            text_pair=tf.constant(["good good sun tree", "cat dog sun tree"]))
-print(json.dumps(out["score"].numpy().tolist()))
-"""
-    served = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=cli_env(), check=True
-    )
-    high, low = json.loads(served.stdout.strip().splitlines()[-1])
+    pairs = [
+        {"text": "good good red cat", "text_pair": "good good sun tree"},
+        {"text": "red blue cat dog", "text_pair": "cat dog sun tree"},
+    ]
+    served = run_cli(["predict", "--model", str(tmp_path / "out"), *map(json.dumps, pairs)])
+    assert served.returncode == 0, served.stderr[-2000:]
+    answer = json.loads(served.stdout[served.stdout.index("[") :])
+    assert [a["input"] for a in answer] == [json.dumps(p) for p in pairs]
+    high, low = (a["score"] for a in answer)
     assert abs(high - 4) < 0.75 and abs(low) < 0.75, (high, low)
+    refused = run_cli(["predict", "--model", str(tmp_path / "out"), "good good red cat"])
+    assert refused.returncode == ExitCode.CONFIG_INVALID
+    assert "takes the inputs text, text_pair" in refused.stdout + refused.stderr
 
 
 @pytest.mark.slow

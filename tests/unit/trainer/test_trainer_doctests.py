@@ -9,7 +9,20 @@ import pytest
 
 
 @pytest.mark.parametrize(
-    "module", ["bert_pretrainer", "config", "exit_codes", "observability", "synthetic"]
+    "module",
+    [
+        "bert_pretrainer",
+        "config",
+        "exit_codes",
+        "observability",
+        "synthetic",
+        "tasks",
+        "tasks.question_answering",
+        "tasks.regression",
+        "tasks.seq2seq",
+        "tasks.text",
+        "tasks.token_classification",
+    ],
 )
 def test_docstring_examples(module: str) -> None:
     result = doctest.testmod(importlib.import_module(f"berth_trainer.{module}"))

@@ -17,11 +17,13 @@ from trainer_testlib import TINY_MODEL, classification_config, pretraining_confi
 
 from berth_trainer.checkpointing import init_from
 from berth_trainer.config import TrainerConfig
+from berth_trainer.data import ExampleEncoder
 from berth_trainer.errors import TrainerError
 from berth_trainer.exit_codes import ExitCode
 from berth_trainer.huggingface import export_huggingface, hf_to_tf1, tf1_to_hf
 from berth_trainer.modeling import build_model
 from berth_trainer.synthetic import vocabulary
+from berth_trainer.tasks import for_task
 
 REPO = Path(__file__).resolve().parents[3]
 VOCAB = vocabulary()
@@ -113,7 +115,7 @@ model = getattr(transformers, sys.argv[1]).from_pretrained(sys.argv[2])
 inputs = {k: np.array(v, np.int32) for k, v in json.loads(sys.argv[3]).items()}
 out = model(input_ids=inputs["token_ids"], token_type_ids=inputs["segment_ids"],
             attention_mask=inputs["padding_mask"])
-names = ("prediction_logits", "seq_relationship_logits", "logits")
+names = ("prediction_logits", "seq_relationship_logits", "logits", "start_logits", "end_logits")
 print(json.dumps({k: np.asarray(getattr(out, k)).tolist() for k in names if hasattr(out, k)}))
 """
 
@@ -165,6 +167,68 @@ def test_trainer_huggingface_export_loads_in_transformers(
     np.testing.assert_allclose(
         ours["sentence_logits"], theirs["seq_relationship_logits"], atol=2e-4
     )
+
+
+def fine_tuning_model(tmp_path, task: str, labels: list[str] | None):
+    """A random model of a fine-tuning task, built as the trainer builds it."""
+    raw = pretraining_config({"vocab": "vocab.txt", "corpus": "x"}, tmp_path)
+    raw["task"] = task
+    raw["questionAnswering"] = {"docStride": 4, "maxQueryLength": 4}
+    cfg = TrainerConfig.model_validate(raw)
+    fine_tuning = for_task(cfg, ExampleEncoder(cfg, VOCAB))
+    return build_model(cfg, len(VOCAB), None, fine_tuning, labels), fine_tuning.head
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("task", "architecture", "labels", "theirs_of"),
+    [
+        ("regression", "FlaxBertForSequenceClassification", None, {"score": "logits"}),
+        (
+            "tokenClassification",
+            "FlaxBertForTokenClassification",
+            ["O", "B-PER", "I-PER"],
+            {"logits": "logits"},
+        ),
+        (
+            "questionAnswering",
+            "FlaxBertForQuestionAnswering",
+            None,
+            {"start_logits": "start_logits", "end_logits": "end_logits"},
+        ),
+    ],
+)
+def test_trainer_huggingface_fine_tuning_heads_export_and_import(
+    tmp_path, hf_python, task, architecture, labels, theirs_of
+):
+    """Each fine-tuning head is the transformers class's head: the export computes Berth's
+    outputs in transformers, and loads back into a fresh model identically."""
+    model, head = fine_tuning_model(tmp_path, task, labels)
+    directory = tmp_path / "export"
+    export_huggingface(model, task, VOCAB, labels, str(directory))
+    assert json.loads((directory / "config.json").read_text())["architectures"] == [
+        architecture.removeprefix("Flax")
+    ]
+    inputs = {k: v for k, v in batch(5).items() if k != "mask_positions"}
+    arg = json.dumps({k: v.tolist() for k, v in inputs.items()})
+    result = subprocess.run(
+        [hf_python, "-c", _FLAX, architecture, str(directory), arg],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    theirs = {k: np.array(v) for k, v in json.loads(result.stdout.splitlines()[-1]).items()}
+    ours = outputs(model, inputs)
+    for mine, their in theirs_of.items():
+        np.testing.assert_allclose(
+            ours[mine], theirs[their].reshape(ours[mine].shape), atol=2e-4, err_msg=mine
+        )
+    again, _ = fine_tuning_model(tmp_path, task, labels)
+    init_from(str(directory), again, task, head)
+    for key, value in ours.items():
+        np.testing.assert_array_equal(outputs(again, inputs)[key], value, err_msg=key)
 
 
 def _edit(tmp_path, config=None, drop=(), rename=None) -> str:

@@ -63,9 +63,17 @@ def _parser() -> argparse.ArgumentParser:
     voc.add_argument("--output", required=True)
     voc.add_argument("--size", type=int, default=30522)
     voc.add_argument("--cased", action="store_true", help="keep case (default: lower-case)")
-    pred = sub.add_parser("predict", help="fill [MASK]s / classify with an exported model")
+    pred = sub.add_parser(
+        "predict",
+        help="query an exported model: fill [MASK]s, classify, score, tag, answer, generate",
+    )
     pred.add_argument("--model", required=True, help="output.dir of a finished training")
-    pred.add_argument("text", nargs="+")
+    pred.add_argument(
+        "text",
+        nargs="+",
+        help="one string per example, or for a model of several inputs a JSON object per "
+        'example: \'{"question": "...", "context": "..."}\'',
+    )
     for p in (prep, voc, pred):
         p.add_argument("--termination-log", default=None)
     return parser

@@ -80,14 +80,20 @@ def prepare_tfrecord(
 
 
 def predict(model_dir: str, texts: list[str]) -> list[dict]:
-    """Run the exported SavedModel's serving signature on raw strings."""
+    """Run the exported SavedModel's serving signature on raw strings: one string per example
+    for a model with one input (`text`, `source`), else a JSON object per example naming every
+    input (`{"question": ..., "context": ...}`, `{"text": ..., "text_pair": ...}`)."""
     import tensorflow_text  # noqa: F401  (registers the tokenizer ops the SavedModel uses)
 
     path = os.path.join(model_dir, "saved_model")
     if not tf.io.gfile.exists(path):
         raise TrainerError(ExitCode.CONFIG_INVALID, f"--model: no saved_model/ in {model_dir}")
     serve = tf.saved_model.load(path).signatures["serving_default"]
-    out = {k: v.numpy() for k, v in serve(text=tf.constant(texts)).items()}
+    names = sorted(serve.structured_input_signature[1])
+    inputs = _predict_inputs(names, texts)
+    out = {k: v.numpy() for k, v in serve(**inputs).items()}
+    if "top_k_tokens" not in out and "probabilities" not in out:
+        return [_example(texts[i], {k: v[i] for k, v in out.items()}) for i in range(len(texts))]
     results = []
     for i, text in enumerate(texts):
         if "top_k_tokens" in out:
@@ -114,3 +120,44 @@ def predict(model_dir: str, texts: list[str]) -> list[dict]:
                 }
             )
     return json.loads(json.dumps(results))
+
+
+def _predict_inputs(names: list[str], texts: list[str]) -> dict[str, tf.Tensor]:
+    if len(names) == 1:
+        return {names[0]: tf.constant(texts)}
+    columns: dict[str, list[str]] = {n: [] for n in names}
+    for text in texts:
+        try:
+            example = json.loads(text)
+        except json.JSONDecodeError:
+            example = None
+        if not isinstance(example, dict) or sorted(example) != names:
+            raise TrainerError(
+                ExitCode.CONFIG_INVALID,
+                f"predict: this model takes the inputs {', '.join(names)}: pass each example as "
+                f"a JSON object with exactly those keys, not {text[:80]!r}",
+            )
+        for n in names:
+            columns[n].append(str(example[n]))
+    return {n: tf.constant(v) for n, v in columns.items()}
+
+
+def _example(text: str, out: dict[str, np.ndarray]) -> dict:
+    """One example's outputs as JSON; lists padded to the batch's longest (`entity_*` beside
+    `entity_count`) are cut to this example's count."""
+    row = {"input": text, **{k: _plain(v) for k, v in sorted(out.items())}}
+    for count in [k for k in row if k.endswith("_count")]:
+        prefix, n = count.removesuffix("count"), int(row[count])
+        row |= {k: row[k][:n] for k in row if k.startswith(prefix) and k != count}
+    return row
+
+
+def _plain(value):
+    """A served output of one example as JSON: strings decoded, floats to 4 places."""
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.floating | float):
+        return round(float(value), 4)
+    return value.item() if isinstance(value, np.generic) else value

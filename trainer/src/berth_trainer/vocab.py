@@ -42,11 +42,14 @@ def is_uncased(tokens: list[str]) -> bool:
 
 
 def make_tokenizer(tokens: list[str]):  # -> keras_hub.models.BertTokenizer
-    """A keras-hub BertTokenizer where a literal `[MASK]` in the text stays one token."""
+    """A keras-hub BertTokenizer where a literal `[MASK]` in the text stays one token; an
+    uncased vocabulary lower-cases and strips accents, as Google's and Hugging Face's uncased
+    BERT tokenizers do ("Café" → "cafe")."""
     import keras_hub
 
+    uncased = is_uncased(tokens)
     return keras_hub.models.BertTokenizer(
-        vocabulary=tokens, lowercase=is_uncased(tokens), special_tokens_in_strings=True
+        vocabulary=tokens, lowercase=uncased, strip_accents=uncased, special_tokens_in_strings=True
     )
 
 

@@ -1,0 +1,416 @@
+"""Token classification, e.g. named-entity recognition: a tag per word, BIO or BIOES.
+
+Data: `conll` (a word and its tag per line, whitespace-separated, the tag in the LAST column
+so CoNLL-2003's `word POS chunk NER` lines read as they are; a blank line between sentences;
+`-DOCSTART-` lines skipped) or `jsonl` rows `{tokensField: [words], tagsField: [tags]}`. The
+tag names are learned from the training data ("O" first, then sorted); a tag outside
+`tokenClassification.scheme` or, in validation, unknown to training is a data error naming
+file and line.
+
+Each word becomes its word pieces (`tasks.text.WordPiecer`, at least one); an example is
+`[CLS] pieces [SEP]` cut to `training.sequenceLength`, and a word's tag goes on its FIRST
+piece only (weight 1; other pieces, specials and padding weigh 0). Words whose first piece is
+cut off are neither trained on nor scored (the start-up log counts the sentences cut).
+
+Model: the backbone's sequence output, dropout and a Dense named `classifier` (Hugging Face's
+`BertForTokenClassification`), no pooler. Loss: per example the mean cross-entropy over its
+words. Validation: entity-level precision, recall and F1, micro-averaged, with conlleval's
+chunk rules (seqeval's default mode): `entities` and `prf` below.
+
+Export: `text` (raw sentences) → per entity `entity_label`, `entity_start`/`entity_end`
+(character offsets into the text, end exclusive), `entity_text` and per text `entity_count`;
+per tagged word `word_tags`, `word_start`/`word_end` and `word_count`. Entity outputs are
+padded ("" and 0) to the largest entity count in the batch, word outputs to the most tagged
+words. The signature splits words exactly as `tasks.text.split_words` (whitespace,
+punctuation, each CJK character), so a data word with punctuation inside (`U.S.`) is served
+as several words.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from berth_trainer.config import DataFormat, TagScheme
+from berth_trainer.tasks import Encoded, FineTuning, bad_row, predict
+from berth_trainer.tasks.text import WordPiecer, split_words, to_char_offsets, word_pieces
+
+log = logging.getLogger("berth_trainer")
+
+#: Tag prefixes of each scheme (besides the tag "O").
+PREFIXES = {TagScheme.BIO: "BI", TagScheme.BIOES: "BIES"}
+#: Prefix codes of the serving graph (the tag "O" is 0).
+_CODES = {"O": 0, "B": 1, "I": 2, "E": 3, "S": 4}
+
+
+class Sentence:
+    """Words of one sentence, their tags and where each word is (`file:line`)."""
+
+    __slots__ = ("tags", "where", "words")
+
+    def __init__(self) -> None:
+        self.words: list[str] = []
+        self.tags: list[str] = []
+        self.where: list[str] = []
+
+
+class TokenClassification(FineTuning):
+    formats = (DataFormat.CONLL, DataFormat.JSONL)
+    uses_pooler = False
+
+    labels: list[str] | None = None
+
+    def read(self, files, field, labels):
+        scheme = self.cfg.token_classification.scheme
+        sentences = list(self._sentences(files, field))
+        if not sentences:
+            raise bad_row(field, ", ".join(files), "no sentences")
+        for s in sentences:
+            for tag, where in zip(s.tags, s.where, strict=True):
+                problem = tag_problem(tag, scheme)
+                if problem:
+                    raise bad_row(field, where, problem)
+        if labels is None:
+            tags = {t for s in sentences for t in s.tags}
+            labels = ["O", *sorted(tags - {"O"})]
+            self.labels = labels
+        index = {name: i for i, name in enumerate(labels)}
+        for s in sentences:
+            for tag, where in zip(s.tags, s.where, strict=True):
+                if tag not in index:
+                    raise bad_row(field, where, f"tag {tag!r} does not occur in data.train")
+        return self._encode(sentences, index, field), labels
+
+    def _sentences(self, files: list[str], field: str):
+        if self.cfg.data.format == DataFormat.CONLL:
+            for path in files:
+                with tf.io.gfile.GFile(path, "r") as f:
+                    yield from conll_sentences(f.read(), path, field)
+            return
+        from berth_trainer.data import read_rows
+
+        tc = self.cfg.token_classification
+        keys = (tc.tokens_field, tc.tags_field)
+        for where, row in read_rows(files, DataFormat.JSONL, list(keys), field):
+            words, tags = row[tc.tokens_field], row[tc.tags_field]
+            for key, value in zip(keys, (words, tags), strict=True):
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise bad_row(field, where, f"{key} is not a list of strings")
+            if not words:
+                raise bad_row(field, where, f"{tc.tokens_field} is empty")
+            if len(tags) != len(words):
+                raise bad_row(
+                    field,
+                    where,
+                    f"{tc.tags_field} has {len(tags)} tags but {tc.tokens_field} has "
+                    f"{len(words)} words",
+                )
+            s = Sentence()
+            s.words, s.tags, s.where = list(words), list(tags), [where] * len(words)
+            yield s
+
+    def _encode(self, sentences: list[Sentence], index: dict[str, int], field: str) -> Encoded:
+        n = self.cfg.training.sequence_length
+        e = self.encoder
+        pieces = WordPiecer(e.tokenizer, e.vocabulary.index("[UNK]"))([s.words for s in sentences])
+        token_ids = np.full((len(sentences), n), e.pad_id, np.int32)
+        tags = np.zeros((len(sentences), n), np.int32)
+        weights = np.zeros((len(sentences), n), np.float32)
+        references: list[list[str]] = []
+        cut_sentences = cut_words = 0
+        for i, (s, words) in enumerate(zip(sentences, pieces, strict=True)):
+            ids, firsts = layout(words, n, e.specials.cls, e.specials.sep)
+            token_ids[i, : len(ids)] = ids
+            kept = len(firsts)
+            tags[i, firsts] = [index[t] for t in s.tags[:kept]]
+            weights[i, firsts] = 1.0
+            references.append(s.tags[:kept])
+            if sum(map(len, words)) > n - 2:
+                cut_sentences += 1
+                cut_words += len(words) - kept
+        if cut_sentences:
+            log.warning(
+                "%s: %d of %d sentences cut to training.sequenceLength %d word pieces; %d "
+                "words cut off are not trained on or scored",
+                field,
+                cut_sentences,
+                len(sentences),
+                n,
+                cut_words,
+                extra={"fields": {"truncated_sentences": cut_sentences, "cut_words": cut_words}},
+            )
+        features = {
+            "token_ids": token_ids,
+            "segment_ids": np.zeros_like(token_ids),
+            "padding_mask": (token_ids != e.pad_id).astype(np.int32),
+        }
+        return Encoded(features, {"tags": tags, "weights": weights}, references)
+
+    def build(self, backbone, labels):
+        self.labels = labels
+        n = self.cfg.training.sequence_length
+        inputs = {
+            k: keras.Input((n,), dtype="int32", name=k)
+            for k in ("token_ids", "segment_ids", "padding_mask")
+        }
+        sequence = backbone(inputs)["sequence_output"]
+        sequence = keras.layers.Dropout(
+            backbone.dropout, dtype=backbone.dtype_policy, name="sequence_dropout"
+        )(sequence)
+        logits = keras.layers.Dense(
+            len(labels),
+            kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+            dtype=backbone.dtype_policy,
+            name=self.head,
+        )(sequence)
+        logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
+        return keras.Model(inputs, {"logits": logits}, name="bert_token_classification")
+
+    def loss(self, outputs, labels):
+        logits = tf.cast(outputs["logits"], tf.float32)
+        tags, weights = labels["tags"], labels["weights"]
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tags, logits=logits)
+        per_example = tf.reduce_sum(ce * weights, -1) / tf.maximum(tf.reduce_sum(weights, -1), 1)
+        hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), tags), tf.float32)
+        return per_example, {
+            "correct": tf.reduce_sum(hits * weights),
+            "count": tf.reduce_sum(weights),
+        }
+
+    def evaluate(self, model, encoded, batch_size):
+        names = np.asarray(self.labels)
+        logits = predict(model, encoded.features, batch_size)["logits"]
+        ids = logits.argmax(-1)
+        first = encoded.labels["weights"] > 0
+        predicted = [names[row[w]].tolist() for row, w in zip(ids, first, strict=True)]
+        scores = prf(encoded.references, predicted, self.cfg.token_classification.scheme)
+        return {k: round(v, 4) for k, v in scores.items()}
+
+    def serve(self, model, archive, labels):
+        names = labels or self.labels
+        n = self.cfg.training.sequence_length
+        tokenizer, packer = self.encoder.tokenizer, self.encoder.packer
+        unk = self.encoder.vocabulary.index("[UNK]")
+        pad = self.encoder.pad_id
+        types = sorted({t[2:] for t in names if t != "O"})
+        prefix_of = tf.constant([_CODES[t[0]] if t != "O" else 0 for t in names], tf.int32)
+        type_of = tf.constant([types.index(t[2:]) + 1 if t != "O" else 0 for t in names])
+        tag_names = tf.constant(names)
+        type_names = tf.constant(["", *types])
+
+        def tag(text):
+            words, starts, ends = split_words(text)
+            pieces = word_pieces(tokenizer, words, unk)
+            token_ids, segment_ids = packer(pieces.merge_dims(1, 2))
+            token_ids = tf.cast(token_ids, tf.int32)
+            features = {
+                "token_ids": token_ids,
+                "segment_ids": tf.cast(segment_ids, tf.int32),
+                "padding_mask": tf.cast(tf.not_equal(token_ids, pad), tf.int32),
+            }
+            predicted = tf.argmax(model(features, training=False)["logits"], -1, tf.int32)
+            # Each word's first piece: after [CLS] and the pieces of the words before it.
+            lengths = tf.cast(pieces.row_lengths(axis=2).to_tensor(0), tf.int32)
+            first = tf.cumsum(lengths, axis=1, exclusive=True)
+            kept = tf.sequence_mask(words.row_lengths(), tf.shape(first)[1]) & (first < n - 2)
+            tag_ids = tf.gather(predicted, tf.minimum(first + 1, n - 1), batch_dims=1)
+            tag_ids = tf.where(kept, tag_ids, 0)
+            spans = graph_entities(tf.gather(prefix_of, tag_ids), tf.gather(type_of, tag_ids))
+            count, first_word, last_word, entity_type, valid = spans
+
+            char_starts = to_char_offsets(text, starts).to_tensor(0)
+            char_ends = to_char_offsets(text, ends).to_tensor(0)
+            byte_start = tf.gather(tf.cast(starts.to_tensor(0), tf.int32), first_word, batch_dims=1)
+            byte_end = tf.gather(tf.cast(ends.to_tensor(0), tf.int32), last_word, batch_dims=1)
+            byte_start, byte_end = tf.where(valid, byte_start, 0), tf.where(valid, byte_end, 0)
+            width = tf.shape(valid)[1]
+            entity_text = tf.strings.substr(
+                tf.broadcast_to(text[:, None], [tf.shape(text)[0], width]),
+                byte_start,
+                byte_end - byte_start,
+                unit="BYTE",
+            )
+            word_count = tf.reduce_sum(tf.cast(kept, tf.int32), 1)
+            words_out = tf.reduce_max(tf.concat([word_count, [0]], 0))
+            return {
+                "entity_label": tf.where(valid, tf.gather(type_names, entity_type), ""),
+                "entity_start": tf.where(
+                    valid, tf.gather(tf.cast(char_starts, tf.int32), first_word, batch_dims=1), 0
+                ),
+                "entity_end": tf.where(
+                    valid, tf.gather(tf.cast(char_ends, tf.int32), last_word, batch_dims=1), 0
+                ),
+                "entity_text": entity_text,
+                "entity_count": count,
+                "word_tags": tf.where(kept, tf.gather(tag_names, tag_ids), "")[:, :words_out],
+                "word_start": tf.where(kept, tf.cast(char_starts, tf.int32), 0)[:, :words_out],
+                "word_end": tf.where(kept, tf.cast(char_ends, tf.int32), 0)[:, :words_out],
+                "word_count": word_count,
+            }
+
+        text = tf.TensorSpec([None], tf.string, name="text")
+        archive.add_endpoint("serving_default", tag, input_signature=[text])
+
+
+def conll_sentences(content: str, path: str, field: str):
+    """`Sentence`s of a CoNLL file: the first column is the word, the last its tag."""
+    s = Sentence()
+    for number, line in enumerate(content.splitlines(), 1):
+        columns = line.split()
+        if not columns or columns[0] == "-DOCSTART-":
+            if s.words:
+                yield s
+            s = Sentence()
+            continue
+        if len(columns) < 2:
+            raise bad_row(
+                field, f"{path}:{number}", f"one column {line.strip()!r}: expected a word and a tag"
+            )
+        s.words.append(columns[0])
+        s.tags.append(columns[-1])
+        s.where.append(f"{path}:{number}")
+    if s.words:
+        yield s
+
+
+def tag_problem(tag: str, scheme: str) -> str | None:
+    """What is wrong with `tag` under `scheme`, or None: tags are "O" or PREFIX-TYPE.
+
+    >>> tag_problem("B-PER", "bio"), tag_problem("E-PER", "bio"), tag_problem("E-PER", "bioes")
+    (None, "tag 'E-PER' is not O or B-/I-TYPE (tokenClassification.scheme bio)", None)
+    """
+    prefixes = PREFIXES[TagScheme(scheme)]
+    if tag == "O" or (len(tag) > 2 and tag[0] in prefixes and tag[1] == "-"):
+        return None
+    allowed = "/".join(f"{p}-" for p in prefixes)
+    return f"tag {tag!r} is not O or {allowed}TYPE (tokenClassification.scheme {scheme})"
+
+
+def layout(pieces: list[list[int]], n: int, cls: int, sep: int) -> tuple[list[int], list[int]]:
+    """`[CLS] pieces [SEP]` of one sentence's words (their pieces) cut to `n` tokens, and the
+    position of each kept word's first piece (a word is kept when its first piece fits).
+
+    >>> layout([[7], [8, 9], [10]], 5, 1, 2)
+    ([1, 7, 8, 9, 2], [1, 2])
+    """
+    ids, firsts = [cls], []
+    for word in pieces:
+        if len(ids) >= n - 1:
+            break
+        firsts.append(len(ids))
+        ids += word[: n - 1 - len(ids)]
+    return [*ids, sep], firsts
+
+
+def _split(tag: str) -> tuple[str, str]:
+    """(prefix, type) of a tag the way conlleval/seqeval read it; "O" has type "_"."""
+    return tag[0], tag[1:].split("-", maxsplit=1)[-1] or "_"
+
+
+def _ends(prev: str, prev_type: str, tag: str, type_: str) -> bool:
+    """Whether a chunk ends before this tag (conlleval's endOfChunk)."""
+    return (
+        prev in "ES"
+        or (prev in "BI" and tag in "BSO")
+        or (prev != "O" and prev != "." and prev_type != type_)
+    )
+
+
+def _starts(prev: str, prev_type: str, tag: str, type_: str) -> bool:
+    """Whether a chunk starts at this tag (conlleval's startOfChunk)."""
+    return (
+        tag in "BS"
+        or (prev in "ESO" and tag in "EI")
+        or (tag != "O" and tag != "." and prev_type != type_)
+    )
+
+
+def entities(tags: list[str], scheme: str = TagScheme.BIO) -> list[tuple[str, int, int]]:
+    """Chunks of a tag sequence as (type, first word, end word exclusive), by conlleval's
+    rules (seqeval's default, lenient mode): an I- or E- after O, after an E-/S- or after a
+    different type starts a chunk; B-/S- start one; E-/S- end one; a change of type ends one.
+
+    >>> entities(["B-PER", "I-PER", "O", "I-LOC", "B-LOC", "I-ORG"])
+    [('PER', 0, 2), ('LOC', 3, 4), ('LOC', 4, 5), ('ORG', 5, 6)]
+    """
+    for tag in tags:
+        problem = tag_problem(tag, scheme)
+        if problem:
+            raise ValueError(problem)
+    out: list[tuple[str, int, int]] = []
+    prev, prev_type, begin = "O", "_", 0
+    for i, tag in enumerate([*tags, "O"]):
+        prefix, type_ = _split(tag)
+        if _ends(prev, prev_type, prefix, type_):
+            out.append((prev_type, begin, i))
+        if _starts(prev, prev_type, prefix, type_):
+            begin = i
+        prev, prev_type = prefix, type_
+    return out
+
+
+def prf(
+    gold: list[list[str]], predicted: list[list[str]], scheme: str = TagScheme.BIO
+) -> dict[str, float]:
+    """Micro-averaged entity precision, recall and F1 over sentences (an entity counts when
+    type and span match exactly); 0 where nothing was predicted or there was nothing to find.
+
+    >>> prf([["B-PER", "I-PER", "O", "B-LOC"]], [["B-PER", "I-PER", "O", "O"]])
+    {'precision': 1.0, 'recall': 0.5, 'f1': 0.6666666666666666}
+    """
+    if len(gold) != len(predicted):
+        raise ValueError(f"{len(gold)} gold sentences but {len(predicted)} predicted")
+    right = found = wanted = 0
+    for g, p in zip(gold, predicted, strict=True):
+        if len(g) != len(p):
+            raise ValueError(f"a sentence of {len(g)} gold tags but {len(p)} predicted")
+        truth, guess = set(entities(g, scheme)), set(entities(p, scheme))
+        right += len(truth & guess)
+        found += len(guess)
+        wanted += len(truth)
+    precision = right / found if found else 0.0
+    recall = right / wanted if wanted else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def graph_entities(prefix: tf.Tensor, type_: tf.Tensor):
+    """`entities` in the graph over a batch of words `[batch, words]`: each word's prefix code
+    (O 0, B 1, I 2, E 3, S 4) and type index (O 0, types from 1). Returns per text the entity
+    count `[batch]` and per entity `[batch, max count]` its first and last word, its type index
+    and whether it exists (padding after the count)."""
+    prev = tf.pad(prefix[:, :-1], [[0, 0], [1, 0]])
+    prev_type = tf.pad(type_[:, :-1], [[0, 0], [1, 0]])
+    code = _CODES
+    inner = tf.equal(prefix, code["I"]) | tf.equal(prefix, code["E"])
+    after_end = tf.equal(prev, code["O"]) | tf.equal(prev, code["E"]) | tf.equal(prev, code["S"])
+    member = tf.not_equal(prefix, code["O"])
+    begins = member & (
+        tf.equal(prefix, code["B"])
+        | tf.equal(prefix, code["S"])
+        | (inner & after_end)
+        | tf.not_equal(prev_type, type_)
+    )
+    # Every word that is not O lies in the chunk begun last (a chunk ends only where the next
+    # one begins, or at an O), so entity ids are a running count of the beginnings.
+    entity = tf.cumsum(tf.cast(begins, tf.int32), axis=1) - 1
+    count = tf.reduce_sum(tf.cast(begins, tf.int32), 1)
+    batch, words = tf.shape(prefix)[0], tf.shape(prefix)[1]
+    width = tf.reduce_max(tf.concat([count, [0]], 0))
+    rows = tf.range(batch)[:, None] * width
+    segment = tf.where(member, rows + entity, batch * width)  # the last segment: no entity
+    index = tf.broadcast_to(tf.range(words)[None, :], tf.shape(prefix))
+    segments = batch * width + 1
+    first = tf.math.unsorted_segment_min(index, segment, segments)[:-1]
+    last = tf.math.unsorted_segment_max(index, segment, segments)[:-1]
+    valid = tf.range(width)[None, :] < count[:, None]
+    first = tf.where(valid, tf.reshape(first, [batch, width]), 0)
+    last = tf.where(valid, tf.reshape(last, [batch, width]), 0)
+    entity_type = tf.where(valid, tf.gather(type_, first, batch_dims=1), 0)
+    return count, first, last, entity_type, valid
+
+
+TASK_CLASS = TokenClassification
