@@ -17,11 +17,10 @@ import pytest
 import tensorflow as tf
 from trainer_testlib import (
     TINY_MODEL,
-    assert_two_workers_resume_step_exact,
+    assert_task_resumes_on_two_workers,
     cli_env,
-    run_cli,
-    train_args,
-    write_config,
+    failed_training,
+    train_to_metrics,
 )
 
 from berth_trainer.config import TrainerConfig
@@ -675,10 +674,8 @@ def _python_answers(out, questions: list[Question]) -> tuple[list[str], Windows]
 @pytest.mark.slow
 def test_question_answering_learns_and_export_answers_raw_strings(tmp_path):
     cfg = _config(tmp_path)
-    result = run_cli(train_args(write_config(tmp_path / "cfg.yaml", cfg), tmp_path / "t"))
-    assert result.returncode == 0, result.stdout[-3000:]
+    metrics = train_to_metrics(cfg, tmp_path)
     out = tmp_path / "out"
-    metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["validation_exact_match"] >= 0.9, metrics
     assert metrics["validation_f1"] >= 0.9, metrics
     assert metrics["initial_validation_exact_match"] < 0.5, metrics
@@ -715,10 +712,8 @@ def test_question_answering_v2_trains_and_exports_no_answers(tmp_path):
     """SQuAD v2.0 (allowNoAnswer): trains, reports has/no-answer scores, and the export
     answers "" exactly where validation does."""
     cfg = _config(tmp_path, impossible=0.3, steps=200)
-    result = run_cli(train_args(write_config(tmp_path / "cfg.yaml", cfg), tmp_path / "t"))
-    assert result.returncode == 0, result.stdout[-3000:]
+    metrics = train_to_metrics(cfg, tmp_path)
     out = tmp_path / "out"
-    metrics = json.loads((out / "metrics.json").read_text())
     for key in ("exact_match", "f1", "has_answer_f1", "no_answer_f1"):
         assert metrics[f"validation_{key}"] >= 0.9, metrics
 
@@ -733,12 +728,7 @@ def test_question_answering_v2_trains_and_exports_no_answers(tmp_path):
 
 @pytest.mark.slow
 def test_question_answering_two_workers_resume_step_exact(tmp_path):
-    cfg = _config(tmp_path, train=200, validation=0, steps=40, globalBatchSize=16)
-    cfg["checkpoint"] = {"everySteps": 10, "dir": str(tmp_path / "ckpt")}
-    logs = assert_two_workers_resume_step_exact(
-        write_config(tmp_path / "cfg.yaml", cfg), tmp_path, 40, kill_at=25, every=10
-    )
-    assert all("DATA shard" in log for log in logs)
+    assert_task_resumes_on_two_workers(_config(tmp_path, train=200, validation=0), tmp_path)
 
 
 @pytest.mark.slow
@@ -767,7 +757,6 @@ def test_question_answering_bad_questions_name_file_and_line(tmp_path, qa, messa
     text = json.dumps(_doc([_GOOD, qa]), indent=2)
     path.write_text(text)
     cfg["data"]["train"] = str(path)
-    result = run_cli(train_args(write_config(tmp_path / "cfg.yaml", cfg), tmp_path / "term"))
-    assert result.returncode == ExitCode.DATA_INVALID, result.stderr[-2000:]
+    message_text = failed_training(cfg, tmp_path)
     line = _line_of(text, f'"id": "{qa["id"]}"')
-    assert f"data.train: {path}:{line}: {message}" in (tmp_path / "term").read_text()
+    assert f"data.train: {path}:{line}: {message}" in message_text

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from trainer_testlib import (
     TINY_MODEL,
-    assert_two_workers_resume_step_exact,
+    assert_task_resumes_on_two_workers,
+    failed_training,
     run_cli,
-    train_args,
-    write_config,
+    train_to_metrics,
 )
 
 from berth_trainer.exit_codes import ExitCode
@@ -67,11 +67,7 @@ def test_correlations(predicted, gold, pearson, spearman):
 
 @pytest.mark.slow
 def test_regression_learns_scores_and_export_scores_raw_pairs(tmp_path):
-    result = run_cli(
-        train_args(write_config(tmp_path / "cfg.yaml", _config(tmp_path)), tmp_path / "t")
-    )
-    assert result.returncode == 0, result.stdout[-3000:]
-    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    metrics = train_to_metrics(_config(tmp_path), tmp_path)
     assert metrics["validation_pearson"] >= 0.9, metrics
     assert metrics["validation_spearman"] >= 0.9, metrics
     assert metrics["validation_pearson"] > metrics["initial_validation_pearson"] + 0.3, metrics
@@ -95,13 +91,7 @@ def test_regression_learns_scores_and_export_scores_raw_pairs(tmp_path):
 
 @pytest.mark.slow
 def test_regression_two_workers_resume_step_exact(tmp_path):
-    cfg = _config(tmp_path, steps=40, globalBatchSize=16)
-    cfg["data"].pop("validation")
-    cfg["checkpoint"] = {"everySteps": 10, "dir": str(tmp_path / "ckpt")}
-    logs = assert_two_workers_resume_step_exact(
-        write_config(tmp_path / "cfg.yaml", cfg), tmp_path, 40, kill_at=25, every=10
-    )
-    assert all("DATA shard" in log for log in logs)
+    assert_task_resumes_on_two_workers(_config(tmp_path), tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -124,6 +114,5 @@ def test_regression_bad_rows_name_file_and_line(tmp_path, row, message):
     path.write_text(f"text,pair,score\ngood,red,1\n{row}\n")
     cfg["data"] = {**cfg["data"], "train": str(path)}
     cfg["data"].pop("validation")
-    result = run_cli(train_args(write_config(tmp_path / "cfg.yaml", cfg), tmp_path / "term"))
-    assert result.returncode == ExitCode.DATA_INVALID, result.stderr[-2000:]
-    assert message.format(path=path) in (tmp_path / "term").read_text()
+    message_text = failed_training(cfg, tmp_path)
+    assert message.format(path=path) in message_text

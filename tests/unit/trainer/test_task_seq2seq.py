@@ -20,17 +20,18 @@ import pytest
 import tensorflow as tf
 from trainer_testlib import (
     TINY_MODEL,
-    assert_two_workers_resume_step_exact,
+    assert_task_resumes_on_two_workers,
     cli_env,
+    failed_training,
     pretraining_config,
     run_cli,
     train_args,
+    train_to_metrics,
     write_config,
 )
 
 from berth_trainer.config import TrainerConfig
 from berth_trainer.data import ExampleEncoder
-from berth_trainer.exit_codes import ExitCode
 from berth_trainer.tasks.seq2seq import (
     BertSeq2Seq,
     Seq2Seq,
@@ -409,11 +410,7 @@ def test_greedy_and_beam_on_a_bert():
 
 @pytest.mark.slow
 def test_seq2seq_learns_to_reverse_and_export_generates_from_raw_strings(tmp_path):
-    result = run_cli(
-        train_args(write_config(tmp_path / "cfg.yaml", _config(tmp_path)), tmp_path / "t")
-    )
-    assert result.returncode == 0, result.stdout[-3000:]
-    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    metrics = train_to_metrics(_config(tmp_path), tmp_path)
     assert metrics["validation_rouge_l"] >= 0.9, metrics
     assert metrics["validation_exact_match"] >= 0.8, metrics
     assert metrics["initial_validation_rouge_l"] < 0.5, metrics
@@ -474,13 +471,7 @@ def test_seq2seq_starts_from_a_pretraining_checkpoint(tmp_path, corpus):
 
 @pytest.mark.slow
 def test_seq2seq_two_workers_resume_step_exact(tmp_path):
-    cfg = _config(tmp_path, steps=40, globalBatchSize=16, logEverySteps=5)
-    cfg["data"].pop("validation")
-    cfg["checkpoint"] = {"everySteps": 10, "dir": str(tmp_path / "ckpt")}
-    logs = assert_two_workers_resume_step_exact(
-        write_config(tmp_path / "cfg.yaml", cfg), tmp_path, 40, kill_at=25, every=10
-    )
-    assert all("DATA shard" in log for log in logs)
+    assert_task_resumes_on_two_workers(_config(tmp_path), tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -500,6 +491,5 @@ def test_seq2seq_bad_rows_name_file_and_line(tmp_path, row, message):
     path.write_text(f"{good}\n{good}\n{json.dumps(row)}\n{good}\n")
     cfg["data"] = {**cfg["data"], "train": str(path)}
     cfg["data"].pop("validation")
-    result = run_cli(train_args(write_config(tmp_path / "cfg.yaml", cfg), tmp_path / "term"))
-    assert result.returncode == ExitCode.DATA_INVALID, result.stderr[-2000:]
-    assert f"data.train: {path}:3: {message}" in (tmp_path / "term").read_text()
+    message_text = failed_training(cfg, tmp_path)
+    assert f"data.train: {path}:3: {message}" in message_text

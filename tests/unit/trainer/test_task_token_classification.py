@@ -16,14 +16,12 @@ import numpy as np
 import pytest
 from trainer_testlib import (
     TINY_MODEL,
-    assert_two_workers_resume_step_exact,
+    assert_task_resumes_on_two_workers,
     cli_env,
-    run_cli,
-    train_args,
-    write_config,
+    failed_training,
+    train_to_metrics,
 )
 
-from berth_trainer.exit_codes import ExitCode
 from berth_trainer.tasks.token_classification import (
     conll_sentences,
     entities,
@@ -328,12 +326,8 @@ print(json.dumps({k: v.numpy().tolist() for k, v in out.items()}, default=lambda
 
 @pytest.mark.slow
 def test_token_classification_learns_entities_and_export_tags_raw_text(tmp_path):
-    result = run_cli(
-        train_args(write_config(tmp_path / "cfg.yaml", _config(tmp_path)), tmp_path / "t")
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    metrics = train_to_metrics(_config(tmp_path), tmp_path)
     out = tmp_path / "out"
-    metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["validation_f1"] >= 0.9, metrics
     assert metrics["validation_precision"] >= 0.9 and metrics["validation_recall"] >= 0.9
     assert metrics["validation_f1"] > metrics["initial_validation_f1"] + 0.5, metrics
@@ -378,17 +372,10 @@ def test_token_classification_learns_entities_and_export_tags_raw_text(tmp_path)
 
 @pytest.mark.slow
 def test_token_classification_two_workers_resume_step_exact(tmp_path):
-    cfg = _config(tmp_path, steps=40, globalBatchSize=16, logEverySteps=5)
-    cfg["data"] = {
-        "train": _write_jsonl(tmp_path / "train.jsonl", 200, 3),
-        "format": "jsonl",
-    }
+    cfg = _config(tmp_path)
+    cfg["data"] = {"train": _write_jsonl(tmp_path / "train.jsonl", 200, 3), "format": "jsonl"}
     cfg["tokenClassification"] |= {"tokensField": "words", "tagsField": "labels"}
-    cfg["checkpoint"] = {"everySteps": 10, "dir": str(tmp_path / "ckpt")}
-    logs = assert_two_workers_resume_step_exact(
-        write_config(tmp_path / "cfg.yaml", cfg), tmp_path, 40, kill_at=25, every=10
-    )
-    assert all("DATA shard" in log for log in logs)
+    assert_task_resumes_on_two_workers(cfg, tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -446,15 +433,5 @@ def test_token_classification_bad_rows_name_file_and_line(
         path = tmp_path / f"valid.{fmt}"
         path.write_text(validation)
         cfg["data"]["validation"] = str(path)
-    result = run_cli(train_args(write_config(tmp_path / "cfg.yaml", cfg), tmp_path / "term"))
-    assert result.returncode == ExitCode.DATA_INVALID, result.stdout[-2000:] + result.stderr[-2000:]
-    assert message.format(path=path) in (tmp_path / "term").read_text()
-
-
-def test_docstring_examples():
-    import doctest
-
-    from berth_trainer.tasks import token_classification
-
-    result = doctest.testmod(token_classification)
-    assert result.attempted > 0 and result.failed == 0
+    message_text = failed_training(cfg, tmp_path)
+    assert message.format(path=path) in message_text

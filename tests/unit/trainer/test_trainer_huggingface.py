@@ -120,6 +120,20 @@ print(json.dumps({k: np.asarray(getattr(out, k)).tolist() for k in names if hasa
 """
 
 
+def flax_outputs(hf_python: str, architecture: str, directory, inputs: dict) -> dict:
+    """The outputs of `transformers`' `architecture` loaded from `directory` on `inputs`."""
+    arg = json.dumps({k: v.tolist() for k, v in inputs.items()})
+    result = subprocess.run(
+        [hf_python, "-c", _FLAX, architecture, str(directory), arg],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {k: np.array(v) for k, v in json.loads(result.stdout.splitlines()[-1]).items()}
+
+
 @pytest.fixture(scope="module")
 def hf_python() -> str:
     """The python of a venv with `transformers` (hack/hf-venv.sh builds it once per version)."""
@@ -148,16 +162,7 @@ def test_trainer_huggingface_export_loads_in_transformers(
     export_huggingface(model, task, VOCAB, labels, str(tmp_path / "export"))
     inputs = batch(4)
     text = {k: v for k, v in inputs.items() if k != "mask_positions"}
-    arg = json.dumps({k: v.tolist() for k, v in text.items()})
-    result = subprocess.run(
-        [hf_python, "-c", _FLAX, architecture, str(tmp_path / "export"), arg],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    theirs = {k: np.array(v) for k, v in json.loads(result.stdout.splitlines()[-1]).items()}
+    theirs = flax_outputs(hf_python, architecture, tmp_path / "export", text)
     if task == "classification":
         np.testing.assert_allclose(outputs(model, text)["logits"], theirs["logits"], atol=2e-4)
         return
@@ -210,16 +215,7 @@ def test_trainer_huggingface_fine_tuning_heads_export_and_import(
         architecture.removeprefix("Flax")
     ]
     inputs = {k: v for k, v in batch(5).items() if k != "mask_positions"}
-    arg = json.dumps({k: v.tolist() for k, v in inputs.items()})
-    result = subprocess.run(
-        [hf_python, "-c", _FLAX, architecture, str(directory), arg],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    theirs = {k: np.array(v) for k, v in json.loads(result.stdout.splitlines()[-1]).items()}
+    theirs = flax_outputs(hf_python, architecture, directory, inputs)
     ours = outputs(model, inputs)
     for mine, their in theirs_of.items():
         np.testing.assert_allclose(

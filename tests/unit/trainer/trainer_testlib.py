@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from berth_operator.local.runner import die_with_parent
+from berth_trainer.exit_codes import ExitCode
 
 #: A tiny BERT: fast enough for 50 steps in a few seconds on 2 shared cores.
 TINY_MODEL = {
@@ -110,6 +111,20 @@ def run_cli(args: list[str], timeout: float = 300, **env: str) -> subprocess.Com
     )
 
 
+def train_to_metrics(cfg: dict, tmp_path: Path) -> dict:
+    """Train `cfg` with `berth-trainer train` in a fresh process; its output's metrics.json."""
+    result = run_cli(train_args(write_config(tmp_path / "cfg.yaml", cfg), tmp_path / "term"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    return json.loads((Path(cfg["output"]["dir"]) / "metrics.json").read_text())
+
+
+def failed_training(cfg: dict, tmp_path: Path, code: int = ExitCode.DATA_INVALID) -> str:
+    """Train `cfg` expecting exit `code`; the message it wrote to its termination log."""
+    result = run_cli(train_args(write_config(tmp_path / "cfg.yaml", cfg), tmp_path / "term"))
+    assert result.returncode == code, result.stdout[-2000:] + result.stderr[-2000:]
+    return (tmp_path / "term").read_text()
+
+
 def free_ports(n: int) -> list[int]:
     socks = [socket.socket() for _ in range(n)]
     for s in socks:
@@ -195,3 +210,17 @@ def assert_two_workers_resume_step_exact(
         assert seen[0] == resumed["step"] + log_every and seen[-1] == steps
     assert losses(tmp_path / "second-0.log") == losses(tmp_path / "second-1.log")
     return [(tmp_path / f"first-{i}.log").read_text() for i in range(2)]
+
+
+def assert_task_resumes_on_two_workers(cfg: dict, tmp_path: Path) -> None:
+    """A fine-tuning task's `cfg` for 40 steps (checkpoints every 10, no validation) through
+    `assert_two_workers_resume_step_exact`; its examples are DATA-sharded, every 2nd each."""
+    cfg = {
+        **cfg,
+        "data": {k: v for k, v in cfg["data"].items() if k != "validation"},
+        "training": {**cfg["training"], "steps": 40, "globalBatchSize": 16, "logEverySteps": 5},
+        "checkpoint": {"everySteps": 10, "dir": str(tmp_path / "ckpt")},
+    }
+    config = write_config(tmp_path / "cfg.yaml", cfg)
+    logs = assert_two_workers_resume_step_exact(config, tmp_path, 40, kill_at=25, every=10)
+    assert all("DATA shard" in log for log in logs)

@@ -54,8 +54,48 @@ class TiedMaskedLMHead(keras_hub.layers.MaskedLMHead):
         return outputs if self.activation is None else self.activation(outputs)
 
 
+def tied_mlm_head(
+    backbone: keras_hub.models.BertBackbone, sequence_length: int
+) -> TiedMaskedLMHead:
+    """Google BERT's masked-LM head (`cls/predictions`: dense, tanh GELU, LayerNorm, output
+    bias) projecting onto `backbone`'s token embedding, built; named "mlm_head"."""
+    head = TiedMaskedLMHead(
+        token_embedding=backbone.token_embedding,
+        intermediate_activation=gelu_approximate,
+        activation=None,
+        kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+        layer_norm_epsilon=1e-12,
+        dtype=backbone.dtype_policy,
+        name="mlm_head",
+    )
+    head.build((None, sequence_length, backbone.hidden_dim))
+    return head
+
+
+class BackboneModel(keras.Model):
+    """A subclassed task model whose config holds its backbone, so that `from_config` and
+    `keras.models.clone_model` rebuild whatever `__init__` ties to it; subclasses name their
+    other constructor arguments (kept as attributes) in `config_fields`."""
+
+    config_fields: tuple[str, ...] = ()
+
+    def get_config(self) -> dict:
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "backbone": keras.layers.serialize(self.backbone),
+            **{k: getattr(self, k) for k in self.config_fields},
+        }
+
+    @classmethod
+    def from_config(cls, config: dict):
+        config = dict(config)
+        config["backbone"] = keras.layers.deserialize(config["backbone"])
+        return cls(**config)
+
+
 @keras.saving.register_keras_serializable(package="berth")
-class BertPretrainer(keras.Model):
+class BertPretrainer(BackboneModel):
     """MLM pretraining model: named dict inputs, output `{"logits": [batch, predictions, V]}`
     and, with `sentence_classes` (2 for NSP or SOP), `"sentence_logits": [batch, 2]`.
 
@@ -64,10 +104,12 @@ class BertPretrainer(keras.Model):
     so the step compiles with XLA. Logits are float32, and only at `mask_positions`. The
     head's GELU is the tanh approximation, as the backbone's and Google BERT's.
 
-    A subclassed model rather than a functional one: `clone_model` clones a functional model
-    layer by layer (which would give the head a fresh, untied embedding), but rebuilds any
-    other model from its config, and the config rebuilds the tie.
+    A subclassed model (a `BackboneModel`) rather than a functional one: `clone_model` clones
+    a functional model layer by layer (which would give the head a fresh, untied embedding),
+    but rebuilds any other model from its config, and the config rebuilds the tie.
     """
+
+    config_fields = ("sequence_length", "max_predictions_per_sequence", "sentence_classes")
 
     def __init__(
         self,
@@ -80,16 +122,7 @@ class BertPretrainer(keras.Model):
         super().__init__(**kwargs)
         # === Layers ===
         self.backbone = backbone
-        self.mlm_head = TiedMaskedLMHead(
-            token_embedding=backbone.token_embedding,
-            intermediate_activation=gelu_approximate,
-            activation=None,
-            kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
-            layer_norm_epsilon=1e-12,
-            dtype=backbone.dtype_policy,
-            name="mlm_head",
-        )
-        self.mlm_head.build((None, sequence_length, backbone.hidden_dim))
+        self.mlm_head = tied_mlm_head(backbone, sequence_length)
         self.sentence_head = None
         if sentence_classes:
             self.sentence_head = keras.layers.Dense(
@@ -117,19 +150,3 @@ class BertPretrainer(keras.Model):
             sentence = self.sentence_head(encoded["pooled_output"])
             outputs["sentence_logits"] = keras.ops.cast(sentence, "float32")
         return outputs
-
-    def get_config(self) -> dict:
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "backbone": keras.layers.serialize(self.backbone),
-            "sequence_length": self.sequence_length,
-            "max_predictions_per_sequence": self.max_predictions_per_sequence,
-            "sentence_classes": self.sentence_classes,
-        }
-
-    @classmethod
-    def from_config(cls, config: dict) -> BertPretrainer:
-        config = dict(config)
-        config["backbone"] = keras.layers.deserialize(config["backbone"])
-        return cls(**config)

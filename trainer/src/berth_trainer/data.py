@@ -384,9 +384,10 @@ def plan_data(cfg: TrainerConfig, encoder: ExampleEncoder | None = None) -> Data
                 f"data.format: {cfg.task} reads {', '.join(map(str, task.formats))}",
             )
         encoded, names = task.read(train, "data.train", None)
-        if not len(encoded):
-            raise TrainerError(ExitCode.DATA_INVALID, f"data.train: no examples in {train}")
         vencoded = task.read(valid, "data.validation", names)[0] if valid else None
+        for split, files, field in ((encoded, train, "train"), (vencoded, valid, "validation")):
+            if split is not None and not len(split):
+                raise TrainerError(ExitCode.DATA_INVALID, f"data.{field}: no examples in {files}")
         return DataPlan(
             train,
             valid,
@@ -564,8 +565,8 @@ def make_dataset(
         ds = ds.shuffle(4096, seed=cfg.training.seed, reshuffle_each_iteration=True)
         ds = ds.skip(skip_examples)
     if plan.task is not None:
-        pass  # encoded when read
-    elif cfg.task == Task.PRETRAINING:
+        return ds.batch(batch_size, drop_remainder=not validation).prefetch(2)  # encoded
+    if cfg.task == Task.PRETRAINING:
         # Masking draws random numbers: in one sequential map they follow training.seed, so a
         # run is reproducible (in parallel calls the draws would interleave at random).
         ds = ds.map(encoder.masked)

@@ -78,8 +78,6 @@ def export_saved_model(
     archive.track(encoder.packer)
     mask_id = encoder.mask_id
 
-    encode = encoder.encode_texts
-
     text = tf.TensorSpec([None], tf.string, name="text")
     if task is not None:
         task.serve(model, archive, label_names)
@@ -88,7 +86,7 @@ def export_saved_model(
         p = cfg.training.max_predictions_per_sequence
 
         def serve(text):
-            inputs = encode(text)
+            inputs = encoder.encode_texts(text)
             is_mask = tf.equal(inputs["token_ids"], mask_id)
             order = tf.argsort(tf.cast(tf.logical_not(is_mask), tf.int32), axis=-1, stable=True)
             positions = tf.cast(order[:, :p], tf.int32)
@@ -108,7 +106,7 @@ def export_saved_model(
         labels = tf.constant(label_names or [])
 
         def classify(*texts):
-            logits = model(encode(*texts), training=False)["logits"]
+            logits = model(encoder.encode_texts(*texts), training=False)["logits"]
             probabilities = tf.nn.softmax(tf.cast(logits, tf.float32))
             label_id = tf.argmax(probabilities, -1, output_type=tf.int32)
             return {

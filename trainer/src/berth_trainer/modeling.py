@@ -51,6 +51,15 @@ def for_serving(model: keras.Model) -> Iterator[keras.Model]:
                 layer.activation = activation
 
 
+def text_inputs(sequence_length: int) -> dict[str, keras.KerasTensor]:
+    """The named int32 inputs `token_ids`, `segment_ids`, `padding_mask` of a functional task
+    model, `[batch, sequence_length]`."""
+    return {
+        k: keras.Input((sequence_length,), dtype="int32", name=k)
+        for k in ("token_ids", "segment_ids", "padding_mask")
+    }
+
+
 def build_backbone(cfg: TrainerConfig, vocabulary_size: int) -> keras_hub.models.BertBackbone:
     m = cfg.model.resolved()
     backbone = keras_hub.models.BertBackbone(
@@ -100,12 +109,8 @@ def build_model(
             else 2,
             name=f"bert_{cfg.task}",
         )
-    inputs = {
-        "token_ids": keras.Input((n,), dtype="int32", name="token_ids"),
-        "segment_ids": keras.Input((n,), dtype="int32", name="segment_ids"),
-        "padding_mask": keras.Input((n,), dtype="int32", name="padding_mask"),
-    }
-    encoded = backbone({k: inputs[k] for k in ("token_ids", "segment_ids", "padding_mask")})
+    inputs = text_inputs(n)
+    encoded = backbone(inputs)
     dropped = keras.layers.Dropout(
         cfg.model.resolved().dropout, dtype=backbone.dtype_policy, name="pooled_dropout"
     )(encoded["pooled_output"])

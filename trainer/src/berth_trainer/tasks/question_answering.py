@@ -58,6 +58,7 @@ import numpy as np
 import tensorflow as tf
 
 from berth_trainer.config import DataFormat
+from berth_trainer.modeling import text_inputs
 from berth_trainer.tasks import Encoded, FineTuning, bad_row, predict
 from berth_trainer.tasks.text import split_words, to_char_offsets, word_pieces
 
@@ -228,7 +229,7 @@ class QuestionAnswering(FineTuning):
 
     def build(self, backbone, labels):
         n = self.n
-        inputs = {k: keras.Input((n,), dtype="int32", name=k) for k in FEATURES}
+        inputs = text_inputs(n)
         sequence = backbone(inputs)["sequence_output"]
         logits = keras.layers.Dense(
             2,

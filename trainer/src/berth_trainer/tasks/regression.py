@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from berth_trainer.config import DataFormat
+from berth_trainer.modeling import text_inputs
 from berth_trainer.tasks import Encoded, FineTuning, bad_row, predict
 
 
@@ -48,10 +49,7 @@ class Regression(FineTuning):
 
     def build(self, backbone, labels):
         n = self.cfg.training.sequence_length
-        inputs = {
-            k: keras.Input((n,), dtype="int32", name=k)
-            for k in ("token_ids", "segment_ids", "padding_mask")
-        }
+        inputs = text_inputs(n)
         pooled = backbone(inputs)["pooled_output"]
         pooled = keras.layers.Dropout(
             backbone.dropout, dtype=backbone.dtype_policy, name="pooled_dropout"

@@ -32,9 +32,8 @@ import keras
 import keras_hub
 import numpy as np
 import tensorflow as tf
-from keras_hub.src.utils.keras_utils import gelu_approximate
 
-from berth_trainer.bert_pretrainer import TiedMaskedLMHead
+from berth_trainer.bert_pretrainer import BackboneModel, tied_mlm_head
 from berth_trainer.config import DataFormat
 from berth_trainer.tasks import Encoded, FineTuning, bad_row
 
@@ -65,7 +64,7 @@ def unilm_attention_mask(segment_ids: tf.Tensor, padding_mask: tf.Tensor) -> tf.
 
 
 @keras.saving.register_keras_serializable(package="berth")
-class BertSeq2Seq(keras.Model):
+class BertSeq2Seq(BackboneModel):
     """UniLM: the backbone's own layers under `unilm_attention_mask`, and the MLM head (tied
     to the token embedding) at `mask_positions`.
 
@@ -75,20 +74,13 @@ class BertSeq2Seq(keras.Model):
     `BertPretrainer`), so `from_config` and `keras.models.clone_model` rebuild the tie.
     """
 
+    config_fields = ("sequence_length",)
+
     def __init__(self, backbone: keras_hub.models.BertBackbone, sequence_length: int, **kwargs):
         super().__init__(**kwargs)
         # === Layers ===
         self.backbone = backbone
-        self.mlm_head = TiedMaskedLMHead(
-            token_embedding=backbone.token_embedding,
-            intermediate_activation=gelu_approximate,
-            activation=None,
-            kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
-            layer_norm_epsilon=1e-12,
-            dtype=backbone.dtype_policy,
-            name="mlm_head",
-        )
-        self.mlm_head.build((None, sequence_length, backbone.hidden_dim))
+        self.mlm_head = tied_mlm_head(backbone, sequence_length)
         # === Config ===
         self.sequence_length = sequence_length
         self.built = True
@@ -114,20 +106,6 @@ class BertSeq2Seq(keras.Model):
         x = self.sequence_output(inputs, training=training)
         logits = self.mlm_head(x, mask_positions=inputs["mask_positions"])
         return {"logits": keras.ops.cast(logits, "float32")}
-
-    def get_config(self) -> dict:
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "backbone": keras.layers.serialize(self.backbone),
-            "sequence_length": self.sequence_length,
-        }
-
-    @classmethod
-    def from_config(cls, config: dict) -> BertSeq2Seq:
-        config = dict(config)
-        config["backbone"] = keras.layers.deserialize(config["backbone"])
-        return cls(**config)
 
 
 def generate(

@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from berth_trainer.config import DataFormat, TagScheme
+from berth_trainer.modeling import text_inputs
 from berth_trainer.tasks import Encoded, FineTuning, bad_row, predict
 from berth_trainer.tasks.text import WordPiecer, split_words, to_char_offsets, word_pieces
 
@@ -152,10 +153,7 @@ class TokenClassification(FineTuning):
     def build(self, backbone, labels):
         self.labels = labels
         n = self.cfg.training.sequence_length
-        inputs = {
-            k: keras.Input((n,), dtype="int32", name=k)
-            for k in ("token_ids", "segment_ids", "padding_mask")
-        }
+        inputs = text_inputs(n)
         sequence = backbone(inputs)["sequence_output"]
         sequence = keras.layers.Dropout(
             backbone.dropout, dtype=backbone.dtype_policy, name="sequence_dropout"
