@@ -416,6 +416,7 @@ class TrainerConfig(ApiModel):
     )
     seq2seq: Seq2SeqConfig = Field(
         default_factory=Seq2SeqConfig,
+        alias="seq2seq",  # not the generator's "seq2Seq"
         description="seq2seq: target length, beam and jsonl keys (task seq2seq).",
     )
     training: TrainingConfig = Field(
