@@ -109,16 +109,25 @@ def build_model(
             else 2,
             name=f"bert_{cfg.task}",
         )
-    inputs = text_inputs(n)
-    encoded = backbone(inputs)
-    dropped = keras.layers.Dropout(
-        cfg.model.resolved().dropout, dtype=backbone.dtype_policy, name="pooled_dropout"
-    )(encoded["pooled_output"])
+    inputs, logits = pooled_classifier(backbone, n, cfg.training.num_classes)
+    logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
+    return keras.Model(inputs, {"logits": logits}, name=f"bert_{cfg.task}")
+
+
+def pooled_classifier(
+    backbone: keras.Model, sequence_length: int, units: int
+) -> tuple[dict[str, keras.KerasTensor], keras.KerasTensor]:
+    """`text_inputs` → the pooled `[CLS]` output → dropout → `Dense(units)` named
+    `classifier` (Google's `output_weights`, Hugging Face's `classifier.*`): classification's
+    and regression's head."""
+    inputs = text_inputs(sequence_length)
+    pooled = keras.layers.Dropout(
+        backbone.dropout, dtype=backbone.dtype_policy, name="pooled_dropout"
+    )(backbone(inputs)["pooled_output"])
     logits = keras.layers.Dense(
-        cfg.training.num_classes,
+        units,
         kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
         dtype=backbone.dtype_policy,
         name=CLASSIFIER_NAME,
-    )(dropped)
-    logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
-    return keras.Model(inputs, {"logits": logits}, name=f"bert_{cfg.task}")
+    )(pooled)
+    return inputs, logits

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from berth_trainer.config import DataFormat
-from berth_trainer.modeling import text_inputs
+from berth_trainer.modeling import pooled_classifier
 from berth_trainer.tasks import Encoded, FineTuning, bad_row, predict
 
 
@@ -48,18 +48,7 @@ class Regression(FineTuning):
         return Encoded(features, {"value": gold}, gold), None
 
     def build(self, backbone, labels):
-        n = self.cfg.training.sequence_length
-        inputs = text_inputs(n)
-        pooled = backbone(inputs)["pooled_output"]
-        pooled = keras.layers.Dropout(
-            backbone.dropout, dtype=backbone.dtype_policy, name="pooled_dropout"
-        )(pooled)
-        score = keras.layers.Dense(
-            1,
-            kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
-            dtype=backbone.dtype_policy,
-            name=self.head,
-        )(pooled)
+        inputs, score = pooled_classifier(backbone, self.cfg.training.sequence_length, 1)
         score = keras.layers.Reshape((), dtype="float32", name="score")(score)
         return keras.Model(inputs, {"score": score}, name="bert_regression")
 
