@@ -5,8 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv control-plane images images-gpu cluster-up cluster-down crds verify lint \
-        pytest clean
+.PHONY: demo test venv lock control-plane images images-gpu cluster-up cluster-down crds verify \
+        lint pytest clean
 
 ## demo: train the quickstart manifest locally (2 worker processes, tiny BERT)
 demo: $(STAMP)
@@ -18,14 +18,28 @@ test: $(STAMP) control-plane images lint verify
 	bash hack/test.sh
 
 venv: $(STAMP)
+# The runtime comes from the hash-locked files the images install, so the tests run what ships,
+# when this Python is the one they are locked for (CPython 3.11 on Linux); any other Python gets
+# the ranges they are locked from. The dev tools come from their ranges.
 $(STAMP): trainer/requirements.txt operator/requirements.txt requirements-dev.txt \
+          trainer/requirements.lock operator/requirements.lock \
           trainer/pyproject.toml operator/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r trainer/requirements.txt -r operator/requirements.txt \
-	    -r requirements-dev.txt
+	if $(PY) -c 'import sys; sys.exit(sys.implementation.name != "cpython" or \
+	        sys.platform != "linux" or sys.version_info[:2] != (3, 11))'; then \
+	    $(PY) -m pip install -q --require-hashes \
+	        -r trainer/requirements.lock -r operator/requirements.lock; \
+	else \
+	    $(PY) -m pip install -q -r trainer/requirements.txt -r operator/requirements.txt; \
+	fi
+	$(PY) -m pip install -q -r requirements-dev.txt
 	$(PY) -m pip install -q --no-deps -e trainer -e operator
 	touch $@
+
+## lock: re-lock the images' requirements (hash-locked, from the requirements.txt ranges)
+lock:
+	bash hack/lock-requirements.sh
 
 ## control-plane: build kube-apiserver, controller-manager, scheduler, kubectl, etcd, kwok, helm,
 ## Kueue, and the real node's kubelet, kube-proxy, CoreDNS and pause; apt-get what the node runs

@@ -3,8 +3,8 @@
 # outside the repository: ${XDG_CACHE_HOME:-$HOME/.cache}/berth/bin/<component>-<version>.
 # A binary already in the cache is not rebuilt, so a warm machine skips this in seconds.
 # Besides the control plane: the real node's kubelet and kube-proxy, a slim CoreDNS, a static
-# `pause` program (hack/cluster.py turns it into the sandbox image; no registry is reachable)
-# and Kueue's controller manager with its CRDs.
+# `pause` program (hack/cluster.py turns it into the sandbox image; no registry is reachable),
+# Kueue's controller manager with its CRDs and kube-network-policies (NetworkPolicy enforcement).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -18,6 +18,9 @@ mkdir -p "$bin" "$logs"
 export CGO_ENABLED=0 GOFLAGS=-buildvcs=false GO111MODULE=on
 
 k8s_minor=${KUBERNETES_VERSION#v1.}            # 34.4
+# The patched build is cached under its version and the patch's hash (hack/cluster.py agrees).
+knp_patch=$here/kube-network-policies.patch
+knp_version=$KUBE_NETWORK_POLICIES_VERSION-$(sha256sum "$knp_patch" | cut -c1-12)
 staging_version=v0.${k8s_minor}                 # v0.34.4
 
 fail() { # component log
@@ -212,7 +215,28 @@ build_kueue() {
   chmod -R u+w "$manifests.tmp" && rm -rf "$manifests" && mv "$manifests.tmp" "$manifests"
 }
 
-want=${*:-kubernetes etcd kwok helm coredns pause kueue}
+build_kube_network_policies() {
+  # Its module, patched (see the patch's header: the xtables NFQUEUE target for kernels without
+  # nft_queue, and $KUBECONFIG for a host process), built as it is.
+  have kube-network-policies "$knp_version" && return 0
+  local log=$logs/kube-network-policies-$knp_version.log work
+  work=$(mktemp -d)
+  echo "building kube-network-policies $knp_version (log: $log)"
+  (
+    set -euo pipefail
+    dir=$(go mod download -json "sigs.k8s.io/kube-network-policies@$KUBE_NETWORK_POLICIES_VERSION" \
+      | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+    cp -r "$dir/." "$work" && chmod -R u+w "$work" && cd "$work"
+    patch -p1 --forward < "$knp_patch"
+    start=$SECONDS
+    go build -trimpath -ldflags "-s -w" -o "$bin/kube-network-policies-$knp_version.tmp" ./cmd
+    mv "$bin/kube-network-policies-$knp_version.tmp" "$bin/kube-network-policies-$knp_version"
+    echo "built kube-network-policies in $((SECONDS - start)) s"
+  ) >"$log" 2>&1 || fail kube-network-policies "$log"
+  rm -rf "$work"
+}
+
+want=${*:-kubernetes etcd kwok helm coredns pause kueue kube-network-policies}
 for component in $want; do
   case $component in
     kubernetes) build_kubernetes ;;
@@ -224,6 +248,7 @@ for component in $want; do
     coredns) build_coredns ;;
     pause) build_pause ;;
     kueue) build_kueue ;;
+    kube-network-policies) build_kube_network_policies ;;
     *) echo "unknown component: $component" >&2; exit 2 ;;
   esac
 done
@@ -231,10 +256,10 @@ done
 links=$here/../.cluster/bin
 mkdir -p "$links"
 for name in etcd kwok helm coredns kueue kube-apiserver kube-controller-manager kube-scheduler kubectl \
-  kubelet kube-proxy; do
+  kubelet kube-proxy kube-network-policies; do
   case $name in
     etcd) v=$ETCD_VERSION ;; kwok) v=$KWOK_VERSION ;; helm) v=$HELM_VERSION ;;
-    coredns) v=$COREDNS_VERSION ;; kueue) v=$KUEUE_VERSION ;;
+    coredns) v=$COREDNS_VERSION ;; kueue) v=$KUEUE_VERSION ;; kube-network-policies) v=$knp_version ;;
     *) v=$KUBERNETES_VERSION ;;
   esac
   [ -x "$bin/$name-$v" ] && ln -sfn "$bin/$name-$v" "$links/$name"

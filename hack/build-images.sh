@@ -5,7 +5,7 @@
 #   hack/build-images.sh gpu    # localhost/berth-trainer:<appVersion>-gpu (several GB; not in CI)
 #
 # The tag is the chart's appVersion, so the chart's defaults name these images. Each image is
-# keyed by a hash of its inputs (the Dockerfile, the sources, requirements and pyproject files it
+# keyed by a hash of its inputs (the Dockerfile, the sources, locks and pyproject files it
 # copies, the base image's recipe, the tag) and saved as
 # ${BERTH_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/berth}/images/berth-<target>-<hash>.tar
 # (docker-archive: `podman load` and `ctr -n k8s.io images import` both read it), linked as
@@ -16,6 +16,12 @@
 # A cold build needs no network inside the container: the base image comes from Debian packages
 # (mmdebstrap, bookworm), and pip installs from a wheelhouse the host's own pip downloads first,
 # with the host's index and CA settings, into .../wheelhouse/ (reused by every later build).
+# The host downloads exactly the files of the hash-locked requirements (hack/lock-requirements.sh)
+# with --require-hashes, the wheelhouse keeps only files whose sha256 some lock names, and the
+# build installs with --require-hashes again: nothing unverified reaches an image. The base
+# image is identified by the hash of its recipe (its tag, localhost/berth-python-base:<hash>),
+# apt checks every Debian package it is made of against the suite's signed Release file, and
+# each image records it (labels org.opencontainers.image.base.name and .base.digest).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -69,13 +75,25 @@ install_tools() {
     "${missing[@]}" >/dev/null
 }
 
+# The hash-locked requirements a target installs (the build lock: Berth's wheels, sdist-only
+# packages), and every lock there is (what the wheelhouse may hold).
+locks_of() {
+  case $1 in
+    operator) echo requirements-build.lock operator/requirements.lock ;;
+    trainer) echo requirements-build.lock trainer/requirements.lock ;;
+    trainer-gpu) echo requirements-build.lock trainer/requirements.lock trainer/requirements-gpu.lock ;;
+  esac
+}
+all_locks=(requirements-build.lock trainer/requirements.lock trainer/requirements-gpu.lock
+  operator/requirements.lock)
+
 # Files a target's image is made of: what the Dockerfile copies (as .dockerignore allows).
 sources() {
   local dirs=(trainer)
   [ "$1" = operator ] && dirs+=(operator)
+  locks_of "$1" | tr ' ' '\n'
   for d in "${dirs[@]}"; do
     echo "$d/pyproject.toml"
-    echo "$d/requirements.txt"
     find "$d/src" \( -name __pycache__ -o -name '*.egg-info' -o -name build \) -prune \
       -o -type f ! -name '*.py[cod]' -print
   done
@@ -119,45 +137,41 @@ ensure_base() { # sets base_image; imports (or first builds) the Debian base ima
 }
 
 wheels_ready=
-ensure_wheels() { # target: the host's pip downloads what the build installs
-  local reqs=(-r trainer/requirements.txt) start python
-  case $1 in
-    operator) reqs=(-r operator/requirements.txt) ;;
-    trainer-gpu)
-      # tensorflow[and-cuda] at the same pin as trainer/requirements.txt (see the Dockerfile).
-      reqs+=("$(sed -nE 's/^tensorflow([=<>!~].*)$/tensorflow[and-cuda]\1/p' trainer/requirements.txt)") ;;
-  esac
+ensure_wheels() { # target: the host's pip downloads, verified, the locked files the build installs
+  local reqs=() lock start python
+  for lock in $(locks_of "$1"); do reqs+=(-r "$lock"); done
   [[ " $wheels_ready " == *" $1 "* ]] && return 0
   python=${BERTH_PIP_PYTHON:-$repo/.venv/bin/python}
   [ -x "$python" ] || python=python3
-  local build_requires platforms=()
-  build_requires=$("$python" - <<'PY'
-import tomllib
-for project in ("trainer", "operator"):
-    with open(f"{project}/pyproject.toml", "rb") as f:
-        print("\n".join(tomllib.load(f)["build-system"]["requires"]))
-PY
-)
+  local platforms=() sdist_only=()
   # Wheels for the base image's Python and glibc (and every older manylinux tag), not the host's.
   for minor in $(seq 5 "${wheel_glibc#2_}"); do platforms+=(--platform "manylinux_2_${minor}_$arch"); done
   platforms+=(--platform "manylinux2014_$arch" --platform "manylinux2010_$arch" --platform "manylinux1_$arch")
+  # Pure-Python requirements published only as source (marked "sdist-only" in a requirements
+  # file): their locked sdist, which the build turns into a wheel with the locked setuptools.
+  for name in $(sed -nE 's/^([A-Za-z0-9._-]+).*#.*sdist-only.*$/\1/p' trainer/requirements.txt \
+      operator/requirements.txt); do
+    sdist_only+=(--no-binary "$name")
+  done
   start=$(now)
   mkdir -p "$wheelhouse"
-  # Pure-Python requirements published only as source (marked "sdist-only" in the file): the
-  # host builds their wheels, which any Python and platform can install, into the wheelhouse.
-  local sdist_only
-  sdist_only=$(sed -nE 's/^([^#]+[^ #]) *#.*sdist-only.*$/\1/p' "${reqs[1]}")
-  if [ -n "$sdist_only" ]; then
-    # shellcheck disable=SC2086  # one requirement per line
-    "$python" -m pip wheel --quiet --no-deps --wheel-dir "$wheelhouse" $sdist_only
-  fi
-  # shellcheck disable=SC2086  # one build requirement per line
-  "$python" -m pip download --quiet --no-cache-dir --dest "$wheelhouse" --only-binary=:all: \
-    --find-links "$wheelhouse" \
+  # --no-deps: a lock lists every package already (and pip allows sdists with --platform only so).
+  "$python" -m pip download --quiet --no-cache-dir --dest "$wheelhouse" --require-hashes --no-deps \
+    --only-binary=:all: "${sdist_only[@]}" \
     --python-version "$wheel_python" --implementation cp --abi "cp${wheel_python/./}" \
-    "${platforms[@]}" "${reqs[@]}" $build_requires
+    "${platforms[@]}" "${reqs[@]}"
+  prune_wheelhouse
   echo "wheelhouse: $1's wheels ready in $(took "$start") ($(du -sh "$wheelhouse" | cut -f1))"
   wheels_ready+=" $1"
+}
+
+prune_wheelhouse() { # remove every file whose sha256 no lock names (older pins, stray wheels)
+  local allowed sum file
+  allowed=$(grep -ho 'sha256:[0-9a-f]\{64\}' "${all_locks[@]}" | cut -d: -f2 | sort -u)
+  (cd "$wheelhouse" && find . -maxdepth 1 -type f -print0 | xargs -0r sha256sum) |
+    while read -r sum file; do
+      grep -qxF "$sum" <<<"$allowed" || { echo "wheelhouse: removing unlocked $file"; rm -f "$wheelhouse/$file"; }
+    done
 }
 
 build() { # target hash archive
@@ -171,7 +185,9 @@ build() { # target hash archive
   pod build --quiet --network none --pull=never "${ulimits[@]}" \
     --build-arg "PYTHON_IMAGE=$base_image" \
     --volume "$wheelhouse:/wheelhouse:ro" --volume "$conf:/etc/xdg/pip:ro" \
-    --label "dev.berth.inputs=$hash" --target "$target" --tag "$ref" . >/dev/null
+    --label "dev.berth.inputs=$hash" --label "org.opencontainers.image.base.name=$base_image" \
+    --label "org.opencontainers.image.base.digest=$(pod image inspect --format '{{.Digest}}' "$base_image")" \
+    --target "$target" --tag "$ref" . >/dev/null
   echo "built $ref in $(took "$start")"
   start=$(now)
   pod save --quiet --format docker-archive --output "$archive.tmp" "$ref"

@@ -9,7 +9,8 @@ lives under `.cluster/` in the repository (git-ignored): PKI, kubeconfigs, logs,
 etcd data and `bin/` links to the binaries. `up` is idempotent; ports are picked free at start.
 
 Beside the KWOK nodes, `up` starts one real node, `berth-node-0` (hack/realnode.py: containerd,
-kubelet, kube-proxy, CoreDNS, pods on the bridge `berth0`, 10.244.0.0/24, no default route).
+kubelet, kube-proxy, CoreDNS, kube-network-policies enforcing NetworkPolicy, pods on the bridge
+`berth0`, 10.244.0.0/24, no default route).
 It needs root and hack/install-node-deps.sh's packages; `--kwok-only` (or BERTH_KWOK_ONLY=1,
 which reaches it through the tests' fixture too) skips it, and then the apiserver listens on
 127.0.0.1 instead of the bridge address 10.244.0.1 (where pods reach it, also as the
@@ -32,6 +33,7 @@ import argparse
 import base64
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -62,7 +64,7 @@ COMPONENTS = (
     "kueue",
 )
 #: The real node's processes, in start order (kubelet last: the pause image must be there).
-NODE_COMPONENTS = ("containerd", "coredns", "kube-proxy", "kubelet")
+NODE_COMPONENTS = ("containerd", "coredns", "kube-proxy", "kube-network-policies", "kubelet")
 KWOK_NODES = 4
 SERVICE_CIDR = "10.96.0.0/16"
 #: Pod IPs are loopback addresses, so a test can serve a pod's metrics on its IP.
@@ -76,6 +78,12 @@ def versions() -> dict[str, str]:
         if "=" in line and not line.startswith("#")
     )
     return {k.strip(): v.strip() for k, v in pairs}
+
+
+def kube_network_policies_version(v: dict[str, str]) -> str:
+    """Its cache key, as hack/build-control-plane.sh makes it: the version and the patch's hash."""
+    patch = (HACK / "kube-network-policies.patch").read_bytes()
+    return f"{v['KUBE_NETWORK_POLICIES_VERSION']}-{hashlib.sha256(patch).hexdigest()[:12]}"
 
 
 def cache_dir() -> Path:
@@ -102,6 +110,7 @@ def binaries(node: bool = False) -> dict[str, Path]:
     if node:
         wanted |= {"kubelet": k8s, "kube-proxy": k8s}
         wanted |= {"coredns": v["COREDNS_VERSION"], "pause": v["PAUSE_VERSION"]}
+        wanted |= {"kube-network-policies": kube_network_policies_version(v)}
     found = {name: cache / "bin" / f"{name}-{ver}" for name, ver in wanted.items()}
     missing = [str(p) for p in found.values() if not os.access(p, os.X_OK)]
     if missing:
@@ -166,6 +175,7 @@ def make_pki(node: bool) -> None:
             "kubelet-serving": (f"/CN={realnode.NODE_NAME}", kubelet_san, "serverAuth"),
             "kube-proxy": ("/CN=system:kube-proxy", None, "clientAuth"),
             "coredns": (f"/CN={COREDNS_USER}", None, "clientAuth"),
+            "kube-network-policies": (f"/CN={NETPOL_USER}", None, "clientAuth"),
             "apiserver-kubelet-client": ("/O=system:masters/CN=kube-apiserver", None, "clientAuth"),
         }
     for name, (subject, san, usage) in certs.items():
@@ -349,42 +359,62 @@ def running() -> bool:
 
 #: The real node's CoreDNS reads Services, EndpointSlices, Namespaces (and Pods) as this user.
 COREDNS_USER = "berth:coredns"
-COREDNS_RBAC = {
-    "apiVersion": "v1",
-    "kind": "List",
-    "items": [
+#: The real node's kube-network-policies reads what NetworkPolicies select, as this user.
+NETPOL_USER = "berth:kube-network-policies"
+
+
+def read_only_rbac(user: str, rules: list[dict[str, object]]) -> dict[str, object]:
+    """A ClusterRole of `rules` bound to the client-certificate user `user`."""
+    ref = {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": user}
+    return {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": {"name": user},
+                "rules": rules,
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": user},
+                "roleRef": ref,
+                "subjects": [
+                    {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}
+                ],
+            },
+        ],
+    }
+
+
+COREDNS_RBAC = read_only_rbac(
+    COREDNS_USER,
+    [
         {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRole",
-            "metadata": {"name": COREDNS_USER},
-            "rules": [
-                {
-                    "apiGroups": [""],
-                    "resources": ["endpoints", "services", "pods", "namespaces"],
-                    "verbs": ["list", "watch"],
-                },
-                {
-                    "apiGroups": ["discovery.k8s.io"],
-                    "resources": ["endpointslices"],
-                    "verbs": ["list", "watch"],
-                },
-            ],
+            "apiGroups": [""],
+            "resources": ["endpoints", "services", "pods", "namespaces"],
+            "verbs": ["list", "watch"],
         },
         {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": COREDNS_USER},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": COREDNS_USER,
-            },
-            "subjects": [
-                {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": COREDNS_USER}
-            ],
+            "apiGroups": ["discovery.k8s.io"],
+            "resources": ["endpointslices"],
+            "verbs": ["list", "watch"],
         },
     ],
-}
+)
+NETPOL_RBAC = read_only_rbac(
+    NETPOL_USER,
+    [
+        {"apiGroups": [""], "resources": ["pods", "namespaces"], "verbs": ["list", "watch"]},
+        {
+            "apiGroups": ["networking.k8s.io"],
+            "resources": ["networkpolicies"],
+            "verbs": ["list", "watch"],
+        },
+    ],
+)
 
 
 def up(kwok_only: bool) -> None:
@@ -415,12 +445,12 @@ def up(kwok_only: bool) -> None:
     names = ["etcd", "etcd_peer", "apiserver", "kwok", "kueue_webhook", "kueue_health"]
     if with_node:
         names += ["kubelet", "kubelet_healthz", "proxy_healthz", "proxy_metrics"]
-        names += ["dns_health", "dns_ready"]
+        names += ["dns_health", "dns_ready", "netpol_metrics"]
     ports = {k: free_port() for k in names}
     host = realnode.BRIDGE_IP if with_node else "127.0.0.1"
     server = f"https://{host}:{ports['apiserver']}"
     users = ["admin", "controller-manager", "scheduler", "kwok", "kueue"]
-    users += ["kubelet", "kube-proxy", "coredns"] if with_node else []
+    users += ["kubelet", "kube-proxy", "coredns", "kube-network-policies"] if with_node else []
     for user in users:
         write_kubeconfig(STATE / f"{user}.kubeconfig", server, user)
     shutil.copy(STATE / "admin.kubeconfig", KUBECONFIG)
@@ -563,6 +593,7 @@ def up(kwok_only: bool) -> None:
     }
     if with_node:
         kubectl("apply", "--server-side", "-f", "-", input=json.dumps(COREDNS_RBAC))
+        kubectl("apply", "--server-side", "-f", "-", input=json.dumps(NETPOL_RBAC))
         start_node(node, bins, ports)
         state["real_node"] = {
             "name": realnode.NODE_NAME,
@@ -731,6 +762,18 @@ def start_node(node: realnode.Node, bins: dict[str, Path], ports: dict[str, int]
         STATE / "kube-proxy.kubeconfig", ports["proxy_healthz"], ports["proxy_metrics"]
     )
     start("kube-proxy", [str(bins["kube-proxy"]), f"--config={proxy}", "--v=1"])
+    # Before the kubelet: no pod of a policy runs unenforced. Teardown deletes its nftables table.
+    start(
+        "kube-network-policies",
+        [
+            str(bins["kube-network-policies"]),
+            f"--kubeconfig={STATE / 'kube-network-policies.kubeconfig'}",
+            f"--hostname-override={realnode.NODE_NAME}",
+            f"--metrics-bind-address=127.0.0.1:{ports['netpol_metrics']}",
+            "--disable-nri",  # pod IPs from the API server: this containerd runs no NRI
+            "--v=1",
+        ],
+    )
     config = node.kubelet_config(PKI, ports["kubelet"], ports["kubelet_healthz"])
     start(
         "kubelet",
@@ -854,7 +897,7 @@ def stop_all() -> None:
     containerd_up = pid_alive("containerd")
     if containerd_up:
         node.kill_containers()
-    stop(("kube-proxy", "coredns", "containerd"))
+    stop(("kube-proxy", "kube-network-policies", "coredns", "containerd"))
     # kube-apiserver lingers ~15 s after it stopped listening; its state goes with etcd's.
     stop(tuple(reversed(COMPONENTS)), grace=5)
     if was_up and os.geteuid() == 0:  # this directory's node (another's bridge is not ours)

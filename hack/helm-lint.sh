@@ -12,7 +12,10 @@ helm=.cluster/bin/helm
 $helm lint --strict charts/berth
 $helm lint --strict charts/berth \
   --set 'watchNamespaces={ml,nlp}' --set replicaCount=2 \
-  --set networkPolicy.enabled=true --set metrics.serviceMonitor.enabled=true
+  --set-json 'networkPolicy.metricsFrom=[{"ipBlock":{"cidr":"10.0.0.0/8"}}]' \
+  --set metrics.serviceMonitor.enabled=true
 $helm lint --strict charts/berth \
   --set replicaCount=2 --set metrics.enabled=false --set rbac.create=false \
-  --set serviceAccount.create=false --set serviceAccount.name=berth
+  --set serviceAccount.create=false --set serviceAccount.name=berth --set networkPolicy.enabled=false
+$helm lint --strict charts/berth \
+  --set podPolicy.level=privileged --set-json 'podPolicy.namespaces={"secure":"restricted","mid":"baseline"}'

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install, with apt-get, what the real node of hack/cluster.py runs beside the built binaries:
 # containerd (its CRI plugin), runc, the CNI plugins (bridge, host-local, loopback), iptables and
-# conntrack (kube-proxy), iproute2 (the bridge). Only what is missing; a no-op on a ready machine.
+# conntrack (kube-proxy), iproute2 (the bridge), nftables (`nft`: the teardown of
+# kube-network-policies' table). Only what is missing; a no-op on a ready machine.
 # Skipped without root: `cluster.py up --kwok-only` needs none of it.
 set -euo pipefail
 
@@ -12,6 +13,7 @@ declare -A wanted=(
   [iptables]=/usr/sbin/iptables
   [conntrack]=/usr/sbin/conntrack
   [iproute2]=/usr/sbin/ip
+  [nftables]=/usr/sbin/nft
 )
 missing=()
 for package in "${!wanted[@]}"; do

@@ -1,7 +1,12 @@
 """The real node of hack/cluster.py: host set-up and teardown, and the node components' configs.
 
 One node, `berth-node-0`, runs real containers beside the KWOK nodes: containerd (own root,
-state and socket under `.cluster/node/`), kubelet, kube-proxy (iptables) and a slim CoreDNS.
+state and socket under `.cluster/node/`), kubelet, kube-proxy (iptables), a slim CoreDNS and
+kube-network-policies, which enforces NetworkPolicy with its nftables table `NFT_TABLE`: it
+queues new connections to and from pods that a policy selects to itself (nfqueue) and lets
+through only what the policies allow. Traffic between two pods on the bridge passes the IP
+hooks it uses because bridged packets are handed to them (`net.bridge.bridge-nf-call-iptables`);
+the host's own connections to pods (10.244.0.1) are judged too.
 Pods sit on a bridge this module creates, `berth0` (10.244.0.1/24), with no default route:
 only the bridge subnet and a route to the Service CIDR through the bridge address, where
 kube-apiserver, CoreDNS and kube-proxy's DNAT answer. A FORWARD rule drops anything that
@@ -60,6 +65,7 @@ SYSCTLS = (
     "net.netfilter.nf_conntrack_max",
     "net.netfilter.nf_conntrack_tcp_timeout_established",
     "net.netfilter.nf_conntrack_tcp_timeout_close_wait",
+    "net.bridge.bridge-nf-call-iptables",  # pod -> pod on the bridge meets NetworkPolicy
 )
 #: Host folders that containerd, CNI and the kubelet use whatever their configured roots: those
 #: this node created are removed on teardown (the kubelet's device-plugin socket, CNI results).
@@ -74,7 +80,11 @@ HOST_DIRS = (
 )
 CNI_RESULTS = Path("/var/lib/cni/results")
 #: Host programs the node needs (hack/install-node-deps.sh installs them).
-HOST_TOOLS = ("containerd", "runc", "ctr", "ip", "iptables", "mount", "umount")
+HOST_TOOLS = ("containerd", "runc", "ctr", "ip", "iptables", "nft", "mount", "umount")
+#: kube-network-policies' nftables table (family, name). It can outlive the process (a re-sync
+#: races its cleanup on SIGTERM; a crash has none), and then its queue, with no reader, drops
+#: the traffic of every pod a policy selects: teardown deletes it.
+NFT_TABLE = ("inet", "kube-network-policies")
 CNI_PLUGINS = Path("/usr/lib/cni")
 
 
@@ -116,6 +126,7 @@ class Node:
         if subprocess.run(["iptables", "-C", *rule], capture_output=True).returncode:
             run("iptables", "-I", *rule)
         set_sysctl("net.ipv4.ip_forward", "1")  # pod -> ClusterIP -> pod; the rule keeps it here
+        set_sysctl("net.bridge.bridge-nf-call-iptables", "1")
 
         for d in (self.cni_bin, self.cni_conf, self.ipam, self.kubelet, self.pod_logs):
             d.mkdir(parents=True, exist_ok=True)
@@ -357,6 +368,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         if kube_proxy and kube_proxy.exists():
             subprocess.run([str(kube_proxy), "--cleanup"], capture_output=True, check=False)
         remove_kube_chains()
+        if nft_table_exists():
+            subprocess.run(["nft", "delete", "table", *NFT_TABLE], capture_output=True)
         if link_exists(BRIDGE):
             subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True, check=False)
         for result in cni_results():
@@ -427,6 +440,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                     for line in out.stdout.splitlines()
                     if "KUBE-" in line or RULE_COMMENT in line
                 ]
+        if nft_table_exists():
+            found.append("nftables table {} {}".format(*NFT_TABLE))
         found += [f"process {pid}" for pid in self.container_processes()]
         found += [f"mount {m}" for m in mounts_under(self.state)]
         found += [f"netns {n}" for n in bridge_netns()]
@@ -628,6 +643,13 @@ def shim_socket(pid: int) -> Path | None:
 def delete_netns(path: Path) -> None:
     subprocess.run(["umount", str(path)], capture_output=True)
     path.unlink(missing_ok=True)
+
+
+def nft_table_exists() -> bool:
+    if not shutil.which("nft"):  # a machine that never ran the real node
+        return False
+    listed = subprocess.run(["nft", "list", "table", *NFT_TABLE], capture_output=True)
+    return listed.returncode == 0
 
 
 def remove_kube_chains() -> None:

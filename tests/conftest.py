@@ -57,14 +57,16 @@ def api(kubeconfig: str) -> Iterator[object]:
 
 
 def new_namespace(api: object) -> str:
-    """Create a fresh namespace and wait for its `default` ServiceAccount (pods can be created)."""
+    """Create a fresh namespace (Pod Security `restricted` enforced) and wait for its `default`
+    ServiceAccount (pods can be created)."""
     from kubernetes import client
 
+    from tests.support.podsecurity import NAMESPACE_LABELS
     from tests.support.waiting import wait_for
 
     core = client.CoreV1Api(api)
     name = f"t-{uuid.uuid4().hex[:10]}"
-    core.create_namespace({"metadata": {"name": name, "labels": {"berth.dev/test": "true"}}})
+    core.create_namespace({"metadata": {"name": name, "labels": NAMESPACE_LABELS}})
     wait_for(
         lambda: core.read_namespaced_service_account("default", name),
         timeout=30,

@@ -4,7 +4,8 @@ The operator runs as a pod from the built operator image under the chart's Servi
 RBAC (in-cluster configuration); the workers run the built trainer image as real containers on
 the real kubelet node (containerd, runc, the CNI bridge), find each other through the headless
 Service's DNS names in TF_CONFIG (CoreDNS) and train together under MultiWorkerMirroredStrategy.
-Data goes in and the model comes out through a hostPath volume on the node. Nothing is faked.
+Data goes in and the model comes out through a hostPath PersistentVolume on the node, claimed in
+a namespace that enforces Pod Security `restricted`. Nothing is faked.
 The chart is installed with Kueue on (`kueue.enabled`): trainings without the queue label run
 as ever, and one pair of labelled trainings shows preemption by a real Kueue end to end.
 """
@@ -24,9 +25,11 @@ import pytest
 import yaml
 from kubernetes import client
 
+from berth_operator.builders import METRICS_PORT, TF_PORT
 from berth_trainer.synthetic import write_quickstart_corpus
 from tests.conftest import delete_namespace, new_namespace
 from tests.support.kueue import PRIORITY_LABEL, QUEUE_LABEL, Kueue
+from tests.support.netprobe import probe_result, start_probe
 from tests.support.realnode import RealNode
 from tests.support.tiny import tiny_config
 from tests.support.waiting import wait_for
@@ -38,6 +41,8 @@ CHART = REPO / "charts" / "berth"
 GROUP, VERSION, PLURAL = "berth.dev", "v1alpha1", "berttrainings"
 #: The images' user: the data volume is theirs.
 IMAGE_UID = 65532
+#: The claim of the data volume in the test namespace.
+CLAIM = "data"
 #: The release (its cluster-scoped objects are named after it: one per test session).
 RELEASE = f"berth-{uuid.uuid4().hex[:6]}"
 
@@ -72,15 +77,51 @@ def namespace(api: client.ApiClient) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def volume(node: RealNode, namespace: str) -> Iterator[Path]:
-    """A folder on the node (this machine) holding the corpus, owned by the images' user."""
+def volume(api: client.ApiClient, node: RealNode, namespace: str) -> Iterator[Path]:
+    """A folder on the node (this machine) holding the corpus, owned by the images' user, and
+    claimed in `namespace` as the PersistentVolumeClaim CLAIM: a hostPath PersistentVolume that
+    an admin made, as Pod Security `restricted` allows (the pods name only the claim)."""
     path = node.volume_dir(namespace)
     corpus = write_quickstart_corpus(path / "corpus", seed=1, documents=60)
     assert Path(corpus["vocab"]).parent == path / "corpus"
     for root, dirs, files in os.walk(path):
         for entry in (root, *(os.path.join(root, n) for n in dirs + files)):
             os.chown(entry, IMAGE_UID, IMAGE_UID)
+    core, pv = client.CoreV1Api(api), f"{namespace}-data"
+    core.create_persistent_volume(
+        {
+            "metadata": {"name": pv, "labels": {"berth.dev/test": "true"}},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "hostPath": {"path": str(path), "type": "Directory"},
+                "claimRef": {"namespace": namespace, "name": CLAIM},
+            },
+        }
+    )
+    core.create_namespaced_persistent_volume_claim(
+        namespace,
+        {
+            "metadata": {"name": CLAIM},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": "",
+                "volumeName": pv,
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    )
+    wait_for(
+        lambda: (
+            core.read_namespaced_persistent_volume_claim(CLAIM, namespace).status.phase == "Bound"
+        ),
+        timeout=60,
+        what=f"claim {CLAIM} Bound",
+    )
     yield path
+    core.delete_persistent_volume(pv)
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -115,8 +156,8 @@ def operator_log(namespace: str) -> str:
     return f"\n--- operator log ---\n{out.stdout}{out.stderr}"
 
 
-def manifest(name: str, node: RealNode, volume: Path, steps: int, **spec: Any) -> dict[str, Any]:
-    """A tiny 2-worker pre-training; /data is `volume` on the node (corpus in, model out)."""
+def manifest(name: str, node: RealNode, steps: int, **spec: Any) -> dict[str, Any]:
+    """A tiny 2-worker pre-training; /data is the claim CLAIM (corpus in, model out)."""
     placement = node.placement()
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
@@ -136,9 +177,7 @@ def manifest(name: str, node: RealNode, volume: Path, steps: int, **spec: Any) -
                 "spec": {
                     **placement,
                     "terminationGracePeriodSeconds": 5,
-                    "volumes": [
-                        {"name": "data", "hostPath": {"path": str(volume), "type": "Directory"}}
-                    ],
+                    "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": CLAIM}}],
                     "containers": [
                         {
                             "name": "trainer",
@@ -185,10 +224,10 @@ def pod_log(namespace: str, pod: str) -> str:
 
 
 def test_helm_install_apply_train_and_export(
-    release: str, node: RealNode, namespace: str, volume: Path
+    api: client.ApiClient, release: str, node: RealNode, namespace: str, volume: Path
 ) -> None:
     steps = 500
-    apply(manifest("tiny", node, volume, steps=steps), namespace)
+    apply(manifest("tiny", node, steps=steps), namespace)
 
     def row_while_running() -> list[str] | None:
         """`kubectl get bt` once the in-cluster operator has scraped worker 0 while it trains."""
@@ -201,6 +240,7 @@ def test_helm_install_apply_train_and_export(
     row = wait_for(row_while_running, timeout=300, interval=0.5, what="progress while Running")
     assert row[:3] == ["tiny", "Running", "2/2"] and row[3].endswith(f"/{steps}"), row
     assert int(row[3].split("/")[0]) > 0 and float(row[4]) > 0 and float(row[5]) > 0, row
+    assert_workers_isolated(api, node, namespace, "tiny")
 
     final = wait_phase(namespace, "tiny", "Succeeded")
     # The last scrape may precede the last steps; the trainer's own count is exact.
@@ -233,6 +273,37 @@ def test_helm_install_apply_train_and_export(
     assert mask["position"] == 3 and mask["top_k"][0]["token"] not in ("", "[MASK]")
 
 
+def assert_workers_isolated(
+    api: client.ApiClient, node: RealNode, namespace: str, training: str
+) -> None:
+    """While `training` trains: its NetworkPolicy (the operator's, owned by the training) is
+    enforced on the node (kube-network-policies), so a pod of another namespace and a pod
+    labelled as another training's worker get no connection to worker 0's TF port (gRPC that
+    runs any graph it is sent) or metrics port: their SYNs are dropped (a timeout, not a
+    refusal). The in-cluster operator, allowed, keeps reading progress (the caller's checks)."""
+    policy = json.loads(
+        kubectl("get", "networkpolicy", training, "-n", namespace, "-o", "json").stdout
+    )
+    (owner,) = policy["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["controller"]) == ("BertTraining", training, True)
+    core = client.CoreV1Api(api)
+    address = core.read_namespaced_pod(f"{training}-worker-0", namespace).status.pod_ip
+    other_namespace = new_namespace(api)
+    another_training = {"berth.dev/training": "other", "berth.dev/role": "worker"}
+    probes = [(other_namespace, "probe", {}), (namespace, "probe", another_training)]
+    try:
+        for where, name, labels in probes:
+            start_probe(core, node, where, name, address, [TF_PORT, METRICS_PORT], labels)
+        found = {where: probe_result(core, where, name) for where, name, _ in probes}
+    finally:
+        delete_namespace(api, other_namespace)
+    closed = {TF_PORT: "timeout", METRICS_PORT: "timeout"}
+    assert found == {other_namespace: closed, namespace: closed}, (
+        found,
+        status(namespace, training).get("phase"),
+    )
+
+
 def checkpoint_steps(folder: Path) -> list[int]:
     return sorted(int(p.name.split("-")[1].split(".")[0]) for p in folder.glob("ckpt-*.index"))
 
@@ -241,7 +312,7 @@ def test_killed_worker_container_restarts_the_group_and_resumes(
     release: str, node: RealNode, namespace: str, volume: Path
 ) -> None:
     steps = 300
-    apply(manifest("resume", node, volume, steps=steps), namespace)
+    apply(manifest("resume", node, steps=steps), namespace)
     wait_for(
         lambda: any(s >= 20 for s in checkpoint_steps(volume / "resume" / "ckpt")),
         timeout=300,
@@ -275,7 +346,6 @@ def test_gpu_request_on_a_node_without_a_usable_gpu_fails_fast(
         body = manifest(
             "gpu",
             node,
-            volume,
             steps=40,
             workers=1,
             resources={"limits": {"nvidia.com/gpu": 1}},
@@ -318,7 +388,6 @@ def test_kueue_preempts_a_training_which_checkpoints_and_resumes_after_readmissi
         body = manifest(
             name,
             node,
-            volume,
             steps=steps,
             resources={"requests": {"cpu": "500m"}},
             runPolicy={"restartPolicy": "OnFailure", "backoffLimit": 0},

@@ -14,15 +14,28 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from berth_operator.local.runner import die_with_parent, free_port
+from tests.support.podsecurity import NAMESPACE_LABELS
 from tests.support.waiting import wait_for
+from tests.unit.chart.helm import CHART, run_helm
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "berth.dev_berttrainings.yaml"
 GROUP, VERSION, PLURAL = "berth.dev", "v1alpha1", "berttrainings"
+#: The chart's pod-policy admission objects the `crd` fixture applies, and the one namespace
+#: their bindings leave out (values podPolicy.namespaces). Fixed: concurrent sessions render
+#: identical bindings, and a suite run leaves the namespace for the next one.
+POD_POLICY_TEMPLATES = (
+    "templates/podpolicy-baseline.yaml",
+    "templates/podpolicy-baseline-binding.yaml",
+    "templates/podpolicy-restricted.yaml",
+    "templates/podpolicy-restricted-binding.yaml",
+)
+WIDENED_NAMESPACE = "berth-pod-policy-privileged"
 
 
 def kubectl(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -33,8 +46,21 @@ def kubectl(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess
 
 @pytest.fixture(scope="session")
 def crd(kubeconfig: str) -> str:
-    """Apply the generated CRD (server-side) and wait until it is Established."""
+    """Apply the generated CRD (server-side) and wait until it is Established; apply the
+    chart's pod-policy ValidatingAdmissionPolicies and bindings (the chart's defaults, with
+    WIDENED_NAMESPACE at `privileged`), so the API server refuses hostile pod templates."""
     out = kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    assert out.returncode == 0, out.stderr
+    show = [arg for template in POD_POLICY_TEMPLATES for arg in ("--show-only", template)]
+    rendered = run_helm(
+        "template",
+        "berth-suite",
+        str(CHART),
+        *show,
+        values={"podPolicy": {"namespaces": {WIDENED_NAMESPACE: "privileged"}}},
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    out = kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=rendered.stdout)
     assert out.returncode == 0, out.stderr
     name = f"{PLURAL}.{GROUP}"
     wait_for(
@@ -47,7 +73,37 @@ def crd(kubeconfig: str) -> str:
     )
     # Discovery can lag Established by a moment; kubectl get must know the resource.
     wait_for(lambda: kubectl("get", "bt", "-A").returncode == 0, timeout=30, what="bt discovery")
+    # The API server loads admission policies a moment after they are created.
+    hostile = yaml.safe_dump(manifest("pod-policy-probe", podTemplate={"spec": {"hostPID": True}}))
+    wait_for(
+        lambda: (
+            "spec.podTemplate.spec.hostPID"
+            in kubectl(
+                "create", "--dry-run=server", "-n", "default", "-f", "-", stdin=hostile
+            ).stderr
+        ),
+        timeout=30,
+        what="pod policy enforced",
+    )
     return name
+
+
+@pytest.fixture(scope="session")
+def widened_namespace(api: client.ApiClient, crd: str) -> str:
+    """WIDENED_NAMESPACE (Pod Security `restricted` like every test namespace), made once and
+    kept: tests put uniquely named BertTrainings in it and delete them."""
+    core = client.CoreV1Api(api)
+    try:
+        core.create_namespace({"metadata": {"name": WIDENED_NAMESPACE, "labels": NAMESPACE_LABELS}})
+    except ApiException as error:
+        if error.status != 409:
+            raise
+    wait_for(
+        lambda: core.read_namespaced_service_account("default", WIDENED_NAMESPACE),
+        timeout=30,
+        what=f"ServiceAccount default in {WIDENED_NAMESPACE}",
+    )
+    return WIDENED_NAMESPACE
 
 
 class Operator:

@@ -23,9 +23,11 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from berth_operator.local.runner import die_with_parent, free_port
+from tests.integration.conftest import WIDENED_NAMESPACE
 from tests.support.apicount import service_account_kubeconfig
 from tests.support.kueue import PRIORITY_LABEL, QUEUE_LABEL, Kueue
 from tests.support.kwok import terminate_pod
+from tests.support.podsecurity import NAMESPACE_LABELS
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -50,7 +52,7 @@ def watched_namespace(api: client.ApiClient, namespace: str) -> Iterator[str]:
     """A second namespace: the operator is installed in `namespace` and watches this one."""
     core = client.CoreV1Api(api)
     name = f"{namespace}-w"
-    core.create_namespace({"metadata": {"name": name, "labels": {"berth.dev/test": "true"}}})
+    core.create_namespace({"metadata": {"name": name, "labels": NAMESPACE_LABELS}})
     yield name
     core.delete_namespace(name, propagation_policy="Background")
 
@@ -74,6 +76,9 @@ def release(
         "--set", "logLevel=debug",
         "--set", f"replicaCount={replicas}",
         "--set", f"kueue.enabled={str(queueing).lower()}",
+        # Its pod-policy bindings apply cluster-wide: widen what the suite's own (the crd
+        # fixture's) widen, or they would refuse other tests' manifests while it is installed.
+        "--set", f"podPolicy.namespaces.{WIDENED_NAMESPACE}=privileged",
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     yield {

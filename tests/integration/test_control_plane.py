@@ -11,6 +11,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tests.support.kwok import terminate_pod
+from tests.support.podsecurity import restricted_pod
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -53,12 +54,14 @@ def pod(name: str, **spec: object) -> dict:
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name},
-        "spec": {
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": False,
-            "containers": [{"name": "main", "image": "busybox:1.36"}],
-            **spec,
-        },
+        "spec": restricted_pod(
+            {
+                "restartPolicy": "Never",
+                "automountServiceAccountToken": False,
+                "containers": [{"name": "main", "image": "busybox:1.36"}],
+                **spec,
+            }
+        ),
     }
 
 
@@ -72,6 +75,21 @@ def test_pod_runs_with_loopback_ip(api: client.ApiClient, namespace: str) -> Non
     assert running.spec.node_name.startswith("kwok-gpu-")
     assert running.status.pod_ip.startswith("127.20.")
     assert all(c.ready for c in running.status.container_statuses)
+
+
+def test_test_namespaces_enforce_pod_security_restricted(
+    api: client.ApiClient, namespace: str
+) -> None:
+    """Every namespace of the suite enforces Pod Security `restricted`, so every training the
+    suite runs proves its workers satisfy it: a root pod is refused there."""
+    root = pod("root")
+    root["spec"]["securityContext"]["runAsUser"] = 0
+    with pytest.raises(ApiException) as refused:
+        client.CoreV1Api(api).create_namespaced_pod(namespace, root)
+    assert refused.value.status == 403
+    message = json.loads(refused.value.body)["message"]
+    assert 'violates PodSecurity "restricted:latest"' in message, message
+    assert "runAsUser=0" in message, message
 
 
 @pytest.mark.parametrize(

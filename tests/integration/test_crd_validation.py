@@ -12,6 +12,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from berth_operator.api import MAX_NAME_LENGTH
 from tests.integration.conftest import GROUP, PLURAL, REPO, VERSION, kubectl, manifest
 
 pytestmark = pytest.mark.cluster
@@ -244,3 +245,106 @@ def test_kubectl_explain_shows_descriptions(crd: str) -> None:
 def test_examples_are_accepted(crd: str, path: Path) -> None:
     out = kubectl("apply", "--dry-run=server", "-n", "default", "-f", str(path))
     assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        pytest.param("b" * 60, f"no more than {MAX_NAME_LENGTH} characters", id="60-chars"),
+        pytest.param("b" * (MAX_NAME_LENGTH + 1), "no more than", id="one-too-long"),
+        pytest.param("9bert", "DNS-1035 label", id="digit-first"),
+        pytest.param("b" + "-x" * (MAX_NAME_LENGTH // 2), None, id="longest"),
+    ],
+)
+def test_name_is_bounded_so_every_derived_name_is_valid(
+    api: client.ApiClient, crd: str, name: str, says: str | None
+) -> None:
+    """A longer name passed the API server, then every worker pod failed (hostname > 63)."""
+    create = client.CustomObjectsApi(api).create_namespaced_custom_object
+    if says is None:
+        create(GROUP, VERSION, "default", PLURAL, manifest(name), dry_run="All")
+        return
+    with pytest.raises(ApiException) as error:
+        create(GROUP, VERSION, "default", PLURAL, manifest(name), dry_run="All")
+    assert error.value.status == 422, error.value.body
+    message = json.loads(error.value.body)["message"]
+    assert "metadata.name: must be" in message and says in message, message
+
+
+def _template(**spec: Any) -> dict[str, Any]:
+    return manifest("hostile", podTemplate={"spec": spec})
+
+
+def _sidecar(**context: Any) -> dict[str, Any]:
+    return _template(
+        containers=[{"name": "sidecar", "image": "busybox", "securityContext": context}]
+    )
+
+
+T = "spec.podTemplate.spec"
+#: Pod template fields the chart's ValidatingAdmissionPolicies refuse, and the field named.
+HOSTILE: list[tuple[str, dict[str, Any], str]] = [
+    ("hostNetwork", _template(hostNetwork=True), f"{T}.hostNetwork"),
+    ("hostPID", _template(hostPID=True), f"{T}.hostPID"),
+    ("hostIPC", _template(hostIPC=True), f"{T}.hostIPC"),
+    ("nodeName", _template(nodeName="node-1"), f"{T}.nodeName"),
+    (
+        "hostPath",
+        _template(volumes=[{"name": "root", "hostPath": {"path": "/"}}]),
+        f"{T}.volumes[name=root].hostPath",
+    ),
+    (
+        "privileged-trainer",
+        _template(containers=[{"name": "trainer", "securityContext": {"privileged": True}}]),
+        f"{T}.containers[name=trainer].securityContext.privileged",
+    ),
+    (
+        "privileged-init-container",
+        _template(
+            initContainers=[
+                {"name": "fetch", "image": "busybox", "securityContext": {"privileged": True}}
+            ]
+        ),
+        f"{T}.initContainers[name=fetch].securityContext.privileged",
+    ),
+    (
+        "capability-sys-admin",
+        _sidecar(capabilities={"add": ["SYS_ADMIN"]}),
+        f"{T}.containers[name=sidecar].securityContext.capabilities.add",
+    ),
+    (
+        "capability-chown",
+        _sidecar(capabilities={"add": ["CHOWN"]}),
+        f"{T}.containers[name=sidecar].securityContext.capabilities.add",
+    ),
+    ("root-pod", _template(securityContext={"runAsUser": 0}), f"{T}.securityContext.runAsUser"),
+    (
+        "run-as-non-root-false",
+        _template(securityContext={"runAsNonRoot": False}),
+        f"{T}.securityContext.runAsNonRoot",
+    ),
+    (
+        "root-sidecar",
+        _sidecar(runAsUser=0),
+        f"{T}.containers[name=sidecar].securityContext.runAsUser",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "field"), [pytest.param(b, f, id=i) for i, b, f in HOSTILE])
+def test_hostile_pod_template_is_refused_at_admission_naming_the_field_unless_widened(
+    api: client.ApiClient, widened_namespace: str, body: dict[str, Any], field: str
+) -> None:
+    custom = client.CustomObjectsApi(api)
+    with pytest.raises(ApiException) as error:
+        custom.create_namespaced_custom_object(
+            GROUP, VERSION, "default", PLURAL, body, dry_run="All"
+        )
+    assert error.value.status in (403, 422), error.value.body
+    message = json.loads(error.value.body)["message"]
+    assert f"{field}: " in message, message
+    assert "ValidatingAdmissionPolicy" in message, message
+    # The chart's binding leaves out the namespace its values widen to privileged.
+    custom.create_namespaced_custom_object(
+        GROUP, VERSION, widened_namespace, PLURAL, body, dry_run="All"
+    )

@@ -3,18 +3,21 @@
 Kueue knows BertTraining as an external framework: the operator (`--kueue`) creates each queued
 training's Workload and starts the workers only once Kueue admitted it. The KWOK cluster has
 three 8-GPU nodes: a ClusterQueue of 24 `nvidia.com/gpu` admits one 2 x 8-GPU training and
-holds a second.
+holds a second. The operator runs under the chart's RBAC (`kueue.enabled`), not as admin: a verb
+the chart forgot fails the test.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 
 from tests.integration.conftest import Operator, Trainings, manifest
+from tests.support.chartrbac import chart_rbac_kubeconfig
 from tests.support.kueue import GPU_NODES, KUEUE, PRIORITY_LABEL, QUEUE_LABEL, TOLERATION, Kueue
 from tests.support.kwok import terminate_pod
 from tests.support.waiting import wait_for
@@ -31,15 +34,29 @@ def kueue(api: client.ApiClient, namespace: str) -> Iterator[Kueue]:
 
 @pytest.fixture
 def queued_operator(
-    operator_factory: Callable[..., Operator], kueue: Kueue, trainings: Trainings
+    operator_factory: Callable[..., Operator],
+    kueue: Kueue,
+    trainings: Trainings,
+    api: client.ApiClient,
+    kubeconfig: str,
+    namespace: str,
+    tmp_path: Path,
 ) -> Iterator[Operator]:
-    """`berth-operator --kueue`. At the end the trainings are deleted while it still runs, and
-    their Workloads go with them (the operator drops its finalizer), before Kueue's objects."""
-    yield operator_factory("--kueue")
-    trainings.custom.delete_collection_namespaced_custom_object(
-        "berth.dev", "v1alpha1", trainings.namespace, "berttrainings"
-    )
-    wait_for(lambda: not kueue.workloads(), timeout=45, what="Workloads deleted")
+    """`berth-operator --kueue` as the chart's ServiceAccount. At the end the trainings are
+    deleted while it still runs, and their Workloads go with them (the operator drops its
+    finalizer), before Kueue's objects; the operator must never have been refused."""
+    with chart_rbac_kubeconfig(
+        api, kubeconfig, namespace, tmp_path / "sa.kubeconfig", {"kueue": {"enabled": True}}
+    ) as as_chart:
+        operator = operator_factory("--kueue", kubeconfig=as_chart)
+        yield operator
+        trainings.custom.delete_collection_namespaced_custom_object(
+            "berth.dev", "v1alpha1", trainings.namespace, "berttrainings"
+        )
+        wait_for(lambda: not kueue.workloads(), timeout=45, what="Workloads deleted")
+        log = operator.log.read_text().splitlines()
+        denied = [line for line in log if "forbidden" in line.lower()]
+        assert not denied, "the chart's RBAC refused the operator:\n" + "\n".join(denied[:10])
 
 
 def gpu_training(name: str, queue: str | None, priority: str | None = None) -> dict[str, Any]:
@@ -227,11 +244,14 @@ def test_suspend_deactivates_the_workload_and_gives_back_its_quota(
     assert kueue.workload_of("nap")["spec"]["active"] is True
 
 
-def test_new_resources_of_a_queued_training_replace_its_workload(
+def test_new_requests_of_a_queued_training_replace_its_workload(
     queued_operator: Operator, trainings: Trainings, kueue: Kueue
 ) -> None:
     """Kueue's pod sets are immutable: 2 x 8 GPUs do not fit a quota of 8; the user asks for
-    4 GPUs per worker, and a new Workload asking for 2 x 4 is admitted."""
+    4 GPUs per worker, and a new Workload asking for 2 x 4 is admitted. Then a GPU sidecar
+    added through podTemplate is counted too: the running training goes back to the queue, its
+    new Workload asking for 2 x 5 GPUs. Each replacement deletes a Workload, under the chart's
+    RBAC."""
     queue = kueue.queue(quota=8)
     trainings.create(gpu_training("big", queue))
     wait_for(
@@ -248,6 +268,21 @@ def test_new_resources_of_a_queued_training_replace_its_workload(
     assert [p.spec.containers[0].resources.limits for p in trainings.pods("big")] == [
         {"nvidia.com/gpu": "4"}
     ] * 2
+
+    sidecar = {"name": "probe", "image": "probe", "resources": {"limits": {"nvidia.com/gpu": 1}}}
+    trainings.patch("big", {"spec": {"podTemplate": {"spec": {"containers": [sidecar]}}}})
+    wait_for(
+        lambda: (
+            (s := trainings.status("big"))["phase"] == "Queued"
+            and "insufficient" in s.get("message", "")
+        ),
+        timeout=45,
+        what="2 x (4 + 1) GPUs back in the queue, not admitted",
+    )
+    (workload,) = kueue.workloads()
+    containers = workload["spec"]["podSets"][0]["template"]["spec"]["containers"]
+    assert {c["name"] for c in containers} == {"trainer", "probe"}
+    assert trainings.pods("big", alive_only=False) == []
 
 
 def test_without_the_label_nothing_changes(

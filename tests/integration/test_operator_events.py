@@ -23,6 +23,7 @@ from tests.support.apicount import (
     service_account_kubeconfig,
 )
 from tests.support.kwok import terminate_pod
+from tests.support.podsecurity import NAMESPACE_LABELS
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -109,7 +110,7 @@ def test_namespace_deletion_is_not_a_failure(
 ) -> None:
     core = client.CoreV1Api(api)
     doomed = f"t-{uuid.uuid4().hex[:10]}"
-    core.create_namespace({"metadata": {"name": doomed, "labels": {"berth.dev/test": "true"}}})
+    core.create_namespace({"metadata": {"name": doomed, "labels": NAMESPACE_LABELS}})
     wait_for(lambda: core.read_namespaced_service_account("default", doomed), what="namespace")
     operator = operator_factory("--namespace", doomed)
     there = Trainings(api, doomed)

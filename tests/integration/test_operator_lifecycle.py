@@ -78,7 +78,18 @@ def test_three_workers_children_and_success(
     ]
     assert [m.metadata.name for m in maps] == ["bert-config"]
     assert "globalBatchSize: 48" in maps[0].data["config.yaml"]
-    for child in (services[0], maps[0]):
+    # Its workers' NetworkPolicy: the TF port from its own workers; the metrics port from the
+    # operator's --metrics-peer flags (none here: closed); nothing else.
+    policy = client.NetworkingV1Api(trainings.core.api_client).read_namespaced_network_policy(
+        "bert", namespace
+    )
+    workers = {"berth.dev/training": "bert", "berth.dev/role": "worker"}
+    assert policy.spec.pod_selector.match_labels == workers
+    assert policy.spec.policy_types == ["Ingress"]
+    (tf_rule,) = policy.spec.ingress
+    assert [(p.protocol, p.port) for p in tf_rule.ports] == [("TCP", 2222)]
+    assert [peer.pod_selector.match_labels for peer in tf_rule._from] == [workers]
+    for child in (services[0], maps[0], policy):
         assert child.metadata.owner_references[0].uid == owner["metadata"]["uid"]
 
     _running_group(trainings, "bert")

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from tests.support.podsecurity import restricted_pod
 from tests.support.realnode import RealNode
 from tests.support.waiting import wait_for
 
@@ -40,13 +41,15 @@ def pod(name: str, node: RealNode, image: str, **spec: Any) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "labels": {"app": "peer"}},
-        "spec": {
-            **node.placement(),
-            "terminationGracePeriodSeconds": 1,
-            "automountServiceAccountToken": False,
-            "containers": [{"name": "main", "image": image, "imagePullPolicy": "Never"}],
-            **spec,
-        },
+        "spec": restricted_pod(
+            {
+                **node.placement(),
+                "terminationGracePeriodSeconds": 1,
+                "automountServiceAccountToken": False,
+                "containers": [{"name": "main", "image": image, "imagePullPolicy": "Never"}],
+                **spec,
+            }
+        ),
     }
 
 

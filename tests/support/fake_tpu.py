@@ -7,6 +7,7 @@ node states, guest attributes, failures and outages:
     fake = FakeTpu().start()            # fake.endpoint == "127.0.0.1:<port>"
     fake.set_state("bert", "READY")
     fake.set_guest("bert", step="10", loss="2.5")
+    fake.plant_node("projects/p/locations/z/nodes/bert", {"team": "b"})  # not the operator's
     fake.fail_create = (grpc.StatusCode.RESOURCE_EXHAUSTED, "Quota exceeded")
     fake.unavailable = True             # every call answers UNAVAILABLE
 """
@@ -48,6 +49,7 @@ class FakeTpu:
         self.fail_create: tuple[grpc.StatusCode, str] | None = None  # the create LRO fails
         self.unavailable = False
         self.refused = 0  # calls answered UNAVAILABLE
+        self.calls = 0  # calls received, answered or not
         self._ids = itertools.count(1)
         self.server: grpc.Server | None = None
         self.endpoint = ""
@@ -56,6 +58,14 @@ class FakeTpu:
     def node(self, node_id: str) -> tpu_v2.Node | None:
         with self.lock:
             return next((n for k, n in self.nodes.items() if k.endswith(f"/{node_id}")), None)
+
+    def plant_node(self, name: str, labels: dict[str, str] | None = None) -> None:
+        """A READY node that someone else made (not through the API's create): `name` is its
+        full resource name, `labels` its GCP labels."""
+        with self.lock:
+            self.nodes[name] = tpu_v2.Node(
+                name=name, state=tpu_v2.Node.State.READY, labels=labels or {}
+            )
 
     def set_state(self, node_id: str, state: str) -> None:
         with self.lock:
@@ -76,6 +86,7 @@ class FakeTpu:
 
     # --- the service -----------------------------------------------------------------------
     def _check(self, context: grpc.ServicerContext) -> None:
+        self.calls += 1
         if self.unavailable:
             self.refused += 1
             context.abort(grpc.StatusCode.UNAVAILABLE, "fake: the service is unavailable")

@@ -61,17 +61,30 @@ The operator's ServiceAccount name.
 {{- end }}
 
 {{/*
-Operator image reference; the tag defaults to the chart's appVersion.
+An image reference from {image, appVersion}: `repository@digest` when a digest is set (the
+content itself, whatever a tag points to later), else `repository:tag`, the tag defaulting to
+the chart's appVersion.
 */}}
-{{- define "berth.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- define "berth.imageRef" -}}
+{{- if .image.digest }}
+{{- printf "%s@%s" .image.repository .image.digest }}
+{{- else }}
+{{- printf "%s:%s" .image.repository (default .appVersion .image.tag) }}
+{{- end }}
 {{- end }}
 
 {{/*
-Default trainer image reference (`--default-image`); the tag defaults to the chart's appVersion.
+Operator image reference.
+*/}}
+{{- define "berth.image" -}}
+{{- include "berth.imageRef" (dict "image" .Values.image "appVersion" .Chart.AppVersion) }}
+{{- end }}
+
+{{/*
+Default trainer image reference (`--default-image`).
 */}}
 {{- define "berth.trainerImage" -}}
-{{- printf "%s:%s" .Values.trainer.image.repository (default .Chart.AppVersion .Values.trainer.image.tag) }}
+{{- include "berth.imageRef" (dict "image" .Values.trainer.image "appVersion" .Chart.AppVersion) }}
 {{- end }}
 
 {{/*
@@ -89,11 +102,13 @@ Name of the kopf peering object.
 {{- end }}
 
 {{/*
-Namespaces that get the worker NetworkPolicy.
+The NetworkPolicyPeer of the operator's own pods: it alone (with networkPolicy.metricsFrom)
+may reach the workers' metrics port, where it reads progress.
 */}}
-{{- define "berth.networkPolicyNamespaces" -}}
-{{- $namespaces := .Values.networkPolicy.namespaces | default .Values.watchNamespaces | default (list .Release.Namespace) }}
-{{- toJson (uniq $namespaces) }}
+{{- define "berth.operatorPeer" -}}
+{{- $peer := dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" .Release.Namespace)) }}
+{{- $_ := set $peer "podSelector" (dict "matchLabels" (include "berth.selectorLabels" . | fromYaml)) }}
+{{- toJson $peer }}
 {{- end }}
 
 {{/*
@@ -112,23 +127,33 @@ tests/integration/test_chart_install.py runs the operator under exactly these ru
 - apiGroups: ["berth.dev"]
   resources: ["berttrainings/status"]
   verbs: ["patch"]
-# Worker pods: listed and watched by label (the controller's cache), created and deleted.
+# Worker pods: listed and watched by label (the controller's cache), created and deleted. A
+# create that finds the name taken reads that object (get): it counts as the training's only if
+# it carries the training's ownerReference; so for Services, ConfigMaps and NetworkPolicies.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list", "watch", "create", "delete"]
+  verbs: ["get", "list", "watch", "create", "delete"]
 # Each training's headless Service (created once; owned by the training, garbage-collected).
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["create"]
-# Each training's ConfigMap (created, or its data patched up to date). A server-side dry-run
-# create also tells whether the namespace is being deleted before a failure is acted on.
+  verbs: ["get", "create"]
+# Each training's ConfigMap (created, or its data patched up to date if the training owns it).
+# A server-side dry-run create also tells whether the namespace is being deleted before a
+# failure is acted on.
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["create", "patch"]
+  verbs: ["get", "create", "patch"]
 # Events on trainings, from kopf and from the reconcile pass.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- if .Values.networkPolicy.enabled }}
+# Each training's NetworkPolicy isolating its workers (created once before them; owned by the
+# training, garbage-collected).
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "create"]
+{{- end }}
 {{- with .Values.rbac.tpuCredentialsSecrets }}
 # Cloud TPU keys named by spec.tpu.credentialsSecret: only these Secrets, only get (opt-in).
 - apiGroups: [""]
@@ -138,10 +163,12 @@ tests/integration/test_chart_install.py runs the operator under exactly these ru
 {{- end }}
 {{- if .Values.kueue.enabled }}
 # Kueue (opt-in): the Workload of each queued training, listed and watched by label, created,
-# patched (spec.active, the finalizer) and, on eviction and completion, its status patched.
+# patched (spec.active, the finalizer), deleted when what the workers request changed (Kueue's
+# pod sets are immutable: a new one replaces it) and, on eviction and completion, its status
+# patched.
 - apiGroups: ["kueue.x-k8s.io"]
   resources: ["workloads"]
-  verbs: ["list", "watch", "create", "patch"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: ["kueue.x-k8s.io"]
   resources: ["workloads/status"]
   verbs: ["patch"]
@@ -180,4 +207,81 @@ Cluster-scoped rules kopf needs in both modes.
   resources: ["resourceflavors", "workloadpriorityclasses"]
   verbs: ["get"]
 {{- end }}
+{{- end }}
+
+{{/*
+Pod policy (values `podPolicy`): the levels, strictest first, at which each of the chart's
+ValidatingAdmissionPolicies applies. `berth-pod-baseline` refuses what both checking levels
+refuse; `berth-pod-restricted` what only `restricted` refuses.
+*/}}
+{{- define "berth.podPolicyLevels" -}}
+{{- if eq . "restricted" }}restricted{{ else }}restricted,baseline{{ end }}
+{{- end }}
+
+{{/*
+The namespaceSelector of the binding of the policy for `.policy` (restricted or baseline), as
+JSON; empty when no namespace is at a level the policy applies to (then neither the policy nor
+its binding is rendered). Cluster-wide at such a level: every namespace but those widened past
+it; else only the namespaces narrowed to it.
+*/}}
+{{- define "berth.podPolicySelector" -}}
+{{- $levels := splitList "," (include "berth.podPolicyLevels" .policy) }}
+{{- $wider := list }}
+{{- $covered := list }}
+{{- range $namespace, $level := .root.Values.podPolicy.namespaces }}
+{{- if has $level $levels }}
+{{- $covered = append $covered $namespace }}
+{{- else }}
+{{- $wider = append $wider $namespace }}
+{{- end }}
+{{- end }}
+{{- $key := "kubernetes.io/metadata.name" }}
+{{- if has .root.Values.podPolicy.level $levels }}
+{{- if $wider }}
+{{- dict "matchExpressions" (list (dict "key" $key "operator" "NotIn" "values" $wider)) | toJson }}
+{{- else }}
+{{- dict | toJson }}
+{{- end }}
+{{- else if $covered }}
+{{- dict "matchExpressions" (list (dict "key" $key "operator" "In" "values" $covered)) | toJson }}
+{{- end }}
+{{- end }}
+
+{{/*
+What every pod-policy ValidatingAdmissionPolicy matches: BertTrainings created, or updated with
+a changed spec.podTemplate (so a training the policy later refuses can still be deleted, and
+its finalizer removed). `variables.containers` lists every container and init container as
+{path, sc}: the field path the user wrote and its securityContext (`dyn`: CEL map literals are
+homogeneous).
+*/}}
+{{- define "berth.podPolicyMatch" -}}
+failurePolicy: Fail
+matchConstraints:
+  resourceRules:
+    - apiGroups: ["berth.dev"]
+      apiVersions: ["*"]
+      operations: ["CREATE", "UPDATE"]
+      resources: ["berttrainings"]
+matchConditions:
+  - name: pod-template-set-or-changed
+    expression: >-
+      has(object.spec.podTemplate) && (request.operation == 'CREATE' ||
+      !has(oldObject.spec.podTemplate) || object.spec.podTemplate != oldObject.spec.podTemplate)
+variables:
+  - name: spec
+    expression: "object.spec.podTemplate.?spec.orValue({})"
+  - name: containers
+    expression: >-
+      variables.spec.?containers.orValue([]).map(c, {'path':
+      dyn('spec.podTemplate.spec.containers[name=' + c.?name.orValue('') + ']'), 'sc':
+      c.?securityContext.orValue({})}) + variables.spec.?initContainers.orValue([]).map(c,
+      {'path': dyn('spec.podTemplate.spec.initContainers[name=' + c.?name.orValue('') + ']'),
+      'sc': c.?securityContext.orValue({})})
+{{- end }}
+
+{{/*
+Capabilities Pod Security `baseline` lets a container add, as a CEL list.
+*/}}
+{{- define "berth.baselineCapabilities" -}}
+['AUDIT_WRITE', 'CHOWN', 'DAC_OVERRIDE', 'FOWNER', 'FSETID', 'KILL', 'MKNOD', 'NET_BIND_SERVICE', 'SETFCAP', 'SETGID', 'SETPCAP', 'SETUID', 'SYS_CHROOT']
 {{- end }}

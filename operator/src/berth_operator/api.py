@@ -25,6 +25,30 @@ from berth_trainer.config import ApiModel, ModelConfig, Task, TrainerConfig
 TRAINER_FIELDS: frozenset[str] = frozenset(TrainerConfig.model_fields)
 
 
+#: spec.workers: at most this many worker pods.
+MAX_WORKERS = 1024
+#: metadata.name: at most this many characters. Every name derived from it must stay valid;
+#: the tightest is a worker's hostname, `<name>-worker-<index>` (index up to MAX_WORKERS - 1),
+#: which must be a DNS label of at most 63 characters: 63 - len("-worker-1023") = 51. The
+#: headless Service `<name>` also needs a DNS-1035 label (a letter first).
+MAX_NAME_LENGTH = 63 - len(f"-worker-{MAX_WORKERS - 1}")
+#: The CRD's root-level rules on metadata.name (the API server allows `self.metadata.name` at
+#: the root of a CRD's schema); `berth validate` evaluates the same rules.
+NAME_VALIDATIONS: list[dict[str, str]] = [
+    {
+        "rule": f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
+        "message": f"metadata.name: must be no more than {MAX_NAME_LENGTH} characters (worker "
+        f"pods are named <name>-worker-<index>, and a pod's hostname is at most 63)",
+    },
+    {
+        "rule": "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+        "message": "metadata.name: must be a DNS-1035 label: lowercase letters, digits and '-', "
+        "starting with a letter and ending with a letter or digit (it names the training's "
+        "headless Service)",
+    },
+]
+
+
 def _immutable(field: str) -> dict[str, Any]:
     """A CEL transition rule that rejects any change of `field` after creation."""
     return {
@@ -106,6 +130,12 @@ SINGLE_HOST_TOPOLOGIES: tuple[str, ...] = ("1x1", "2x2", "2x4", "1x1x1", "2x2x1"
 _TOPOLOGY_LIST = ", ".join(f"'{t}'" for t in SINGLE_HOST_TOPOLOGIES)
 
 
+#: spec.tpu.project: a GCP project id (domain-scoped ones, `example.com:proj`, included).
+GCP_PROJECT_PATTERN = r"^[a-z]([-a-z0-9.:]*[a-z0-9])?$"
+#: spec.tpu.serviceAccount: a Google service account's email.
+GCP_SERVICE_ACCOUNT_PATTERN = r"^[a-z0-9][-a-z0-9_.]*@[a-z0-9][-a-z0-9.:]*\.gserviceaccount\.com$"
+
+
 class TpuSpec(ApiModel):
     """tpu: train on a TPU slice with TPUStrategy (one training client) instead of workers."""
 
@@ -168,10 +198,28 @@ class TpuSpec(ApiModel):
         "tpu-vm-tf-2.16.1-pjrt (tpu-vm-tf-2.16.1-pod-pjrt for multi-host slices).",
     )
     project: str | None = Field(
-        default=None, min_length=1, max_length=63, description="project: cloud: GCP project."
+        default=None,
+        min_length=1,
+        max_length=63,
+        pattern=GCP_PROJECT_PATTERN,
+        description="project: cloud: GCP project id; the operator refuses a project its "
+        "namespace is not allowed (the admin's --tpu-project, chart value tpu.namespaces).",
     )
     zone: str | None = Field(
-        default=None, min_length=1, max_length=63, description="zone: cloud: e.g. us-central2-b."
+        default=None,
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z][-a-z0-9]*[a-z0-9]$",
+        description="zone: cloud: e.g. us-central2-b.",
+    )
+    service_account: str | None = Field(
+        default=None,
+        max_length=254,
+        pattern=GCP_SERVICE_ACCOUNT_PATTERN,
+        description="serviceAccount: cloud: email of the service account the TPU VM runs as "
+        "(it reads the data and writes checkpoints); default: the one the admin pinned for the "
+        "namespace (--tpu-service-account), else the project's Compute Engine default service "
+        "account. A namespace with a pinned account may name only that one.",
     )
     spot: bool = Field(
         default=False,
@@ -187,7 +235,8 @@ class TpuSpec(ApiModel):
         max_length=253,
         description="credentialsSecret: cloud: Secret in the training's namespace whose key "
         "key.json is a service account key for the Cloud TPU API; default: the operator's "
-        "Application Default Credentials (workload identity).",
+        "Application Default Credentials (workload identity), unless the admin requires each "
+        "namespace's own (--tpu-require-credentials-secret).",
     )
 
 
@@ -317,7 +366,7 @@ class BertTrainingSpec(TrainerConfig):
         max_length=512,
         description="image: trainer image; default: the operator's --default-image.",
     )
-    workers: Annotated[int, Field(ge=1, le=1024)] = Field(
+    workers: Annotated[int, Field(ge=1, le=MAX_WORKERS)] = Field(
         default=4,
         description="workers: number of worker pods training together with "
         "MultiWorkerMirroredStrategy; 1 runs a single pod without TF_CONFIG. Immutable.",
@@ -337,7 +386,9 @@ class BertTrainingSpec(TrainerConfig):
         default=None,
         description="podTemplate: a core/v1 PodTemplateSpec merged into every worker "
         "(metadata labels/annotations, nodeSelector, tolerations, affinity, volumes, env, "
-        "volumeMounts of a container named trainer, serviceAccountName, sidecars...).",
+        "volumeMounts of a container named trainer, serviceAccountName, sidecars...). "
+        "securityContext merges field by field over Berth's defaults; the merged pod must meet "
+        "the cluster's pod policy (Pod Security restricted unless the admin widened it).",
     )
     run_policy: RunPolicy = Field(
         default_factory=RunPolicy,

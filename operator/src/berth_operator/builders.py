@@ -160,11 +160,8 @@ def build_worker_pod(
             {"name": TMP_VOLUME, "mountPath": "/tmp"},
         ],
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        # The rest of every container's lock-down is podtemplate.CONTAINER_SECURITY.
+        "securityContext": {"readOnlyRootFilesystem": True},
     }
     if spec.resources is not None:
         container["resources"] = spec.resources.model_dump(by_alias=True, exclude_none=True)

@@ -34,10 +34,25 @@ import aiohttp
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from berth_operator import builders, kueue, labels, metrics, outcome, policy, progress
+from berth_operator import (
+    builders,
+    kueue,
+    labels,
+    metrics,
+    networkpolicy,
+    outcome,
+    policy,
+    progress,
+    refusal,
+)
 from berth_operator.api import Phase
 from berth_operator.expectations import Expectations
-from berth_operator.k8s import Cluster, KueueMissingError, NamespaceTerminatingError
+from berth_operator.k8s import (
+    Cluster,
+    CreateRefusedError,
+    KueueMissingError,
+    NamespaceTerminatingError,
+)
 from berth_operator.settings import Settings
 from berth_operator.workers import format_time
 from berth_operator.workqueue import QueueClosed, WorkQueue
@@ -60,8 +75,9 @@ CONCURRENCY = 8
 POD_COALESCE = 0.05
 #: How long a pass waits for the caches to show the last pass's writes before it trusts the API.
 EXPECTATION_TIMEOUT = 30.0
-#: A failed pass is retried after this many seconds, doubling per failure up to RETRY_MAX.
-RETRY_BASE, RETRY_MAX = 0.5, 60.0
+#: A failed pass is retried after this many seconds, doubling per failure up to
+#: `Settings.retry_max`.
+RETRY_BASE = 0.5
 #: Scrapes of an endpoint that does not answer back off up to this many seconds.
 SCRAPE_BACKOFF_MAX = 60.0
 #: Phases that record a failure: before writing one, check the namespace is not being deleted.
@@ -197,7 +213,7 @@ class Controller:
             except Exception as error:
                 retry = self.retries.get(key, 0)
                 self.retries[key] = retry + 1
-                delay = min(RETRY_MAX, RETRY_BASE * 2**retry)
+                delay = min(self.settings.retry_max, RETRY_BASE * 2**retry)
                 log.warning("%s/%s: pass failed (retry in %.1fs): %s", *key, delay, error)
                 self.queue.add_at(key, loop.time() + delay)
             finally:
@@ -230,7 +246,13 @@ class Controller:
         started = time.monotonic()
         namespace = key[0]
         queueing = self.queueing(key, training)
-        plan = policy.reconcile(training, pods, datetime.now(UTC), queueing)
+        plan = policy.reconcile(
+            training,
+            pods,
+            datetime.now(UTC),
+            queueing,
+            pod_policy=self.settings.pod_policy_for(namespace),
+        )
         old_status = training.get("status") or {}
         phase = plan.status.get("phase")
         try:
@@ -316,7 +338,7 @@ class Controller:
                 message=f"deleted pods {', '.join(deleted)}",
             )
         workload = None if queueing is None else queueing.workload
-        created = await self._create(owner, plan, workload) if plan.create else []
+        created, refused = await self._create(owner, plan, workload) if plan.create else ([], None)
         if created:
             metrics.PODS_CREATED.inc(len(created))
             kopf.event(
@@ -325,11 +347,24 @@ class Controller:
                 reason="CreatedWorkers",
                 message=f"created pods {', '.join(created)} (restart {plan.restart})",
             )
+        if refused is not None:  # the user must act: say so, once per distinct message
+            plan.status, warn = refusal.refused(
+                old_status,
+                plan.status,
+                refused,
+                format_time(datetime.now(UTC)),
+                training["metadata"].get("generation"),
+            )
+            if warn:
+                message = str(plan.status["message"])  # cut to the status's length
+                kopf.event(owner, type="Warning", reason=refusal.REASON, message=message)
         outcome.record_pass(
             owner, namespace, name, plan.events, plan.restart, old_status, plan.status
         )
         expected = Expectations(
-            created=frozenset(builders.worker_name(name, i) for i in plan.create),
+            created=frozenset(
+                created if refused else (builders.worker_name(name, i) for i in plan.create)
+            ),
             deleted=frozenset(str(uids[p]) for p in plan.delete if uids.get(p)),
             deadline=asyncio.get_running_loop().time() + EXPECTATION_TIMEOUT,
         )
@@ -350,6 +385,9 @@ class Controller:
                 self.queue.add(key)  # to delete its pods
                 return Expectations()
             expected = dataclasses.replace(expected, resource_version=version)
+        if refused is not None:  # retried with the work queue's backoff, once the status is seen
+            self.expectations[key] = expected
+            raise CreateRefusedError(refused)
         if problem is not None:  # retried with the work queue's backoff
             raise WorkloadNotCreatedError(problem)
         return expected
@@ -410,15 +448,27 @@ class Controller:
 
     async def _create(
         self, owner: kopf.Body, plan: policy.Plan, workload: Mapping[str, Any] | None
-    ) -> list[str]:
-        """The ConfigMap, the headless Service and the missing worker pods (placed where
-        Kueue's admission says, when `workload` admitted them); names created."""
+    ) -> tuple[list[str], str | None]:
+        """The ConfigMap, the headless Service, the NetworkPolicy (unless turned off) and the
+        missing worker pods (placed where Kueue's admission says, when `workload` admitted
+        them): names created, and why the API server refused the rest (no pod is created while
+        the ConfigMap, Service or NetworkPolicy is)."""
         config_map, service = builders.build_config_map(owner), builders.build_service(owner)
-        kopf.adopt([config_map, service], owner=owner)
-        await asyncio.gather(
-            self._io(self.cluster.sync_config_map, config_map),
-            self._io(self.cluster.create, service),
+        # Before any worker exists: its TF port runs whatever graph it is sent.
+        isolation = (
+            [networkpolicy.build_network_policy(owner, self.settings.metrics_peers)]
+            if self.settings.network_policy
+            else []
         )
+        kopf.adopt([config_map, service, *isolation], owner=owner)
+        try:
+            await asyncio.gather(
+                self._io(self.cluster.sync_config_map, config_map),
+                self._io(self.cluster.create, service),
+                *(self._io(self.cluster.create, policy_) for policy_ in isolation),
+            )
+        except CreateRefusedError as error:
+            return [], str(error)
         new = [
             builders.build_worker_pod(owner, i, self.settings.default_image, plan.restart)
             for i in plan.create
@@ -432,8 +482,15 @@ class Controller:
             where = kueue.placement(workload, flavors)
             new = [kueue.apply_placement(pod, where) for pod in new]
         kopf.adopt(new, owner=owner)
-        done = await asyncio.gather(*(self._io(self.cluster.create, pod) for pod in new))
-        return [pod["metadata"]["name"] for pod, ok in zip(new, done, strict=True) if ok]
+        done = await asyncio.gather(
+            *(self._io(self.cluster.create, pod) for pod in new), return_exceptions=True
+        )
+        refused = [str(e) for e in done if isinstance(e, CreateRefusedError)]
+        for result in done:
+            if isinstance(result, BaseException) and not isinstance(result, CreateRefusedError):
+                raise result
+        created = [pod["metadata"]["name"] for pod, ok in zip(new, done, strict=True) if ok is True]
+        return created, next(iter(refused), None)
 
     def _schedule(
         self, key: Key, training: Mapping[str, Any], pods: list[Mapping[str, Any]]

@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel
 
 from berth_operator import labels
-from berth_operator.api import BertTrainingSpec, BertTrainingStatus
+from berth_operator.api import NAME_VALIDATIONS, BertTrainingSpec, BertTrainingStatus
 
 CRD_FILE = f"{labels.GROUP}_{labels.PLURAL}.yaml"
 DEFAULT_PATH = Path(__file__).resolve().parents[3] / "crds" / CRD_FILE
@@ -226,6 +226,7 @@ def build_crd() -> dict[str, Any]:
                             "description": "BertTraining trains a BERT model with TensorFlow "
                             "across worker pods (MultiWorkerMirroredStrategy).",
                             "required": ["spec"],
+                            _CEL: NAME_VALIDATIONS,
                             "properties": {
                                 "apiVersion": {
                                     "type": "string",

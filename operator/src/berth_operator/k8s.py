@@ -2,7 +2,9 @@
 
 Objects go in and come out as plain camelCase dicts, like the builders make them. Creating an
 object that already exists (409) and deleting one that is gone (404) both count as success, so
-a retried or restarted pass never duplicates or fails on its own earlier work.
+a retried or restarted pass never duplicates or fails on its own earlier work; but an existing
+object counts as ours only if it carries our ownerReference (the training's UID): anything else
+of that name is a name clash the user must resolve, and is never patched.
 """
 
 from __future__ import annotations
@@ -47,6 +49,37 @@ class KueueMissingError(Exception):
     """--kueue, but the API server has no Kueue Workloads (the message says so)."""
 
 
+class CreateRefusedError(Exception):
+    """The API server refused a child for a reason retrying alone does not fix: a missing
+    ServiceAccount, Pod Security admission or a ResourceQuota (403), an invalid object (422), or
+    its name is taken by an object the training does not own. The message says which and why
+    (the API server's own words where it refused)."""
+
+
+class LeftoverError(Exception):
+    """An object of the child's name still belongs to a deleted training of the same name, or
+    is being deleted: the garbage collector removes it; try again later."""
+
+
+#: Statuses of a refused create that only the user can fix (see CreateRefusedError).
+REFUSED = frozenset({400, 403, 422})
+
+
+def api_message(error: ApiException) -> str:
+    """The API server's message in a failed call's Status body (else the HTTP reason)."""
+    try:
+        message = json.loads(error.body or "")["message"]
+    except (TypeError, ValueError, KeyError):
+        message = None
+    return str(message or error.reason or f"HTTP {error.status}")
+
+
+def controller_ref(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The controller's ownerReference of `obj` (kopf.adopt sets it), or None."""
+    refs = obj["metadata"].get("ownerReferences") or ()
+    return next((ref for ref in refs if ref.get("controller")), None)
+
+
 def _json(response: Any) -> Any:
     return json.loads(response.data)
 
@@ -78,6 +111,7 @@ class Cluster:
     def __init__(self, api_client: kubernetes.client.ApiClient | None = None) -> None:
         self.core = kubernetes.client.CoreV1Api(api_client)
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
+        self.networking = kubernetes.client.NetworkingV1Api(api_client)
 
     def delete_training(self, namespace: str, name: str) -> None:
         try:
@@ -120,41 +154,79 @@ class Cluster:
             raise
         return False
 
+    def _calls(self, kind: str) -> tuple[Any, Any]:
+        """The client's (create, read) calls of a child's kind."""
+        calls = {
+            "Pod": (self.core.create_namespaced_pod, self.core.read_namespaced_pod),
+            "Service": (self.core.create_namespaced_service, self.core.read_namespaced_service),
+            "ConfigMap": (
+                self.core.create_namespaced_config_map,
+                self.core.read_namespaced_config_map,
+            ),
+            "NetworkPolicy": (
+                self.networking.create_namespaced_network_policy,
+                self.networking.read_namespaced_network_policy,
+            ),
+        }
+        if kind not in calls:
+            raise ValueError(f"cannot create a {kind}")
+        return calls[kind]
+
     def create(self, obj: Mapping[str, Any]) -> bool:
-        """Create a Pod, Service or ConfigMap; False if it already existed."""
-        namespace, kind = obj["metadata"]["namespace"], obj["kind"]
+        """Create a Pod, Service, ConfigMap or NetworkPolicy; False if it already existed and
+        is ours (see `_create`)."""
+        return self._create(obj) is None
+
+    def _create(self, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Create `obj`: None, or the object of its name that already existed, if it carries
+        the ownerReference of `obj`'s owner. CreateRefusedError when the API server refused it
+        or the name is taken; LeftoverError when a deleted namesake's object is in the way."""
+        meta = obj["metadata"]
+        namespace, name, kind = meta["namespace"], meta["name"], obj["kind"]
+        create, read = self._calls(kind)
         body: Any = dict(obj)  # the client serialises plain dicts as they are
-        response: Any
         try:
-            if kind == "Pod":
-                response = self.core.create_namespaced_pod(namespace, body, _preload_content=False)
-            elif kind == "Service":
-                response = self.core.create_namespaced_service(
-                    namespace, body, _preload_content=False
-                )
-            elif kind == "ConfigMap":
-                response = self.core.create_namespaced_config_map(
-                    namespace, body, _preload_content=False
-                )
-            else:
-                raise ValueError(f"cannot create a {kind}")
+            _drain(create(namespace, body, _preload_content=False))
         except ApiException as error:
-            if error.status == 409:
-                return False
             if namespace_terminating(error):
                 raise NamespaceTerminatingError(namespace) from error
+            if error.status in REFUSED:
+                raise CreateRefusedError(api_message(error)) from error
+            if error.status != 409:
+                raise
+        else:
+            return None
+        try:
+            existing: dict[str, Any] = _json(read(name, namespace, _preload_content=False))
+        except ApiException as error:
+            if error.status == 404:
+                raise LeftoverError(f"{kind} {name} was deleted meanwhile") from error
             raise
-        _drain(response)
-        return True
+        owner = controller_ref(obj)
+        refs = existing["metadata"].get("ownerReferences") or ()
+        if owner is None or any(ref.get("uid") == owner["uid"] for ref in refs):
+            return existing
+        namesake = any(
+            (ref.get("kind"), ref.get("name")) == (owner["kind"], owner["name"]) for ref in refs
+        )
+        if namesake or existing["metadata"].get("deletionTimestamp"):
+            raise LeftoverError(f"{kind} {name} is left from a deleted {owner['kind']}")
+        raise CreateRefusedError(
+            f"{kind} {name} already exists and is not owned by {owner['kind']} {owner['name']}: "
+            "Berth neither uses nor changes it; delete it, or rename the training"
+        )
 
     def sync_config_map(self, obj: Mapping[str, Any]) -> None:
-        """Create the ConfigMap, or bring an existing one's data up to date."""
-        if not self.create(obj):
+        """Create the ConfigMap, or bring our existing one's data up to date (only if it is
+        still the version we read: a conflict is retried)."""
+        existing = self._create(obj)
+        if existing is not None and existing.get("data") != obj["data"]:
+            meta = existing["metadata"]
             _drain(
                 self.core.patch_namespaced_config_map(
-                    obj["metadata"]["name"],
-                    obj["metadata"]["namespace"],
-                    {"data": obj["data"]},
+                    meta["name"],
+                    meta["namespace"],
+                    {"metadata": {"resourceVersion": meta["resourceVersion"]}, "data": obj["data"]},
                     _preload_content=False,
                 )
             )

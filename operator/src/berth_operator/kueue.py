@@ -29,7 +29,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from berth_operator import labels
+from berth_operator import builders, labels
 from berth_operator.conditions import get_condition, is_true, set_condition
 
 GROUP, VERSION = "kueue.x-k8s.io", "v1beta2"
@@ -37,8 +37,20 @@ WORKLOADS, FLAVORS, PRIORITY_CLASSES = "workloads", "resourceflavors", "workload
 QUEUE_LABEL, PRIORITY_LABEL = labels.KUEUE_QUEUE, labels.KUEUE_PRIORITY_CLASS
 JOB_UID_LABEL, POD_SET_HASH_ANNOTATION = labels.KUEUE_JOB_UID, labels.POD_SET_HASH
 FINALIZER = f"{GROUP}/resource-in-use"
-#: The spec fields that change what Kueue counts for a training's pod set.
-POD_SET_FIELDS = ("workers", "resources", "tpu")
+#: What Kueue reads of a pod set's template (besides its count): the requests it counts (pod-level
+#: resources, the overhead and the RuntimeClass that brings one, each container's and init
+#: container's resources; an init container with `restartPolicy: Always` is a sidecar, counted
+#: alongside the containers) and what it matches against ResourceFlavors (node selector,
+#: affinity, tolerations).
+COUNTED_POD_FIELDS = (
+    "resources",
+    "overhead",
+    "runtimeClassName",
+    "nodeSelector",
+    "affinity",
+    "tolerations",
+)
+COUNTED_CONTAINER_FIELDS = ("resources", "restartPolicy")
 #: How Kueue's configuration names this kind (Kind.version.group).
 FRAMEWORK = f"{labels.KIND}.{labels.VERSION}.{labels.GROUP}"
 POD_SET = "workers"
@@ -91,20 +103,35 @@ def workload_name(training: str, uid: str) -> str:
     return f"{labels.SINGULAR}-{training}-{digest}"
 
 
-def pod_set_hash(training: Mapping[str, Any]) -> str:
-    """A hash of the spec fields that make what Kueue counts (workers, resources, TPU): when it
-    changes, the Workload no longer says what the workers need, and Kueue's pod sets are
-    immutable.
+def counted(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """What Kueue counts of `pod` as a pod set's template (`COUNTED_POD_FIELDS`): not the
+    image, command, env or labels, so neither a group restart (its label and env) nor a new
+    image changes it.
 
-    >>> a = {"spec": {"workers": 2, "vocabulary": "v"}}
-    >>> pod_set_hash(a) == pod_set_hash({"spec": {"workers": 2, "vocabulary": "w"}})
-    True
-    >>> pod_set_hash(a) == pod_set_hash({"spec": {"workers": 3, "vocabulary": "v"}})
-    False
+    >>> counted({"spec": {"containers": [
+    ...     {"name": "trainer", "image": "i", "resources": {"limits": {"cpu": "1"}}}]}})
+    {'containers': [{'resources': {'limits': {'cpu': '1'}}}]}
     """
-    spec = training.get("spec") or {}
-    wanted = {k: spec.get(k) for k in POD_SET_FIELDS}
+    spec = pod.get("spec") or {}
+    out: dict[str, Any] = {k: spec[k] for k in COUNTED_POD_FIELDS if spec.get(k)}
+    for key in ("initContainers", "containers"):
+        if spec.get(key):
+            out[key] = [{k: c[k] for k in COUNTED_CONTAINER_FIELDS if c.get(k)} for c in spec[key]]
+    return out
+
+
+def pod_set_hash(training: Mapping[str, Any]) -> str:
+    """A hash of what Kueue counts of the training's pod set: `spec.workers` worker pods as
+    `builders.build_worker_pod` makes them, podTemplate merged in (`counted`). Kueue's pod sets
+    are immutable: when this changes (new `spec.resources`, a GPU sidecar or a node selector
+    added through `spec.podTemplate`), the Workload no longer says what the workers need."""
+    pod = builders.build_worker_pod(training, 0, "", 0)  # image and restart are not counted
+    wanted = {"count": _workers(training), "template": counted(pod)}
     return hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _workers(training: Mapping[str, Any]) -> int:
+    return int((training.get("spec") or {}).get("workers") or 1)
 
 
 def build_workload(
@@ -121,7 +148,7 @@ def build_workload(
         "podSets": [
             {
                 "name": POD_SET,
-                "count": int((training.get("spec") or {}).get("workers") or 1),
+                "count": _workers(training),
                 "template": {
                     "metadata": {"labels": dict(pod["metadata"].get("labels") or {})},
                     "spec": pod["spec"],

@@ -31,11 +31,12 @@ ROLE_WORKER = "worker"
 
 #: Kueue's keys (docs/operator.md, "With Kueue"): on a BertTraining, the LocalQueue it is queued
 #: in and its WorkloadPriorityClass; on its Workload, the training's UID (as Kueue's own
-#: integrations write it) and a hash of the spec fields its pod set is made from (ours).
+#: integrations write it) and a hash of what Kueue counts of its pod set (ours; older operators
+#: wrote a hash of three spec fields under `berth.dev/pod-set-hash`).
 KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 KUEUE_PRIORITY_CLASS = "kueue.x-k8s.io/priority-class"
 KUEUE_JOB_UID = "kueue.x-k8s.io/job-uid"
-POD_SET_HASH = "berth.dev/pod-set-hash"
+POD_SET_HASH = "berth.dev/counted-pod-hash"
 
 APP_NAME = "app.kubernetes.io/name"
 APP_INSTANCE = "app.kubernetes.io/instance"

@@ -26,7 +26,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from berth_operator import kueue
+from berth_operator import kueue, podpolicy
 from berth_operator.api import (
     FINISHED_PHASES,
     CleanPodPolicy,
@@ -35,7 +35,7 @@ from berth_operator.api import (
     RestartPolicy,
     RunPolicy,
 )
-from berth_operator.builders import parse_spec, worker_name
+from berth_operator.builders import build_worker_pod, parse_spec, worker_name
 from berth_operator.conditions import get_condition, set_condition
 from berth_operator.workers import WorkerState, format_time, observe_pod, parse_time
 from berth_trainer.exit_codes import is_retryable
@@ -217,9 +217,12 @@ def reconcile(
     pods: Sequence[Mapping[str, Any]],
     now: datetime,
     queueing: kueue.Queueing | None = None,
+    pod_policy: podpolicy.Level = podpolicy.Level.RESTRICTED,
 ) -> Plan:
     """Decide the next step for `training` given its worker `pods` (as listed) at `now`;
-    `queueing`: the training is queued with Kueue (its Workload as cached)."""
+    `queueing`: the training is queued with Kueue (its Workload as cached); `pod_policy`: the
+    level its worker pods must meet (`berth_operator.podpolicy`) — a training whose pods do not
+    fails before it is queued or any pod is created."""
     meta = training["metadata"]
     name = meta["name"]
     p = _Pass(training.get("status") or {}, now, meta.get("generation"))
@@ -256,6 +259,9 @@ def reconcile(
             plan.delete_training = True
         p.status["workers"] = worker_counts(current, spec.workers)
         return plan
+
+    if refused := pod_policy_violations(training, pod_policy):
+        return finish(Phase.FAILED, "PodPolicyViolation", refused)
 
     # Pods of an older group restart are stale: delete them before anything else.
     plan.delete = [s.name for s in states if current.get(s.index) is not s and not s.terminating]
@@ -352,6 +358,23 @@ def reconcile(
     return plan
 
 
+def pod_policy_violations(training: Mapping[str, Any], level: podpolicy.Level) -> str:
+    """Why pod policy `level` refuses the training's worker pods ("" when it does not).
+
+    Worker 0 stands for all: the workers differ only in their names and env.
+
+    >>> t = {"metadata": {"name": "b"}, "spec": {"vocabulary": "v", "data": {"train": "d"},
+    ...      "output": {"dir": "o"}, "checkpoint": {"dir": "c"},
+    ...      "podTemplate": {"spec": {"nodeName": "n1"}}}}
+    >>> pod_policy_violations(t, podpolicy.Level.RESTRICTED).split(": ")[:2]
+    ['pod policy restricted', 'spec.podTemplate.spec.nodeName']
+    >>> pod_policy_violations(t, podpolicy.Level.PRIVILEGED)
+    ''
+    """
+    found = podpolicy.violations(build_worker_pod(training, 0, "", restart=0), level)
+    return f"pod policy {level}: {'; '.join(found)}"[:1024] if found else ""
+
+
 def _queue(
     p: _Pass,
     plan: Plan,
@@ -383,19 +406,25 @@ def _queue(
     patch: dict[str, Any] = {}
     if state.active == suspend:
         patch["spec"] = {"active": not suspend}
+    pod_set_hash = kueue.pod_set_hash(training)
+    if state.pod_set_hash is None and not state.deleting:
+        # Made by an older operator (no hash of ours): taken as it is, not replaced, so that an
+        # upgrade does not send admitted trainings back to the queue.
+        patch["metadata"] = {"annotations": {kueue.POD_SET_HASH_ANNOTATION: pod_set_hash}}
     held: tuple[str, str] | None = None
     if state.deleting:
         if state.finalizer and not states:
             patch |= kueue.drop_finalizer(state)
         held = ("WorkloadDeleted", f"Workload {name} is being deleted; a new one follows")
-    elif state.pod_set_hash != kueue.pod_set_hash(training):
+    elif state.pod_set_hash not in (None, pod_set_hash):
         # Kueue's pod sets are immutable: a new Workload asks for what the workers now need.
         if not states:
             patch |= kueue.drop_finalizer(state)
             plan.delete_workload = True
         held = (
             "WorkloadOutOfSync",
-            f"spec.workers, resources or tpu changed: replacing Workload {name}",
+            "what the workers request changed (spec.resources or spec.podTemplate): "
+            f"replacing Workload {name}",
         )
     elif (eviction := state.eviction) is not None:
         reason = str(eviction.get("reason") or "Evicted")

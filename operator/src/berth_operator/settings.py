@@ -9,12 +9,25 @@
 | --liveness-port N (0 = off)  | BERTH_LIVENESS_PORT      | 8080                 |
 | --progress-interval SECONDS  | BERTH_PROGRESS_INTERVAL  | 5                    |
 | --reconcile-interval SECONDS | BERTH_RECONCILE_INTERVAL | 2                    |
+| --retry-max SECONDS          | BERTH_RETRY_MAX          | 60                   |
 | --log-level LEVEL            | BERTH_LOG_LEVEL          | INFO                 |
 | --peering NAME               | BERTH_PEERING            | standalone           |
 | --peering-priority N         | BERTH_PEERING_PRIORITY   | random (peering on)  |
 | --tpu-api-endpoint HOST:PORT | BERTH_TPU_API_ENDPOINT   | tpu.googleapis.com   |
 | --tpu-api-insecure           | BERTH_TPU_API_INSECURE   | off (tests only)     |
+| --tpu-project NS=P[,P...]    | BERTH_TPU_PROJECTS       | none (`;` separated) |
+| --tpu-service-account NS=SA  | BERTH_TPU_SERVICE_ACCOUNTS | none (`;` sep.)    |
+| --tpu-require-credentials-secret | BERTH_TPU_REQUIRE_CREDENTIALS_SECRET | off    |
 | --kueue                      | BERTH_KUEUE              | off                  |
+| --no-network-policy          | BERTH_NETWORK_POLICY     | on                   |
+| --metrics-peer JSON (repeatable) | BERTH_METRICS_PEERS (JSON list) | none       |
+| --pod-policy LEVEL           | BERTH_POD_POLICY         | restricted           |
+| --pod-policy-namespace NS=LEVEL (repeatable) | BERTH_POD_POLICY_NAMESPACES | none |
+
+`--pod-policy` is the level (`berth_operator.podpolicy`: restricted, baseline, privileged) the
+merged worker pods of every namespace are checked at; `--pod-policy-namespace` sets another
+level for one namespace (the env form: `NS=LEVEL,NS=LEVEL`). The chart passes the same values
+it binds its ValidatingAdmissionPolicy with.
 
 With several replicas, kopf pauses every operator that sees a live peer of the *same*
 priority, so each process picks a random priority unless one is given: the highest live one
@@ -25,9 +38,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from berth_operator.networkpolicy import validate_peer
+from berth_operator.podpolicy import Level
+from berth_operator.tpu.tenancy import TpuTenancy, parse_projects, parse_service_accounts
 
 DEFAULT_IMAGE = "berth-trainer:0.1.0"
 DEFAULT_TPU_API_ENDPOINT = "tpu.googleapis.com"
@@ -45,16 +64,37 @@ class Settings:
     liveness_port: int = 8080
     progress_interval: float = 5.0
     reconcile_interval: float = 2.0
+    #: Longest wait before a failed pass is retried (a create the API server refused is only
+    #: noticed fixed by retrying: a ServiceAccount or ResourceQuota is not watched).
+    retry_max: float = 60.0
     log_level: str = "INFO"
     peering: str | None = None  # None: standalone (no kopf peering)
     peering_priority: int | None = None  # None without peering
     tpu_api_endpoint: str = DEFAULT_TPU_API_ENDPOINT
     tpu_api_insecure: bool = False  # plaintext gRPC, no credentials: fakes in tests only
+    #: Who may use which Cloud TPU project and service account (berth_operator.tpu.tenancy).
+    tpu_tenancy: TpuTenancy = dataclasses.field(default_factory=TpuTenancy)
     kueue: bool = False  # trainings labelled kueue.x-k8s.io/queue-name wait for Kueue
+    #: Each training gets a NetworkPolicy isolating its workers (berth_operator.networkpolicy).
+    network_policy: bool = True
+    #: NetworkPolicyPeers allowed to reach the workers' metrics port: the operator's own pods
+    #: must be among them, or it cannot read progress where the policy is enforced.
+    metrics_peers: tuple[dict[str, Any], ...] = ()
+    pod_policy: Level = Level.RESTRICTED
+    #: (namespace, level) pairs overriding `pod_policy`.
+    pod_policy_namespaces: tuple[tuple[str, Level], ...] = ()
 
     @property
     def clusterwide(self) -> bool:
         return not self.namespaces
+
+    def pod_policy_for(self, namespace: str) -> Level:
+        """The pod policy level of worker pods in `namespace`.
+
+        >>> Settings(pod_policy_namespaces=(("lab", Level.PRIVILEGED),)).pod_policy_for("lab")
+        <Level.PRIVILEGED: 'privileged'>
+        """
+        return dict(self.pod_policy_namespaces).get(namespace, self.pod_policy)
 
 
 def _positive(value: str) -> float:
@@ -71,8 +111,53 @@ def _port(value: str) -> int:
     return number
 
 
+def _namespace_level(value: str) -> tuple[str, Level]:
+    namespace, _, level = value.partition("=")
+    try:
+        return namespace.strip(), Level(level.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not NS=LEVEL with LEVEL one of {', '.join(Level)}: {value}"
+        ) from None
+
+
 def _flag(value: str) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _peer(value: str) -> dict[str, Any]:
+    try:
+        return validate_peer(json.loads(value))
+    except ValueError as error:  # json.JSONDecodeError is a ValueError
+        raise argparse.ArgumentTypeError(f"not a NetworkPolicyPeer: {error}") from None
+
+
+def _peers(value: str) -> list[dict[str, Any]]:
+    """BERTH_METRICS_PEERS: a JSON list of NetworkPolicyPeers (empty: none)."""
+    try:
+        found = json.loads(value) if value.strip() else []
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"BERTH_METRICS_PEERS is not JSON: {error}") from None
+    if not isinstance(found, list):
+        raise argparse.ArgumentTypeError(f"BERTH_METRICS_PEERS must be a JSON list: {value}")
+    return [_peer(json.dumps(peer)) for peer in found]
+
+
+_Parsed = TypeVar("_Parsed")
+
+
+def _checked(
+    parser: argparse.ArgumentParser, parse: Callable[[list[str]], _Parsed], assignments: list[str]
+) -> _Parsed:
+    """`parse(assignments)`; a ValueError is a usage error (the operator does not start)."""
+    try:
+        return parse(assignments)
+    except ValueError as error:
+        parser.error(str(error))
+
+
+def _env_list(env: Mapping[str, str], key: str) -> list[str]:
+    return [part.strip() for part in env.get(key, "").split(";") if part.strip()]
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -125,6 +210,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="seconds between polls of the Cloud TPU API (provider cloud); pods are watched",
     )
     parser.add_argument(
+        "--retry-max",
+        type=_positive,
+        default=_positive(env.get("BERTH_RETRY_MAX", "60")),
+        help="most seconds before a failed pass is retried (its backoff doubles up to this)",
+    )
+    parser.add_argument(
         "--log-level",
         default=env.get("BERTH_LOG_LEVEL", "INFO").upper(),
         type=str.upper,
@@ -157,11 +248,70 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="plaintext gRPC without credentials to --tpu-api-endpoint (test fakes only)",
     )
     parser.add_argument(
+        "--tpu-project",
+        action="append",
+        default=None,
+        metavar="NS=PROJECT[,PROJECT...]",
+        help="GCP projects the Cloud TPU trainings of namespace NS may use (repeatable; NS or "
+        "PROJECT '*' means any; env BERTH_TPU_PROJECTS, ';' separated); unmapped: none",
+    )
+    parser.add_argument(
+        "--tpu-service-account",
+        action="append",
+        default=None,
+        metavar="NS=EMAIL",
+        help="the service account every TPU VM of namespace NS runs as (repeatable; env "
+        "BERTH_TPU_SERVICE_ACCOUNTS, ';' separated); spec.tpu.serviceAccount may only repeat it",
+    )
+    parser.add_argument(
+        "--tpu-require-credentials-secret",
+        action="store_true",
+        default=_flag(env.get("BERTH_TPU_REQUIRE_CREDENTIALS_SECRET", "")),
+        help="refuse Cloud TPU trainings without spec.tpu.credentialsSecret: never lend the "
+        "operator's own credentials",
+    )
+    parser.add_argument(
         "--kueue",
         action="store_true",
         default=_flag(env.get("BERTH_KUEUE", "")),
         help="queue trainings labelled kueue.x-k8s.io/queue-name with Kueue (needs Kueue's "
         "CRDs and BertTraining.v1alpha1.berth.dev in its integrations.externalFrameworks)",
+    )
+    parser.add_argument(
+        "--no-network-policy",
+        dest="network_policy",
+        action="store_false",
+        default=_flag(env.get("BERTH_NETWORK_POLICY", "true")),
+        help="create no NetworkPolicy per training (its workers' TF port, which runs any graph "
+        "it is sent, is then open to every pod the cluster's network lets through)",
+    )
+    parser.add_argument(
+        "--metrics-peer",
+        action="append",
+        type=_peer,
+        default=None,
+        metavar="JSON",
+        help="a NetworkPolicyPeer allowed to reach the workers' metrics port, e.g. "
+        '\'{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "berth"}}}\' '
+        "(repeatable; env BERTH_METRICS_PEERS, a JSON list); the operator's own pods must be "
+        "one, or it reads no progress where the policy is enforced",
+    )
+    parser.add_argument(
+        "--pod-policy",
+        type=Level,
+        choices=list(Level),
+        default=Level(env.get("BERTH_POD_POLICY") or Level.RESTRICTED),
+        help="Pod Security level the merged worker pods must meet; a training whose pod does "
+        "not fails before any pod exists (privileged: no checks)",
+    )
+    parser.add_argument(
+        "--pod-policy-namespace",
+        action="append",
+        type=_namespace_level,
+        default=None,
+        metavar="NS=LEVEL",
+        help="another --pod-policy level for namespace NS (repeatable; env "
+        "BERTH_POD_POLICY_NAMESPACES, ',' separated)",
     )
     return parser
 
@@ -171,7 +321,8 @@ def parse_settings(
 ) -> Settings:
     """Settings from flags, falling back to `env` (os.environ by default)."""
     env = os.environ if env is None else env
-    args = build_parser(env).parse_args(argv)
+    parser = build_parser(env)
+    args = parser.parse_args(argv)
     if args.all_namespaces:
         namespaces: tuple[str, ...] = ()
     elif args.namespace:
@@ -187,6 +338,7 @@ def parse_settings(
         liveness_port=args.liveness_port,
         progress_interval=args.progress_interval,
         reconcile_interval=args.reconcile_interval,
+        retry_max=args.retry_max,
         log_level=args.log_level,
         peering=args.peering,
         peering_priority=(
@@ -198,5 +350,32 @@ def parse_settings(
         ),
         tpu_api_endpoint=args.tpu_api_endpoint,
         tpu_api_insecure=args.tpu_api_insecure,
+        tpu_tenancy=TpuTenancy(
+            projects=_checked(
+                parser, parse_projects, args.tpu_project or _env_list(env, "BERTH_TPU_PROJECTS")
+            ),
+            service_accounts=_checked(
+                parser,
+                parse_service_accounts,
+                args.tpu_service_account or _env_list(env, "BERTH_TPU_SERVICE_ACCOUNTS"),
+            ),
+            require_credentials_secret=args.tpu_require_credentials_secret,
+        ),
         kueue=args.kueue,
+        network_policy=args.network_policy,
+        metrics_peers=tuple(
+            args.metrics_peer
+            if args.metrics_peer is not None
+            else _peers(env.get("BERTH_METRICS_PEERS", ""))
+        ),
+        pod_policy=args.pod_policy,
+        pod_policy_namespaces=tuple(
+            args.pod_policy_namespace
+            if args.pod_policy_namespace is not None
+            else [
+                _namespace_level(item)
+                for item in env.get("BERTH_POD_POLICY_NAMESPACES", "").split(",")
+                if item.strip()
+            ]
+        ),
     )

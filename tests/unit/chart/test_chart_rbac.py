@@ -22,11 +22,11 @@ Rule = tuple[str, str, str]  # (apiGroup, resource, verb)
 NAMESPACED: set[Rule] = {
     *(("berth.dev", "berttrainings", v) for v in ("list", "watch", "patch", "delete")),
     ("berth.dev", "berttrainings/status", "patch"),
-    *(("", "pods", v) for v in ("list", "watch", "create", "delete")),
-    ("", "services", "create"),
-    ("", "configmaps", "create"),
-    ("", "configmaps", "patch"),
+    *(("", "pods", v) for v in ("get", "list", "watch", "create", "delete")),
+    *(("", "services", v) for v in ("get", "create")),
+    *(("", "configmaps", v) for v in ("get", "create", "patch")),
     ("", "events", "create"),
+    *(("networking.k8s.io", "networkpolicies", v) for v in ("get", "create")),
 }
 CRDS: set[Rule] = {
     ("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")
@@ -151,7 +151,10 @@ def test_tpu_credentials_secrets_must_be_names() -> None:
 
 
 KUEUE_NAMESPACED: set[Rule] = {
-    *(("kueue.x-k8s.io", "workloads", v) for v in ("list", "watch", "create", "patch")),
+    *(
+        ("kueue.x-k8s.io", "workloads", v)
+        for v in ("list", "watch", "create", "patch", "delete")  # delete: a replaced Workload
+    ),
     ("kueue.x-k8s.io", "workloads/status", "patch"),
 }
 KUEUE_CLUSTER: set[Rule] = {
@@ -171,3 +174,12 @@ def test_kueue_grants_workloads_only_when_enabled(watch: list[str]) -> None:
             assert flatten(role) == NAMESPACED | KUEUE_NAMESPACED
     else:
         assert cluster == NAMESPACED | CRDS | KUEUE_NAMESPACED | KUEUE_CLUSTER
+
+
+@pytest.mark.parametrize("watch", [[], ["ml"]])
+def test_network_policy_off_grants_no_network_policies(watch: list[str]) -> None:
+    objects = render({"watchNamespaces": watch, "networkPolicy": {"enabled": False}})
+    granted = {r for role in roles(objects) for r in flatten(role)}
+    assert NAMESPACED - granted == {
+        ("networking.k8s.io", "networkpolicies", v) for v in ("get", "create")
+    }

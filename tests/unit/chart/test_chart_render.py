@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
@@ -16,14 +18,28 @@ from tests.unit.chart.helm import (
     render,
 )
 
+#: The operator pods' NetworkPolicyPeer the chart passes as --metrics-peer.
+OPERATOR_PEER = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}},
+    "podSelector": {
+        "matchLabels": {"app.kubernetes.io/name": "berth", "app.kubernetes.io/instance": RELEASE}
+    },
+}
 APP_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
-CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"}
+CLUSTER_SCOPED = {
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "ClusterKopfPeering",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+}
 
 
 def test_defaults_render_the_cluster_wide_operator() -> None:
     kinds = sorted(obj["kind"] for obj in render())
     assert kinds == sorted(
         ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment"]
+        + ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] * 2
     )
 
 
@@ -68,6 +84,8 @@ def test_deployment_runs_berth_operator_cluster_wide() -> None:
         "--progress-interval=5",
         "--reconcile-interval=2",
         "--log-level=info",
+        "--pod-policy=restricted",
+        f"--metrics-peer={json.dumps(OPERATOR_PEER, separators=(',', ':'), sort_keys=True)}",
     ]
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == FULLNAME
     assert one(render(), "ServiceAccount")["metadata"]["name"] == FULLNAME
@@ -163,41 +181,39 @@ def test_service_monitor_scrapes_the_metrics_port() -> None:
     assert monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"] == RELEASE
 
 
-@pytest.mark.parametrize(
-    ("values", "namespaces"),
-    [
-        ({}, [NAMESPACE]),
-        ({"watchNamespaces": ["ml", "nlp"]}, ["ml", "nlp"]),
-        ({"watchNamespaces": ["ml"], "networkPolicy": {"namespaces": ["x"]}}, ["x"]),
-    ],
-)
-def test_network_policy_isolates_workers(values: dict, namespaces: list[str]) -> None:
-    values = {**values, "networkPolicy": {"enabled": True, **values.get("networkPolicy", {})}}
-    policies = of_kind(render(values), "NetworkPolicy")
-    assert [p["metadata"]["namespace"] for p in policies] == namespaces
-    for policy in policies:
-        spec = policy["spec"]
-        assert spec["podSelector"]["matchLabels"] == {"berth.dev/role": "worker"}
-        assert spec["policyTypes"] == ["Ingress"]
-        tf_rule, metrics_rule = spec["ingress"]
-        assert tf_rule["ports"] == [{"port": "tf-port", "protocol": "TCP"}]
-        assert tf_rule["from"] == [{"podSelector": spec["podSelector"]}]
-        assert metrics_rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
-        assert metrics_rule["from"] == [
-            {
-                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}},
-                "podSelector": {
-                    "matchLabels": {
-                        "app.kubernetes.io/name": "berth",
-                        "app.kubernetes.io/instance": RELEASE,
-                    }
-                },
-            }
-        ]
+def metrics_peers(args: list[str]) -> list[dict]:
+    return [json.loads(a.split("=", 1)[1]) for a in args if a.startswith("--metrics-peer=")]
 
 
-def test_network_policy_is_off_by_default() -> None:
-    assert not of_kind(render(), "NetworkPolicy")
+@pytest.mark.parametrize("watch", [[], ["ml", "nlp"]])
+def test_operator_isolates_workers_and_alone_reads_their_metrics(watch: list[str]) -> None:
+    """The operator makes each training's NetworkPolicy (the chart makes none) and is told
+    its own pods' peer: the release namespace and the selector labels of its Deployment."""
+    objects = render({"watchNamespaces": watch})
+    assert not of_kind(objects, "NetworkPolicy")
+    args = operator_container(objects)["args"]
+    assert "--no-network-policy" not in args
+    assert metrics_peers(args) == [OPERATOR_PEER]
+    selector = one(objects, "Deployment")["spec"]["selector"]["matchLabels"]
+    assert OPERATOR_PEER["podSelector"]["matchLabels"] == selector
+
+
+def test_metrics_from_adds_peers_after_the_operator() -> None:
+    prometheus = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    }
+    block = {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}
+    args = operator_container(render({"networkPolicy": {"metricsFrom": [prometheus, block]}}))[
+        "args"
+    ]
+    assert metrics_peers(args) == [OPERATOR_PEER, prometheus, block]
+
+
+def test_network_policy_off_tells_the_operator() -> None:
+    args = operator_container(render({"networkPolicy": {"enabled": False}}))["args"]
+    assert "--no-network-policy" in args
+    assert not metrics_peers(args)
 
 
 @pytest.mark.parametrize(
@@ -238,7 +254,12 @@ def test_existing_service_account_is_used_without_creating_one() -> None:
 
 def test_fullname_override() -> None:
     objects = render({"fullnameOverride": "trainer-ops"})
-    assert {obj["metadata"]["name"] for obj in objects} == {"trainer-ops", "trainer-ops-metrics"}
+    assert {obj["metadata"]["name"] for obj in objects} == {
+        "trainer-ops",
+        "trainer-ops-metrics",
+        "trainer-ops-pod-baseline",
+        "trainer-ops-pod-restricted",
+    }
 
 
 @pytest.mark.parametrize("enabled", [False, True])

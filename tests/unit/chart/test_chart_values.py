@@ -103,6 +103,11 @@ def test_defaults_pass_the_schema() -> None:
         ({"imagePullSecrets": ["regcred"]}, "at '/imagePullSecrets/0': got string, want object"),
         ({"replicas": 2}, "additional properties 'replicas' not allowed"),
         ({"networkPolicy": {"enable": True}}, "additional properties 'enable' not allowed"),
+        (
+            {"networkPolicy": {"metricsFrom": [{"podSelectors": {}}]}},
+            "additional properties 'podSelectors' not allowed",
+        ),
+        ({"networkPolicy": {"metricsFrom": [{}]}}, "at '/networkPolicy/metricsFrom/0'"),
         ({"securityContext": "strict"}, "at '/securityContext': got string, want object"),
     ],
 )

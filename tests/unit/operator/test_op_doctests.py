@@ -14,11 +14,13 @@ MODULES = [
     "expectations",
     "kueue",
     "labels",
+    "networkpolicy",
     "local.manifest",
     "local.view",
     "podtemplate",
     "policy",
     "progress",
+    "refusal",
     "workers",
     "workqueue",
 ]

@@ -442,6 +442,90 @@ def test_changed_resources_replace_the_workload_once_the_workers_are_gone() -> N
     assert kueue.pod_set_hash(retuned) == kueue.pod_set_hash(training)
 
 
+GPU_SIDECAR = {"name": "probe", "image": "p", "resources": {"limits": {"nvidia.com/gpu": 1}}}
+SIDECAR = {"name": "probe", "image": "p", "resources": {"requests": {"cpu": "2"}}}
+ZONE = {"key": "zone", "operator": "In", "values": ["a"]}
+AFFINITY = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": ZONE}}
+
+
+@pytest.mark.parametrize(
+    ("pod_spec", "requeues"),
+    [
+        ({"containers": [GPU_SIDECAR]}, True),
+        ({"initContainers": [SIDECAR]}, True),
+        ({"initContainers": [{**SIDECAR, "restartPolicy": "Always"}]}, True),
+        ({"containers": [{"name": "trainer", "resources": {"limits": {"cpu": "4"}}}]}, True),
+        ({"nodeSelector": {"pool": "a100"}}, True),
+        ({"tolerations": [{"key": "gpu", "operator": "Exists"}]}, True),
+        ({"affinity": AFFINITY}, True),
+        ({"runtimeClassName": "gvisor"}, True),
+        ({"containers": [{"name": "trainer", "env": [{"name": "X", "value": "1"}]}]}, False),
+        ({"containers": [SIDECAR]}, True),
+        ({"priorityClassName": "high", "terminationGracePeriodSeconds": 60}, False),
+    ],
+    ids=[
+        "gpu-sidecar",
+        "init-container",
+        "sidecar-init-container",
+        "trainer-resources-from-the-template",
+        "node-selector",
+        "tolerations",
+        "affinity",
+        "runtime-class",
+        "trainer-env",
+        "cpu-sidecar",
+        "not-counted",
+    ],
+)
+def test_pod_set_hash_covers_what_kueue_counts_of_the_merged_worker_pod(
+    pod_spec: dict[str, Any], requeues: bool
+) -> None:
+    """The hash is of the worker pod with podTemplate merged in, as Kueue reads a pod set:
+    a GPU sidecar added after admission must replace the Workload, an env var must not."""
+    training = queued()
+    changed = training.with_spec(podTemplate={"metadata": {"labels": {"x": "y"}}, "spec": pod_spec})
+    assert (kueue.pod_set_hash(changed) != kueue.pod_set_hash(training)) is requeues
+
+
+def test_pod_set_hash_ignores_the_group_restart_and_the_image() -> None:
+    training = queued().with_spec(podTemplate={"spec": {"containers": [GPU_SIDECAR]}})
+    first, later = make_pod(training, 0), make_pod(training, 0, restart=3)
+    assert first["metadata"]["labels"] != later["metadata"]["labels"]
+    assert kueue.counted(first) == kueue.counted(later)
+    assert kueue.pod_set_hash(training.with_spec(image="trainer:2")) == kueue.pod_set_hash(training)
+    # What the Workload says is what the pass compares with.
+    body = kueue.build_workload(training, first, None)
+    assert body["metadata"]["annotations"][kueue.POD_SET_HASH_ANNOTATION] == kueue.pod_set_hash(
+        training
+    )
+
+
+def test_a_gpu_sidecar_added_after_admission_replaces_the_workload() -> None:
+    training = queued().with_status(phase="Running")
+    wl = admitted(training)
+    sidecar = training.with_spec(podTemplate={"spec": {"containers": [GPU_SIDECAR]}})
+    plan = plan_for(sidecar, running_group(training), wl)
+    assert plan.status["phase"] == "Queued" and len(plan.delete) == 3
+    assert "spec.podTemplate" in plan.status["message"]
+    assert "replacing Workload" in plan.status["message"]
+    plan = plan_for(sidecar.with_status(**plan.status), [], wl)
+    assert plan.delete_workload
+
+
+def test_a_workload_of_an_older_operator_is_adopted_not_replaced() -> None:
+    """Older operators hashed three spec fields under another key: an upgrade keeps admitted
+    trainings running and writes the hash of ours."""
+    training = queued().with_status(phase="Running")
+    wl = admitted(training)
+    wl["metadata"]["annotations"] = {"berth.dev/pod-set-hash": "0123456789abcdef"}
+    plan = plan_for(training, running_group(training), wl)
+    assert plan.status["phase"] == "Running" and not plan.delete and not plan.delete_workload
+    annotations = {kueue.POD_SET_HASH_ANNOTATION: kueue.pod_set_hash(training)}
+    assert plan.workload_patch == {"metadata": {"annotations": annotations}}
+    wl["metadata"]["annotations"].update(annotations)
+    assert plan_for(training, running_group(training), wl).workload_patch is None
+
+
 def test_without_queueing_the_queue_status_goes() -> None:
     training = make_training().with_status(phase="Running", queue={"name": "team"})
     plan = reconcile(training, running_group(training), LATER)

@@ -10,6 +10,7 @@ import pytest
 from berth_operator.builders import build_worker_pod, parse_spec
 from berth_operator.tpu.node import chips, node_fields, startup_script
 from berth_operator.tpu.policy import TpuObservation, decide
+from berth_operator.tpu.tenancy import TrainingRef
 from tests.unit.operator.factories import T0, Training, make_training
 
 GKE = {"provider": "gke", "acceleratorType": "tpu-v5-lite-podslice", "topology": "2x4"}
@@ -20,6 +21,7 @@ CLOUD = {
     "project": "p",
     "zone": "us-central2-b",
 }
+REF = TrainingRef("ml", "bert", "uid-1")  # make_training's
 
 
 def cloud(**status: Any) -> Training:
@@ -58,19 +60,20 @@ def test_gke_pod_wins_over_the_template() -> None:
 
 def test_cloud_node_and_startup_script() -> None:
     training = cloud()
-    node = node_fields(training, parse_spec(training), "img:1", restart=2)
+    node = node_fields(training, parse_spec(training), "img:1", restart=2, service_account=None)
     assert (node["accelerator_type"], node["runtime_version"]) == (
         "v4-32",
         "tpu-vm-tf-2.16.1-pod-pjrt",
     )
     script = node["metadata"]["startup-script"]
     assert script == startup_script(training, parse_spec(training), "img:1", 2)
-    assert "TPU_NAME=bert" in script  # multi-host: the resolver looks the node up by name
+    # multi-host: the resolver looks the node up by its id
+    assert f"TPU_NAME={REF.node_id}" in script
     assert '[ "$worker" = "0" ] || exit 0' in script and "img:1 berth-trainer train" in script
     assert "put exit_code" in script and "dir: gs://b/ckpt" in script
 
 
-NAME = "projects/p/locations/us-central2-b/nodes/bert"
+NAME = f"projects/p/locations/us-central2-b/nodes/{REF.node_id}"
 CASES = [
     ("nothing-yet", {}, TpuObservation(), "create", "Starting", 0),
     (

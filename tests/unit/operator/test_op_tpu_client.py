@@ -11,6 +11,7 @@ import pytest
 
 from berth_operator.api import TpuSpec
 from berth_operator.tpu.client import TpuApi, TransientTpuError, make_client
+from berth_operator.tpu.tenancy import TrainingRef
 from tests.support.fake_tpu import FakeTpu
 
 SPEC = TpuSpec.model_validate(
@@ -22,7 +23,12 @@ SPEC = TpuSpec.model_validate(
         "zone": "us-central2-b",
     }
 )
-NODE = {"accelerator_type": "v4-8", "runtime_version": "tpu-vm-tf-2.16.1-pjrt"}
+REF = TrainingRef("ml", "bert", "uid-1")
+NODE = {
+    "accelerator_type": "v4-8",
+    "runtime_version": "tpu-vm-tf-2.16.1-pjrt",
+    "labels": REF.labels,
+}
 
 
 @pytest.fixture
@@ -42,17 +48,17 @@ def run(fake: FakeTpu, steps: Callable[[TpuApi], Awaitable[Any]]) -> Any:
 
 def test_create_observe_guest_and_delete(fake: FakeTpu) -> None:
     async def steps(api: TpuApi) -> Any:
-        assert (await api.observe("bert", SPEC, None)).node_state is None
-        operation = await api.create("bert", SPEC, NODE)
+        assert (await api.observe(REF, SPEC, None)).node_state is None
+        operation = await api.create(REF, SPEC, NODE)
         assert operation and operation.startswith("projects/fake/locations/fake/operations/")
-        assert await api.create("bert", SPEC, NODE) is None  # already exists: fine
-        creating = await api.observe("bert", SPEC, operation)
-        fake.set_state("bert", "READY")
-        fake.set_guest("bert", step="7", loss="2.5", state="running")
-        ready = await api.observe("bert", SPEC, operation)
-        await api.delete("bert", SPEC)
-        await api.delete("bert", SPEC)  # gone: fine
-        return creating, ready, await api.exists("bert", SPEC)
+        assert await api.create(REF, SPEC, NODE) is None  # already exists: fine
+        creating = await api.observe(REF, SPEC, operation)
+        fake.set_state(REF.node_id, "READY")
+        fake.set_guest(REF.node_id, step="7", loss="2.5", state="running")
+        ready = await api.observe(REF, SPEC, operation)
+        await api.delete(REF, SPEC)
+        await api.delete(REF, SPEC)  # gone: fine
+        return creating, ready, await api.owned_node_exists(REF, SPEC)
 
     creating, ready, exists = run(fake, steps)
     assert (creating.node_state, creating.guest) == ("CREATING", {})
@@ -64,15 +70,16 @@ def test_create_observe_guest_and_delete(fake: FakeTpu) -> None:
     assert ready.guest == {"step": "7", "loss": "2.5", "state": "running"}
     assert not exists
     node = fake.created[0]
-    assert node == "projects/p/locations/us-central2-b/nodes/bert" and fake.deleted == [node]
+    assert node == f"projects/p/locations/us-central2-b/nodes/{REF.node_id}"
+    assert fake.deleted == [node]
 
 
 def test_failed_create_operation_is_reported(fake: FakeTpu) -> None:
     fake.fail_create = (grpc.StatusCode.RESOURCE_EXHAUSTED, "Quota 'TPUV4' exceeded")
 
     async def steps(api: TpuApi) -> Any:
-        operation = await api.create("bert", SPEC, NODE)
-        return await api.observe("bert", SPEC, operation)
+        operation = await api.create(REF, SPEC, NODE)
+        return await api.observe(REF, SPEC, operation)
 
     observed = run(fake, steps)
     assert observed.node_state is None and observed.create_error == "Quota 'TPUV4' exceeded"
@@ -82,9 +89,9 @@ def test_spot_uses_a_queued_resource(fake: FakeTpu) -> None:
     spot = SPEC.model_copy(update={"spot": True})
 
     async def steps(api: TpuApi) -> Any:
-        await api.create("bert", spot, NODE)
-        seen = await api.observe("bert", spot, None)
-        await api.delete("bert", spot)
+        await api.create(REF, spot, NODE)
+        seen = await api.observe(REF, spot, None)
+        await api.delete(REF, spot)
         return seen
 
     assert run(fake, steps).node_state == "CREATING"
@@ -96,9 +103,9 @@ def test_unavailable_api_is_a_transient_error(fake: FakeTpu) -> None:
 
     async def steps(api: TpuApi) -> Any:
         with pytest.raises(TransientTpuError, match="unavailable"):
-            await api.observe("bert", SPEC, None)
+            await api.observe(REF, SPEC, None)
         with pytest.raises(TransientTpuError):
-            await api.create("bert", SPEC, NODE)
+            await api.create(REF, SPEC, NODE)
 
     run(fake, steps)
     assert fake.refused == 2

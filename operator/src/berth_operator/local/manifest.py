@@ -1,9 +1,9 @@
 """Read and validate a BertTraining manifest without a cluster, as the API server would.
 
 Validation runs the same typed models the CRD is generated from, then evaluates the CRD's own
-CEL rules (`x-kubernetes-validations`, taken from the generated schema) on the defaulted spec,
-so `berth validate` rejects what `kubectl apply` would reject, with the same field-named
-messages. Transition rules (those using `oldSelf`) need an old object and are skipped.
+CEL rules (`x-kubernetes-validations`, taken from the generated schema) on metadata.name and
+the defaulted spec, so `berth validate` rejects what `kubectl apply` would reject, with the same
+field-named messages. Transition rules (those using `oldSelf`) need an old object and are skipped.
 
     >>> m = parse_manifest({"apiVersion": "berth.dev/v1alpha1", "kind": "BertTraining",
     ...     "metadata": {"name": "t"}, "spec": {"vocabulary": "v.txt", "data": {"train": "d"},
@@ -18,7 +18,6 @@ divisible by workers * training.gradientAccumulationSteps
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,11 +28,9 @@ from pydantic import ValidationError
 
 from berth_operator import labels
 from berth_operator.api import BertTrainingSpec
-from berth_operator.crdgen import model_schema
+from berth_operator.crdgen import build_crd
 
 API_VERSION = f"{labels.GROUP}/{labels.VERSION}"
-#: metadata.name must be a DNS-1035 label (it names pods and a Service).
-NAME_PATTERN = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 #: Trainer paths that a local run resolves relative to the manifest's folder.
 PATH_FIELDS = (
     ("vocabulary",),
@@ -78,15 +75,17 @@ def parse_manifest(obj: Any) -> dict[str, Any]:
             f"apiVersion/kind: expected {API_VERSION} {labels.KIND}, "
             f"got {obj.get('apiVersion')} {obj.get('kind')}"
         )
-    name = (obj.get("metadata") or {}).get("name")
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise ManifestError(f"metadata.name: {name!r} is not a DNS-1035 label")
+    # The CRD's root-level rules (metadata.name), on the metadata alone: spec problems follow.
+    root = {k: v for k, v in _schema().items() if k != "properties"}
+    problems = list(cel_violations(root, {"metadata": obj.get("metadata") or {}}, ""))
+    if problems:
+        raise ManifestError("\n".join(problems))
     try:
         spec = BertTrainingSpec.model_validate(obj.get("spec") or {})
     except ValidationError as error:
         raise ManifestError("\n".join(_pydantic_messages(error))) from error
     wire = spec.model_dump(by_alias=True, exclude_none=True, mode="json")
-    problems = list(cel_violations(_spec_schema(), wire, "spec"))
+    problems = list(cel_violations(_schema()["properties"]["spec"], wire, "spec"))
     if problems:
         raise ManifestError("\n".join(problems))
     return {**obj, "spec": wire}
@@ -110,8 +109,10 @@ _SPEC_FIELDS = frozenset(
 
 
 @functools.cache
-def _spec_schema() -> dict[str, Any]:
-    return model_schema(BertTrainingSpec)
+def _schema() -> dict[str, Any]:
+    """The CRD's whole schema, as the API server validates with it."""
+    schema: dict[str, Any] = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return schema
 
 
 @functools.cache

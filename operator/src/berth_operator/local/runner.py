@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from berth_operator import labels
+from berth_operator import labels, podpolicy
 from berth_operator.api import FINISHED_PHASES
 from berth_operator.builders import (
     CONFIG_PATH,
@@ -150,7 +150,14 @@ class LocalRun:
     def step(self) -> Plan:
         """Observe the processes, decide with `policy.reconcile`, act, record the status."""
         self._reap()
-        plan = reconcile(self.training, [w.as_pod() for w in self.workers.values()], self.clock())
+        # No pod is created here: the workers are processes with the user's own rights, so the
+        # pod policy (which guards what the operator's ServiceAccount creates) checks nothing.
+        plan = reconcile(
+            self.training,
+            [w.as_pod() for w in self.workers.values()],
+            self.clock(),
+            pod_policy=podpolicy.Level.PRIVILEGED,
+        )
         for name in plan.delete:
             self._stop(self.workers.pop(name))
         if plan.create:

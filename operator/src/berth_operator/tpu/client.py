@@ -6,6 +6,9 @@ blocks for long: transient failures (UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, .
 retry fixes (quota, an invalid accelerator, permissions) surface as `TpuRejected` with the API's
 message. "Not found" on get/delete and "already exists" on create count as answers, not errors,
 so a retried pass never duplicates a TPU.
+
+Only a node whose labels name the training (`TrainingRef.owns`) is read or deleted: a node of
+the same id without them is reported as `TpuObservation.foreign` and left alone.
 """
 
 from __future__ import annotations
@@ -24,17 +27,18 @@ from google.oauth2 import service_account
 
 from berth_operator.api import TpuSpec
 from berth_operator.tpu.node import (
+    CLOUD_PLATFORM_SCOPE,
     GUEST_NAMESPACE,
-    node_id,
     node_name,
     parent,
     queued_resource_name,
 )
 from berth_operator.tpu.policy import TpuObservation
+from berth_operator.tpu.tenancy import TrainingRef
 
 #: Seconds one API call may take before the pass gives up (and retries later).
 CALL_TIMEOUT = 10.0
-SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
+SCOPES = (CLOUD_PLATFORM_SCOPE,)
 TRANSIENT = (
     gexc.ServiceUnavailable,
     gexc.DeadlineExceeded,
@@ -91,12 +95,18 @@ class TpuApi:
     def __init__(self, client: tpu_v2.TpuAsyncClient) -> None:
         self.client = client
 
-    async def observe(self, training: str, tpu: TpuSpec, operation: str | None) -> TpuObservation:
+    async def observe(
+        self, ref: TrainingRef, tpu: TpuSpec, operation: str | None
+    ) -> TpuObservation:
         try:
-            node = await self._get_node(node_name(training, tpu))
+            node = await self._get_node(node_name(ref, tpu))
+            queued = await self._get_queued_resource(ref, tpu) if tpu.spot else None
+            foreign = _foreign(ref, node, queued)
+            if foreign is not None:
+                return TpuObservation(foreign=foreign)
             create_error, pending = None, False
-            if tpu.spot:
-                create_error = await self._queued_resource_error(training, tpu)
+            if queued is not None:
+                create_error = _queued_resource_error(queued)
             if operation and node is None:
                 op = await self.client.get_operation(
                     operations_pb2.GetOperationRequest(name=operation),
@@ -130,17 +140,15 @@ class TpuApi:
         except gexc.NotFound:
             return None
 
-    async def _queued_resource_error(self, training: str, tpu: TpuSpec) -> str | None:
+    async def _get_queued_resource(
+        self, ref: TrainingRef, tpu: TpuSpec
+    ) -> tpu_v2.QueuedResource | None:
         try:
-            queued = await self.client.get_queued_resource(
-                name=queued_resource_name(training, tpu), retry=None, timeout=CALL_TIMEOUT
+            return await self.client.get_queued_resource(
+                name=queued_resource_name(ref, tpu), retry=None, timeout=CALL_TIMEOUT
             )
         except gexc.NotFound:
             return None
-        if queued.state.state == tpu_v2.QueuedResourceState.State.FAILED:
-            error = queued.state.failed_data.error
-            return error.message or "queued resource FAILED"
-        return None
 
     async def _guest(self, name: str) -> dict[str, str]:
         response = await self.client.get_guest_attributes(
@@ -157,7 +165,7 @@ class TpuApi:
             if item.namespace == GUEST_NAMESPACE
         }
 
-    async def create(self, training: str, tpu: TpuSpec, node: Mapping[str, Any]) -> str | None:
+    async def create(self, ref: TrainingRef, tpu: TpuSpec, node: Mapping[str, Any]) -> str | None:
         """Create the node (a queued resource when spot); the operation's name, if any."""
         try:
             if tpu.spot:
@@ -166,7 +174,7 @@ class TpuApi:
                         node_spec=[
                             tpu_v2.QueuedResource.Tpu.NodeSpec(
                                 parent=parent(tpu),
-                                node_id=node_id(training),
+                                node_id=ref.node_id,
                                 node=tpu_v2.Node(node),
                             )
                         ]
@@ -176,7 +184,7 @@ class TpuApi:
                 op = await self.client.create_queued_resource(
                     parent=parent(tpu),
                     queued_resource=queued,
-                    queued_resource_id=node_id(training),
+                    queued_resource_id=ref.node_id,
                     retry=None,
                     timeout=CALL_TIMEOUT,
                 )
@@ -184,7 +192,7 @@ class TpuApi:
                 op = await self.client.create_node(
                     parent=parent(tpu),
                     node=tpu_v2.Node(node),
-                    node_id=node_id(training),
+                    node_id=ref.node_id,
                     retry=None,
                     timeout=CALL_TIMEOUT,
                 )
@@ -196,21 +204,24 @@ class TpuApi:
             raise TpuRejected(error.message or str(error)) from error
         return str(op.operation.name) or None
 
-    async def delete(self, training: str, tpu: TpuSpec) -> None:
-        """Delete the node (Spot: its queued resource, forced); gone already is fine."""
+    async def delete(self, ref: TrainingRef, tpu: TpuSpec) -> None:
+        """Delete the node (Spot: its queued resource, forced) if it is this training's; gone
+        already, or someone else's, is left as it is."""
         try:
             if tpu.spot:
+                queued = await self._get_queued_resource(ref, tpu)
+                if queued is None or not ref.owns(_queued_labels(queued)):
+                    return
                 await self.client.delete_queued_resource(
-                    tpu_v2.DeleteQueuedResourceRequest(
-                        name=queued_resource_name(training, tpu), force=True
-                    ),
+                    tpu_v2.DeleteQueuedResourceRequest(name=queued.name, force=True),
                     retry=None,
                     timeout=CALL_TIMEOUT,
                 )
             else:
-                await self.client.delete_node(
-                    name=node_name(training, tpu), retry=None, timeout=CALL_TIMEOUT
-                )
+                node = await self._get_node(node_name(ref, tpu))
+                if node is None or not ref.owns(node.labels):
+                    return
+                await self.client.delete_node(name=node.name, retry=None, timeout=CALL_TIMEOUT)
         except gexc.NotFound:
             return
         except TRANSIENT as error:
@@ -218,8 +229,34 @@ class TpuApi:
         except gexc.GoogleAPICallError as error:
             raise TransientTpuError(f"deleting the TPU: {error}") from error
 
-    async def exists(self, training: str, tpu: TpuSpec) -> bool:
+    async def owned_node_exists(self, ref: TrainingRef, tpu: TpuSpec) -> bool:
+        """Whether this training's node is still there (a foreign one of its id is not)."""
         try:
-            return await self._get_node(node_name(training, tpu)) is not None
+            node = await self._get_node(node_name(ref, tpu))
         except gexc.GoogleAPICallError as error:
             raise _transient(error) from error
+        return node is not None and ref.owns(node.labels)
+
+
+def _foreign(
+    ref: TrainingRef, node: tpu_v2.Node | None, queued: tpu_v2.QueuedResource | None
+) -> str | None:
+    """The name of a node or queued resource with this training's id that is not its own."""
+    if node is not None and not ref.owns(node.labels):
+        return str(node.name)
+    if queued is not None and not ref.owns(_queued_labels(queued)):
+        return str(queued.name)
+    return None
+
+
+def _queued_labels(queued: tpu_v2.QueuedResource) -> Mapping[str, str]:
+    """A queued resource has no labels of its own: those of the node it asks for."""
+    specs = queued.tpu.node_spec
+    return specs[0].node.labels if specs else {}
+
+
+def _queued_resource_error(queued: tpu_v2.QueuedResource) -> str | None:
+    if queued.state.state == tpu_v2.QueuedResourceState.State.FAILED:
+        error = queued.state.failed_data.error
+        return str(error.message) or "queued resource FAILED"
+    return None

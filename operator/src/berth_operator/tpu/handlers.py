@@ -1,11 +1,13 @@
 """kopf handlers of Cloud TPU trainings (`spec.tpu.provider: cloud`): thin glue.
 
-* `reconcile-tpu`, a timer every --reconcile-interval: observe the node through the Cloud TPU
-  API → `tpu.policy.decide` → create/delete the node, record events, one status patch. The
+* `reconcile-tpu`, a timer every --reconcile-interval: the admin's rules
+  (`tpu.tenancy.TpuTenancy.refusal`, before any API call) → observe the node through the Cloud
+  TPU API → `tpu.policy.decide` → create/delete the node, record events, one status patch. The
   Cloud TPU API has no watch, so this path polls it; the training itself comes from kopf's
   watch, never from a GET;
 * `delete-tpu`, on deletion of the BertTraining (behind kopf's finalizer): delete the TPU and
-  wait until the API no longer lists it, so nothing is left billing.
+  wait until the API no longer lists it, so nothing is left billing (a refused training never
+  calls the API, and a node that is not the training's is never deleted).
 
 A Cloud TPU API that does not answer raises `kopf.TemporaryError` with an exponential delay:
 the pass is retried, the handler never crashes and the training keeps its phase.
@@ -28,6 +30,7 @@ from berth_operator.context import Context, from_memo
 from berth_operator.tpu import node as tpu
 from berth_operator.tpu import policy as tpu_policy
 from berth_operator.tpu.client import TpuApi, TpuRejected, TransientTpuError, make_client, parse_key
+from berth_operator.tpu.tenancy import Refusal, TrainingRef
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,60 @@ def _tpu_spec(spec: Any) -> TpuSpec:
     return TpuSpec.model_validate(dict(spec.get("tpu") or {}))
 
 
+def _refusal(ctx: Context, namespace: str, tpu_spec: TpuSpec) -> Refusal | None:
+    return ctx.settings.tpu_tenancy.refusal(
+        namespace, tpu_spec.project, tpu_spec.credentials_secret, tpu_spec.service_account
+    )
+
+
+async def _drive(
+    ctx: Context,
+    api: TpuApi,
+    body: kopf.Body,
+    training: dict[str, Any],
+    tpu_spec: TpuSpec,
+    now: datetime,
+) -> tpu_policy.TpuPlan:
+    """Observe the training's node, decide, and create or delete it: the pass's plan."""
+    ref = TrainingRef.of(training["metadata"])
+    operation = ((training.get("status") or {}).get("tpu") or {}).get("operation")
+    obs = await api.observe(ref, tpu_spec, operation)
+    plan = tpu_policy.decide(training, obs, now)
+    if plan.action == "create":
+        spec = builders.parse_spec(training)
+        node = tpu.node_fields(
+            training,
+            spec,
+            spec.image or ctx.settings.default_image,
+            plan.restart,
+            ctx.settings.tpu_tenancy.service_account(ref.namespace, tpu_spec.service_account),
+        )
+        try:
+            created = await api.create(ref, tpu_spec, node)
+        except TpuRejected as error:
+            return tpu_policy.decide(
+                training, dataclasses.replace(obs, create_error=str(error)), now
+            )
+        plan.status["tpu"] = {**plan.status["tpu"], "state": "CREATING"}
+        if created:
+            plan.status["tpu"]["operation"] = created
+        kopf.event(
+            body,
+            type="Normal",
+            reason="CreatedTpu",
+            message=f"creating TPU {plan.status['tpu']['name']}",
+        )
+    if plan.action == "delete":
+        await api.delete(ref, tpu_spec)
+        kopf.event(
+            body,
+            type="Normal",
+            reason="DeletedTpu",
+            message=f"deleting TPU {plan.status['tpu']['name']}",
+        )
+    return plan
+
+
 async def reconcile_tpu(
     namespace: str | None,
     name: str,
@@ -104,38 +161,12 @@ async def reconcile_tpu(
     now = datetime.now(UTC)
     try:
         tpu_spec = _tpu_spec(training["spec"])
-        api = await _api(ctx, namespace, tpu_spec)
-        obs = await api.observe(name, tpu_spec, (old_status.get("tpu") or {}).get("operation"))
-        plan = tpu_policy.decide(training, obs, now)
-        if plan.action == "create":
-            spec = builders.parse_spec(training)
-            node = tpu.node_fields(
-                training, spec, spec.image or ctx.settings.default_image, plan.restart
-            )
-            try:
-                operation = await api.create(name, tpu_spec, node)
-            except TpuRejected as error:
-                plan = tpu_policy.decide(
-                    training, dataclasses.replace(obs, create_error=str(error)), now
-                )
-            else:
-                plan.status["tpu"] = {**plan.status["tpu"], "state": "CREATING"}
-                if operation:
-                    plan.status["tpu"]["operation"] = operation
-                kopf.event(
-                    body,
-                    type="Normal",
-                    reason="CreatedTpu",
-                    message=f"creating TPU {plan.status['tpu']['name']}",
-                )
-        if plan.action == "delete":
-            await api.delete(name, tpu_spec)
-            kopf.event(
-                body,
-                type="Normal",
-                reason="DeletedTpu",
-                message=f"deleting TPU {plan.status['tpu']['name']}",
-            )
+        refusal = _refusal(ctx, namespace, tpu_spec)
+        if refusal is not None:  # not one call with the operator's credentials
+            plan = tpu_policy.decide(training, tpu_policy.TpuObservation(), now, refusal)
+        else:
+            api = await _api(ctx, namespace, tpu_spec)
+            plan = await _drive(ctx, api, body, training, tpu_spec, now)
     except TransientTpuError as error:
         log.warning("%s/%s: %s (retry %d)", namespace, name, error, retry)
         raise kopf.TemporaryError(str(error), delay=backoff(retry)) from error
@@ -149,7 +180,13 @@ async def reconcile_tpu(
 
 
 async def delete_tpu(
-    namespace: str | None, name: str, spec: kopf.Spec, memo: Any, retry: int, **_: Any
+    namespace: str | None,
+    name: str,
+    spec: kopf.Spec,
+    meta: kopf.Meta,
+    memo: Any,
+    retry: int,
+    **_: Any,
 ) -> None:
     """Finalizer: delete the training's TPU and hold the BertTraining until it is gone."""
     ctx = from_memo(memo)
@@ -158,15 +195,22 @@ async def delete_tpu(
         tpu_spec = _tpu_spec(spec)
     except ValidationError:
         return  # the CRD never admitted such a spec: there is no TPU to delete
+    refusal = _refusal(ctx, namespace, tpu_spec)
+    if refusal is not None:
+        log.warning(
+            "%s/%s: no Cloud TPU call, nothing deleted: %s", namespace, name, refusal.message
+        )
+        return
+    ref = TrainingRef.of(meta)
     try:
         api = await _api(ctx, namespace, tpu_spec)
-        await api.delete(name, tpu_spec)
-        if await api.exists(name, tpu_spec):
+        await api.delete(ref, tpu_spec)  # only if its labels name this training
+        if await api.owned_node_exists(ref, tpu_spec):
             raise kopf.TemporaryError("waiting for the TPU to be deleted", delay=2)
     except (TransientTpuError, TpuRejected) as error:
         log.warning("%s/%s: deleting the TPU: %s (retry %d)", namespace, name, error, retry)
         raise kopf.TemporaryError(str(error), delay=backoff(retry)) from error
-    log.info("%s/%s: TPU %s deleted", namespace, name, tpu.node_name(name, tpu_spec))
+    log.info("%s/%s: TPU %s deleted", namespace, name, tpu.node_name(ref, tpu_spec))
 
 
 def register(registry: kopf.OperatorRegistry, interval: float) -> None:

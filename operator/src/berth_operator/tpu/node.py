@@ -5,8 +5,8 @@ TensorFlow on a TPU slice runs *one* training client (TPUStrategy), never a work
 * provider `gke`: the single trainer pod goes onto a TPU node pool (node selectors
   `cloud.google.com/gke-tpu-accelerator`/`-topology`, `google.com/tpu` = chips of the topology,
   requests = limits, the `google.com/tpu` taint tolerated) and resolves `TPU_NAME=local`;
-* provider `cloud`: a Cloud TPU VM named after the training whose startup script (node
-  metadata `startup-script`) runs the trainer image on worker 0 only; on a multi-host slice
+* provider `cloud`: a Cloud TPU VM (its id: `tenancy.TrainingRef.node_id`) whose startup script
+  (node metadata `startup-script`) runs the trainer image on worker 0 only; on a multi-host slice
   (`-pod-` runtime) the other hosts run the TPU runtime and `TPU_NAME` is the node's name,
   which TPUClusterResolver looks up through the Cloud TPU API.
 
@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from berth_operator.api import BertTrainingSpec, TpuProvider, TpuSpec
+from berth_operator.tpu.tenancy import TrainingRef
 
 ACCELERATOR_LABEL = "cloud.google.com/gke-tpu-accelerator"
 TOPOLOGY_LABEL = "cloud.google.com/gke-tpu-topology"
@@ -35,9 +36,9 @@ TPU_RESOURCE = "google.com/tpu"
 TPU_TOLERATION = {"key": TPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 #: Guest attribute namespace the trainer reports into on a Cloud TPU VM.
 GUEST_NAMESPACE = "berth"
-#: Node labels (GCP labels) on every TPU VM the operator creates.
-NODE_LABELS = {"managed-by": "berth-operator"}
 CONFIG_PATH_ON_VM = "/etc/berth/config.yaml"
+#: OAuth scope of the TPU VM's service account: all of Google Cloud, narrowed by IAM roles.
+CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 METADATA_URL = "http://metadata.google.internal/computeMetadata/v1/instance"
 
 
@@ -84,22 +85,17 @@ def apply_gke(pod: dict[str, Any], tpu: TpuSpec) -> dict[str, Any]:
     return pod
 
 
-def node_id(training_name: str) -> str:
-    """The TPU node (and queued resource) id of a training: its name."""
-    return training_name
-
-
 def parent(tpu: TpuSpec) -> str:
     return f"projects/{tpu.project}/locations/{tpu.zone}"
 
 
-def node_name(training_name: str, tpu: TpuSpec) -> str:
+def node_name(ref: TrainingRef, tpu: TpuSpec) -> str:
     """Full resource name of a training's TPU node."""
-    return f"{parent(tpu)}/nodes/{node_id(training_name)}"
+    return f"{parent(tpu)}/nodes/{ref.node_id}"
 
 
-def queued_resource_name(training_name: str, tpu: TpuSpec) -> str:
-    return f"{parent(tpu)}/queuedResources/{node_id(training_name)}"
+def queued_resource_name(ref: TrainingRef, tpu: TpuSpec) -> str:
+    return f"{parent(tpu)}/queuedResources/{ref.node_id}"
 
 
 def startup_script(
@@ -113,7 +109,9 @@ def startup_script(
     assert spec.tpu is not None
     name = training["metadata"]["name"]
     config = yaml.safe_dump(spec.trainer_config().to_wire(), sort_keys=False)
-    tpu_name = tpu_name_for_trainer(node_id(name), spec.tpu.runtime_version)
+    tpu_name = tpu_name_for_trainer(
+        TrainingRef.of(training["metadata"]).node_id, spec.tpu.runtime_version
+    )
     put = (
         'curl -sf -X PUT -H "Metadata-Flavor: Google" --data "$2" '
         f'"{METADATA_URL}/guest-attributes/{GUEST_NAMESPACE}/$1" || true'
@@ -140,19 +138,31 @@ if [ "$code" = "0" ]; then put state succeeded; else put state failed; fi
 
 
 def node_fields(
-    training: Mapping[str, Any], spec: BertTrainingSpec, image: str, restart: int
+    training: Mapping[str, Any],
+    spec: BertTrainingSpec,
+    image: str,
+    restart: int,
+    service_account: str | None,
 ) -> dict[str, Any]:
-    """The tpu_v2.Node of a training as a dict (`tpu_v2.Node(node_fields(...))`)."""
+    """The tpu_v2.Node of a training as a dict (`tpu_v2.Node(node_fields(...))`).
+
+    Its labels name the training (`TrainingRef.labels`: only a node whose `berth-uid` is this
+    training's is ever used or deleted). `service_account` (`TpuTenancy.service_account`) is the
+    VM's identity, with the cloud-platform scope (IAM decides what it may do); None leaves it to
+    the API: the project's Compute Engine default service account.
+    """
     tpu = spec.tpu
     assert tpu is not None
-    name = training["metadata"]["name"]
+    ref = TrainingRef.of(training["metadata"])
     node: dict[str, Any] = {
         "accelerator_type": tpu.accelerator_type,
         "runtime_version": tpu.runtime_version,
-        "description": f"berth: BertTraining {training['metadata'].get('namespace')}/{name}",
-        "labels": {**NODE_LABELS, "berth-training": name},
+        "description": f"berth: BertTraining {ref.namespace}/{ref.name} (uid {ref.uid})",
+        "labels": ref.labels,
         "metadata": {"startup-script": startup_script(training, spec, image, restart)},
     }
+    if service_account:
+        node["service_account"] = {"email": service_account, "scope": [CLOUD_PLATFORM_SCOPE]}
     if tpu.reserved:
         node["scheduling_config"] = {"reserved": True}
     return node

@@ -1,9 +1,13 @@
 """The Cloud TPU decision: (training, observed TPU, guest attributes, now) → a TpuPlan. Pure.
 
-A training with `spec.tpu.provider: cloud` has no pods: its one child is a Cloud TPU VM named
-after it. Each pass observes the node (and its queued resource for Spot, and the pending create
-operation) plus the `berth/` guest attributes the trainer writes, and decides one action:
+A training with `spec.tpu.provider: cloud` has no pods: its one child is a Cloud TPU VM whose
+id derives from it (`tenancy.TrainingRef`). Each pass observes the node (and its queued resource
+for Spot, and the pending create operation) plus the `berth/` guest attributes the trainer
+writes, and decides one action:
 
+* the admin's rules refuse the spec (`tenancy.TpuTenancy.refusal`, no API call made), or a node
+  of its id is not this training's (`foreign`) → Pending, `Created` False with the reason and a
+  Warning event; nothing is created or deleted, and the training goes on once the cause is gone;
 * nothing there → `create` (phase Starting; a pending create operation is waited for);
 * READY → Running; progress from the guest attributes (`step`, `loss`, `examples_per_second`);
 * PREEMPTED / TERMINATED / vanished while running → `delete`, `restarts += 1`, Restarting, then
@@ -14,7 +18,7 @@ operation) plus the `berth/` guest attributes the trainer writes, and decides on
 * finished or suspended → `delete` until the node is gone, so nothing is left billing.
 
     >>> from datetime import UTC, datetime
-    >>> training = {"metadata": {"name": "b", "namespace": "ml", "generation": 1},
+    >>> training = {"metadata": {"name": "b", "namespace": "ml", "uid": "u", "generation": 1},
     ...     "spec": {"vocabulary": "v", "data": {"train": "gs://d"}, "output": {"dir": "gs://o"},
     ...              "checkpoint": {"dir": "gs://c"}, "workers": 1, "tpu": {"provider": "cloud",
     ...              "acceleratorType": "v4-8", "runtimeVersion": "tpu-vm-tf-2.16.1-pjrt",
@@ -43,6 +47,7 @@ from berth_operator.policy import (
     failure_verdict,
 )
 from berth_operator.tpu.node import node_name
+from berth_operator.tpu.tenancy import Refusal, TrainingRef
 from berth_operator.workers import WorkerState, parse_time
 
 Action = Literal["create", "delete", "none"]
@@ -63,6 +68,8 @@ class TpuObservation:
     create_error: str | None = None  # the create call or its operation failed: the API's words
     operation_pending: bool = False  # the create operation is not done yet
     guest: Mapping[str, str] = dataclasses.field(default_factory=dict)  # berth/<key> → value
+    #: A node (or queued resource) of this training's id whose labels name another: its name.
+    foreign: str | None = None
 
 
 @dataclasses.dataclass
@@ -107,8 +114,14 @@ def progress_from_guest(
     return out
 
 
-def decide(training: Mapping[str, Any], obs: TpuObservation, now: datetime) -> TpuPlan:
-    """The next step for a Cloud TPU training (see the module docstring)."""
+def decide(
+    training: Mapping[str, Any],
+    obs: TpuObservation,
+    now: datetime,
+    refusal: Refusal | None = None,
+) -> TpuPlan:
+    """The next step for a Cloud TPU training (see the module docstring); `refusal`: the
+    admin's rules refuse it, and `obs` is empty (the API was not asked)."""
     meta = training["metadata"]
     name = meta["name"]
     old = training.get("status") or {}
@@ -136,7 +149,7 @@ def decide(training: Mapping[str, Any], obs: TpuObservation, now: datetime) -> T
     assert spec.tpu is not None
     run_policy = spec.run_policy
     tpu_status: dict[str, Any] = {
-        "name": node_name(name, spec.tpu),
+        "name": node_name(TrainingRef.of(meta), spec.tpu),
         "state": obs.node_state or "NOT_FOUND",
     }
     if obs.health:
@@ -145,7 +158,8 @@ def decide(training: Mapping[str, Any], obs: TpuObservation, now: datetime) -> T
         tpu_status["endpoints"] = list(obs.endpoints)
     if obs.operation_pending and (old.get("tpu") or {}).get("operation"):
         tpu_status["operation"] = old["tpu"]["operation"]
-    p.status["tpu"] = tpu_status
+    if refusal is None:  # else the API was not asked: keep what was last seen
+        p.status["tpu"] = tpu_status
     progress = progress_from_guest(obs.guest, spec.training.steps, p.stamp)
     if progress is not None and _changed(old.get("progress"), progress):
         p.status["progress"] = progress
@@ -171,6 +185,20 @@ def decide(training: Mapping[str, Any], obs: TpuObservation, now: datetime) -> T
     if p.phase == Phase.SUSPENDED.value:
         p.set_phase(Phase.PENDING, "Resumed", "runPolicy.suspend is false")
         p.status.pop("startTime", None)
+
+    if refusal is None and obs.foreign:
+        refusal = Refusal(
+            "TpuNodeConflict",
+            f"TPU {obs.foreign} exists but its labels do not name this training (uid "
+            f"{meta.get('uid')}): Berth neither uses nor deletes it; delete it, or recreate the "
+            "training (a new uid gets a new node id)",
+        )
+    if refusal is not None:
+        if p.status.get("message") != refusal.message:
+            p.event("Warning", refusal.reason, refusal.message)
+        p.set_phase(Phase.PENDING, refusal.reason, refusal.message)
+        p.condition(ConditionType.CREATED, False, refusal.reason, refusal.message)
+        return plan
 
     if obs.create_error:
         return finish(Phase.FAILED, "TpuCreateFailed", f"creating the TPU: {obs.create_error}")
