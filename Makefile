@@ -5,8 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv lock control-plane images images-gpu cluster-up cluster-down crds verify \
-        lint pytest clean
+.PHONY: demo test prerequisites venv lock control-plane images images-gpu cluster-up cluster-down \
+        crds verify lint pytest clean
 
 ## demo: train the quickstart manifest locally (2 worker processes, tiny BERT)
 demo: $(STAMP)
@@ -14,8 +14,13 @@ demo: $(STAMP)
 
 ## test: lint, verify generated files, build the images, start the control plane, run every
 ## test, stop it
-test: $(STAMP) control-plane images lint verify
+test: prerequisites lint verify
 	bash hack/test.sh
+
+## prerequisites: .venv, the control plane and the images, two at a time: on a cold machine the
+## control plane's Go builds (CPU) run beside the pip downloads and image builds (network, disk)
+prerequisites:
+	$(MAKE) --no-print-directory -j2 $(STAMP) control-plane images
 
 venv: $(STAMP)
 # The runtime comes from the hash-locked files the images install, so the tests run what ships,

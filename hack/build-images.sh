@@ -70,9 +70,13 @@ install_tools() {
   echo "installing ${missing[*]} (apt-get)"
   local sudo=()
   [ "$(id -u)" -eq 0 ] || sudo=(sudo)
-  "${sudo[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
-    "${missing[@]}" >/dev/null
+  # One apt-get at a time: `make prerequisites` runs this beside hack/install-node-deps.sh.
+  (
+    flock 9
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
+      "${missing[@]}" >/dev/null
+  ) 9>/tmp/berth-apt.lock
 }
 
 # The hash-locked requirements a target installs (the build lock: Berth's wheels, sdist-only

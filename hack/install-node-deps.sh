@@ -26,6 +26,10 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# One apt-get at a time: `make prerequisites` runs this beside hack/build-images.sh.
+(
+  flock 9
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+) 9>/tmp/berth-apt.lock
 # The package starts a containerd service where an init system runs; the node starts its own.
