@@ -161,17 +161,22 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
 ]
 
 
+def refused(api: client.ApiClient, body: dict[str, Any], namespace: str = "default") -> Any:
+    """The API server's refusal of a dry-run create of `body` (the test fails if it is taken)."""
+    with pytest.raises(ApiException) as error:
+        client.CustomObjectsApi(api).create_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, body, dry_run="All"
+        )
+    return error.value
+
+
 @pytest.mark.parametrize(("body", "field"), [pytest.param(b, f, id=i) for i, b, f in MALFORMED])
 def test_malformed_manifest_is_rejected_naming_the_field(
     api: client.ApiClient, crd: str, body: dict[str, Any], field: str
 ) -> None:
-    custom = client.CustomObjectsApi(api)
-    with pytest.raises(ApiException) as error:
-        custom.create_namespaced_custom_object(
-            GROUP, VERSION, "default", PLURAL, body, dry_run="All"
-        )
-    assert error.value.status == 422, error.value.body
-    message = json.loads(error.value.body)["message"]
+    error = refused(api, body)
+    assert error.status == 422, error.body
+    message = json.loads(error.body)["message"]
     assert field in message, message
 
 
@@ -260,14 +265,14 @@ def test_name_is_bounded_so_every_derived_name_is_valid(
     api: client.ApiClient, crd: str, name: str, says: str | None
 ) -> None:
     """A longer name passed the API server, then every worker pod failed (hostname > 63)."""
-    create = client.CustomObjectsApi(api).create_namespaced_custom_object
     if says is None:
-        create(GROUP, VERSION, "default", PLURAL, manifest(name), dry_run="All")
+        client.CustomObjectsApi(api).create_namespaced_custom_object(
+            GROUP, VERSION, "default", PLURAL, manifest(name), dry_run="All"
+        )
         return
-    with pytest.raises(ApiException) as error:
-        create(GROUP, VERSION, "default", PLURAL, manifest(name), dry_run="All")
-    assert error.value.status == 422, error.value.body
-    message = json.loads(error.value.body)["message"]
+    error = refused(api, manifest(name))
+    assert error.status == 422, error.body
+    message = json.loads(error.body)["message"]
     assert "metadata.name: must be" in message and says in message, message
 
 
@@ -335,16 +340,12 @@ HOSTILE: list[tuple[str, dict[str, Any], str]] = [
 def test_hostile_pod_template_is_refused_at_admission_naming_the_field_unless_widened(
     api: client.ApiClient, widened_namespace: str, body: dict[str, Any], field: str
 ) -> None:
-    custom = client.CustomObjectsApi(api)
-    with pytest.raises(ApiException) as error:
-        custom.create_namespaced_custom_object(
-            GROUP, VERSION, "default", PLURAL, body, dry_run="All"
-        )
-    assert error.value.status in (403, 422), error.value.body
-    message = json.loads(error.value.body)["message"]
+    error = refused(api, body)
+    assert error.status in (403, 422), error.body
+    message = json.loads(error.body)["message"]
     assert f"{field}: " in message, message
     assert "ValidatingAdmissionPolicy" in message, message
     # The chart's binding leaves out the namespace its values widen to privileged.
-    custom.create_namespaced_custom_object(
+    client.CustomObjectsApi(api).create_namespaced_custom_object(
         GROUP, VERSION, widened_namespace, PLURAL, body, dry_run="All"
     )
