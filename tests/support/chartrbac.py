@@ -9,8 +9,6 @@ verb the chart forgot is then a 403 in the operator's log, as it would be in a r
 from __future__ import annotations
 
 import contextlib
-import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,9 +19,8 @@ from kubernetes.client.rest import ApiException
 
 from tests.support.apicount import service_account_kubeconfig
 from tests.support.waiting import wait_for
+from tests.unit.chart.helm import CHART, run_helm
 
-REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "charts" / "berth"
 RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
 CRDS = "apiextensions.k8s.io"
 
@@ -31,14 +28,7 @@ CRDS = "apiextensions.k8s.io"
 def render_rbac(release: str, namespace: str, values: dict[str, Any]) -> list[dict[str, Any]]:
     """The chart's RBAC objects for operator `release` installed in and watching `namespace`."""
     values = {**values, "watchNamespaces": [namespace]}
-    helm = str(REPO / ".cluster" / "bin" / "helm")
-    result = subprocess.run(
-        [helm, "template", release, str(CHART), "--namespace", namespace, "--values", "-"],
-        input=json.dumps(values),  # JSON is YAML
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_helm("template", release, str(CHART), "--namespace", namespace, values=values)
     assert result.returncode == 0, result.stderr
     docs = [d for d in yaml.safe_load_all(result.stdout) if d and d["kind"] in RBAC_KINDS]
     assert {d["kind"] for d in docs} == set(RBAC_KINDS), docs

@@ -120,12 +120,14 @@ def counted(pod: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def pod_set_hash(training: Mapping[str, Any]) -> str:
+def pod_set_hash(training: Mapping[str, Any], pod: Mapping[str, Any] | None = None) -> str:
     """A hash of what Kueue counts of the training's pod set: `spec.workers` worker pods as
-    `builders.build_worker_pod` makes them, podTemplate merged in (`counted`). Kueue's pod sets
-    are immutable: when this changes (new `spec.resources`, a GPU sidecar or a node selector
-    added through `spec.podTemplate`), the Workload no longer says what the workers need."""
-    pod = builders.build_worker_pod(training, 0, "", 0)  # image and restart are not counted
+    `builders.build_worker_pod` makes them, podTemplate merged in (`counted`; `pod`: one the
+    caller built already, of any restart or image). Kueue's pod sets are immutable: when this
+    changes (new `spec.resources`, a GPU sidecar or a node selector added through
+    `spec.podTemplate`), the Workload no longer says what the workers need."""
+    if pod is None:
+        pod = builders.build_worker_pod(training, 0, "", 0)  # image and restart are not counted
     wanted = {"count": _workers(training), "template": counted(pod)}
     return hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -171,7 +173,7 @@ def build_workload(
             "name": workload_name(name, uid),
             "namespace": meta.get("namespace", "default"),
             "labels": {**labels.common_labels(name), JOB_UID_LABEL: uid},
-            "annotations": {POD_SET_HASH_ANNOTATION: pod_set_hash(training)},
+            "annotations": {POD_SET_HASH_ANNOTATION: pod_set_hash(training, pod)},
             "finalizers": [FINALIZER],
         },
         "spec": spec,

@@ -260,7 +260,10 @@ def reconcile(
         p.status["workers"] = worker_counts(current, spec.workers)
         return plan
 
-    if refused := pod_policy_violations(training, pod_policy):
+    # Worker 0 stands for all (they differ only in their names and env) before the pod policy
+    # and Kueue's count.
+    worker = build_worker_pod(training, 0, "", restart=0)
+    if refused := pod_policy_violations(worker, pod_policy):
         return finish(Phase.FAILED, "PodPolicyViolation", refused)
 
     # Pods of an older group restart are stale: delete them before anything else.
@@ -268,7 +271,7 @@ def reconcile(
     held = None
     if queueing is not None:
         all_ready = sum(s.ready or s.succeeded for s in current.values()) == spec.workers
-        held = _queue(p, plan, training, run_policy.suspend, states, all_ready, queueing)
+        held = _queue(p, plan, training, worker, run_policy.suspend, states, all_ready, queueing)
 
     if run_policy.suspend:
         plan.delete = [s.name for s in states if not s.terminating]
@@ -358,20 +361,19 @@ def reconcile(
     return plan
 
 
-def pod_policy_violations(training: Mapping[str, Any], level: podpolicy.Level) -> str:
-    """Why pod policy `level` refuses the training's worker pods ("" when it does not).
-
-    Worker 0 stands for all: the workers differ only in their names and env.
+def pod_policy_violations(worker: Mapping[str, Any], level: podpolicy.Level) -> str:
+    """Why pod policy `level` refuses a training's merged `worker` pod ("" when it does not).
 
     >>> t = {"metadata": {"name": "b"}, "spec": {"vocabulary": "v", "data": {"train": "d"},
     ...      "output": {"dir": "o"}, "checkpoint": {"dir": "c"},
     ...      "podTemplate": {"spec": {"nodeName": "n1"}}}}
-    >>> pod_policy_violations(t, podpolicy.Level.RESTRICTED).split(": ")[:2]
+    >>> worker = build_worker_pod(t, 0, "", restart=0)
+    >>> pod_policy_violations(worker, podpolicy.Level.RESTRICTED).split(": ")[:2]
     ['pod policy restricted', 'spec.podTemplate.spec.nodeName']
-    >>> pod_policy_violations(t, podpolicy.Level.PRIVILEGED)
+    >>> pod_policy_violations(worker, podpolicy.Level.PRIVILEGED)
     ''
     """
-    found = podpolicy.violations(build_worker_pod(training, 0, "", restart=0), level)
+    found = podpolicy.violations(worker, level)
     return f"pod policy {level}: {'; '.join(found)}"[:1024] if found else ""
 
 
@@ -379,6 +381,7 @@ def _queue(
     p: _Pass,
     plan: Plan,
     training: Mapping[str, Any],
+    worker: Mapping[str, Any],
     suspend: bool,
     states: Sequence[WorkerState],
     ready: bool,
@@ -386,7 +389,8 @@ def _queue(
 ) -> tuple[str, str] | None:
     """Kueue's say over a training: the Workload writes go into `plan`; the (reason, message)
     to queue with while the workers may not run, or None once the Workload is admitted.
-    `ready`: every worker of the current group is Ready or done.
+    `worker`: its merged worker pod (what Kueue counts); `ready`: every worker of the current
+    group is Ready or done.
 
     Evicted: every worker is deleted and, once none is left, the quota is given back
     (`kueue.release`). The group restart count is untouched: an eviction is not a failure."""
@@ -406,7 +410,7 @@ def _queue(
     patch: dict[str, Any] = {}
     if state.active == suspend:
         patch["spec"] = {"active": not suspend}
-    pod_set_hash = kueue.pod_set_hash(training)
+    pod_set_hash = kueue.pod_set_hash(training, worker)
     if state.pod_set_hash is None and not state.deleting:
         # Made by an older operator (no hash of ours): taken as it is, not replaced, so that an
         # upgrade does not send admitted trainings back to the queue.
