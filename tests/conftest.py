@@ -18,11 +18,15 @@ CLUSTER = Path(os.environ.get("BERTH_CLUSTER_DIR", REPO / ".cluster"))
 BIN = REPO / ".cluster" / "bin"
 
 
-def _cluster(command: str) -> subprocess.CompletedProcess[str]:
+def cluster_command(
+    *command: str, timeout: float | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`hack/cluster.py COMMAND...` (it takes the cluster's lock: one command at a time)."""
     return subprocess.run(
-        [sys.executable, str(REPO / "hack" / "cluster.py"), command],
+        [sys.executable, str(REPO / "hack" / "cluster.py"), *command],
         capture_output=True,
         text=True,
+        timeout=timeout,
     )
 
 
@@ -33,9 +37,9 @@ def kubeconfig() -> Iterator[str]:
     A cluster already running (`make cluster-up`) is reused and left running; one this fixture
     started is stopped at the end unless BERTH_KEEP_CLUSTER=1.
     """
-    started = _cluster("status").returncode != 0
+    started = cluster_command("status").returncode != 0
     if started:
-        result = _cluster("up")
+        result = cluster_command("up")
         if result.returncode:
             pytest.fail(f"control plane failed to start:\n{result.stdout}\n{result.stderr}")
     path = str(CLUSTER / "kubeconfig")
@@ -43,7 +47,7 @@ def kubeconfig() -> Iterator[str]:
     os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ['PATH']}"
     yield path
     if started and os.environ.get("BERTH_KEEP_CLUSTER") != "1":
-        _cluster("down")
+        cluster_command("down")
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,6 @@ as ever, and one pair of labelled trainings shows preemption by a real Kueue end
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -26,21 +24,17 @@ import yaml
 from kubernetes import client
 
 from berth_operator.builders import METRICS_PORT, TF_PORT
-from berth_trainer.synthetic import write_quickstart_corpus
 from tests.conftest import delete_namespace, new_namespace
 from tests.support.kueue import PRIORITY_LABEL, QUEUE_LABEL, Kueue
 from tests.support.netprobe import probe_result, start_probe
 from tests.support.realnode import RealNode
-from tests.support.tiny import tiny_config
+from tests.support.tiny import checkpoint_steps
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "berth"
-GROUP, VERSION, PLURAL = "berth.dev", "v1alpha1", "berttrainings"
-#: The images' user: the data volume is theirs.
-IMAGE_UID = 65532
 #: The claim of the data volume in the test namespace.
 CLAIM = "data"
 #: The release (its cluster-scoped objects are named after it: one per test session).
@@ -78,51 +72,10 @@ def namespace(api: client.ApiClient) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def volume(api: client.ApiClient, node: RealNode, namespace: str) -> Iterator[Path]:
-    """A folder on the node (this machine) holding the corpus, owned by the images' user, and
-    claimed in `namespace` as the PersistentVolumeClaim CLAIM: a hostPath PersistentVolume that
-    an admin made, as Pod Security `restricted` allows (the pods name only the claim)."""
-    path = node.volume_dir(namespace)
-    corpus = write_quickstart_corpus(path / "corpus", seed=1, documents=60)
-    assert Path(corpus["vocab"]).parent == path / "corpus"
-    for root, dirs, files in os.walk(path):
-        for entry in (root, *(os.path.join(root, n) for n in dirs + files)):
-            os.chown(entry, IMAGE_UID, IMAGE_UID)
-    core, pv = client.CoreV1Api(api), f"{namespace}-data"
-    core.create_persistent_volume(
-        {
-            "metadata": {"name": pv, "labels": {"berth.dev/test": "true"}},
-            "spec": {
-                "capacity": {"storage": "1Gi"},
-                "accessModes": ["ReadWriteOnce"],
-                "persistentVolumeReclaimPolicy": "Retain",
-                "storageClassName": "",
-                "hostPath": {"path": str(path), "type": "Directory"},
-                "claimRef": {"namespace": namespace, "name": CLAIM},
-            },
-        }
-    )
-    core.create_namespaced_persistent_volume_claim(
-        namespace,
-        {
-            "metadata": {"name": CLAIM},
-            "spec": {
-                "accessModes": ["ReadWriteOnce"],
-                "storageClassName": "",
-                "volumeName": pv,
-                "resources": {"requests": {"storage": "1Gi"}},
-            },
-        },
-    )
-    wait_for(
-        lambda: (
-            core.read_namespaced_persistent_volume_claim(CLAIM, namespace).status.phase == "Bound"
-        ),
-        timeout=60,
-        what=f"claim {CLAIM} Bound",
-    )
-    yield path
-    core.delete_persistent_volume(pv)
-    shutil.rmtree(path, ignore_errors=True)
+    """The corpus on the node (this machine), claimed in `namespace` as CLAIM; the pods name
+    only the claim."""
+    with node.claimed_corpus(api, namespace, CLAIM) as path:
+        yield path
 
 
 @pytest.fixture(scope="module")
@@ -146,49 +99,24 @@ def release(node: RealNode, namespace: str) -> Iterator[str]:
         "--set-json", f"tolerations={json.dumps(placement['tolerations'])}",
         "--wait", "--timeout", "180s",
     )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr + operator_log(namespace)
-    yield RELEASE
-    helm("uninstall", RELEASE, "--namespace", namespace, "--wait", "--timeout", "60s")
+    try:
+        assert result.returncode == 0, result.stdout + result.stderr + operator_log(namespace)
+        yield RELEASE
+    finally:  # a failed install leaves its cluster-scoped objects too
+        helm("uninstall", RELEASE, "--namespace", namespace, "--wait", "--timeout", "60s")
 
 
 def operator_log(namespace: str) -> str:
-    out = kubectl("logs", "-n", namespace, f"deployment/{RELEASE}", "--tail=60")
+    out = kubectl(  # every replica: the standby's log says it waits for the Lease
+        "logs", "-n", namespace, "-l", f"app.kubernetes.io/instance={RELEASE}",
+        "--prefix", "--tail=60",
+    )  # fmt: skip
     return f"\n--- operator log ---\n{out.stdout}{out.stderr}"
 
 
 def manifest(name: str, node: RealNode, steps: int, **spec: Any) -> dict[str, Any]:
     """A tiny 2-worker pre-training; /data is the claim CLAIM (corpus in, model out)."""
-    placement = node.placement()
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "BertTraining",
-        "metadata": {"name": name},
-        "spec": {
-            **tiny_config(
-                "/data/corpus/vocab.txt",
-                "/data/corpus/corpus-*.txt",
-                steps=steps,
-                checkpoint_dir=f"/data/{name}/ckpt",
-                output_dir=f"/data/{name}/model",
-            ),
-            "workers": 2,
-            "runPolicy": {"restartPolicy": "OnFailure", "backoffLimit": 2},
-            "podTemplate": {
-                "spec": {
-                    **placement,
-                    "terminationGracePeriodSeconds": 5,
-                    "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": CLAIM}}],
-                    "containers": [
-                        {
-                            "name": "trainer",
-                            "volumeMounts": [{"name": "data", "mountPath": "/data"}],
-                        }
-                    ],
-                }
-            },
-            **spec,
-        },
-    }
+    return node.tiny_training(name, steps, CLAIM, **spec)
 
 
 def apply(body: dict[str, Any], namespace: str) -> None:
@@ -302,10 +230,6 @@ def assert_workers_isolated(
         found,
         status(namespace, training).get("phase"),
     )
-
-
-def checkpoint_steps(folder: Path) -> list[int]:
-    return sorted(int(p.name.split("-")[1].split(".")[0]) for p in folder.glob("ckpt-*.index"))
 
 
 def test_killed_worker_container_restarts_the_group_and_resumes(

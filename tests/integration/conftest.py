@@ -107,11 +107,19 @@ def widened_namespace(api: client.ApiClient, crd: str) -> str:
 
 
 class Operator:
-    """`berth-operator --namespace NS` as a subprocess, logging to a file."""
+    """`berth-operator --namespace NS` as a subprocess, logging to a file; `env` adds to its
+    environment (e.g. POD_NAME, which names a replica in its leader election identity)."""
 
-    def __init__(self, namespace: str, log: Path, extra: list[str], kubeconfig: Path | None = None):
+    def __init__(
+        self,
+        namespace: str,
+        log: Path,
+        extra: list[str],
+        kubeconfig: Path | None = None,
+        env: dict[str, str] | None = None,
+    ):
         self.namespace, self.log, self.extra = namespace, log, extra
-        self.kubeconfig = kubeconfig
+        self.kubeconfig, self.env = kubeconfig, env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.liveness_port = free_port()
         self.metrics_port = free_port()
@@ -144,6 +152,7 @@ class Operator:
                 env={
                     **os.environ,
                     **({"KUBECONFIG": str(self.kubeconfig)} if self.kubeconfig else {}),
+                    **self.env,
                 },
                 start_new_session=True,
             )

@@ -95,12 +95,15 @@ def release(
 
 
 @contextlib.contextmanager
-def operator_process(command: list[str], kubeconfig: Path, log: Path) -> Iterator[None]:
-    """Run the operator's command line locally with only the given kubeconfig's credentials."""
+def operator_process(
+    command: list[str], kubeconfig: Path, log: Path, namespace: str
+) -> Iterator[None]:
+    """Run the operator's command line locally with only the given kubeconfig's credentials,
+    and the downward API's POD_NAME and POD_NAMESPACE (the release namespace) as a pod has."""
     executable = REPO / ".venv" / "bin" / command[0]
     assert executable.exists(), f"{executable} missing: `make venv` installs the operator"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "BERTH_"))}
-    env["KUBECONFIG"] = str(kubeconfig)
+    env.update(KUBECONFIG=str(kubeconfig), POD_NAME="local", POD_NAMESPACE=namespace)
     with log.open("w") as out:
         process = subprocess.Popen(
             [str(executable), *command[1:]],
@@ -156,9 +159,11 @@ def reasons(core: client.CoreV1Api, namespace: str, name: str) -> set[str]:
 
 @pytest.mark.parametrize(
     "release",
-    [(1, False), (2, False), (1, True)],
+    # Leader election and the chart's RBAC for it in both; the one-replica chart differs only by
+    # its PodDisruptionBudget (tests/unit/chart).
+    [(2, False), (1, True)],
     indirect=True,
-    ids=["standalone", "peering", "kueue"],
+    ids=["two-replicas", "kueue"],
 )
 def test_helm_install_then_reconcile_with_the_charts_rbac(
     api: client.ApiClient,
@@ -184,7 +189,8 @@ def test_helm_install_then_reconcile_with_the_charts_rbac(
     command = [*container.command, *container.args]
     assert f"--namespace={watched_namespace}" in command
     assert f"--liveness-port={release['liveness_port']}" in command
-    assert (f"--peering={name}" in command) == (release["replicas"] > 1)
+    assert "--leader-elect" in command and f"--leader-election-id={name}" in command
+    assert {e.name for e in container.env} == {"POD_NAME", "POD_NAMESPACE"}
 
     sa_kubeconfig = service_account_kubeconfig(
         api, kubeconfig, namespace, pod_spec.service_account_name, tmp_path / "sa.kubeconfig"
@@ -227,7 +233,7 @@ def test_helm_install_then_reconcile_with_the_charts_rbac(
         queue = kueue.queue(quota=8, resource="cpu")
         priority = kueue.priority("normal", 10)
     log = tmp_path / "operator.log"
-    with operator_process(command, sa_kubeconfig, log):
+    with operator_process(command, sa_kubeconfig, log, namespace):
         # Create: ConfigMap, Service and pods created, status patched, events posted (with
         # Kueue: once its Workload, created by the operator, is admitted).
         custom.create_namespaced_custom_object(
@@ -249,16 +255,12 @@ def test_helm_install_then_reconcile_with_the_charts_rbac(
         with urllib.request.urlopen(url, timeout=5) as response:
             assert response.status == 200
 
-        if release["replicas"] > 1:
-            # kopf peering under the chart's RBAC: this operator keeps itself alive in the
-            # chart's KopfPeering of the watched namespace.
-            wait_for(
-                lambda: custom.get_namespaced_custom_object(
-                    "kopf.dev", "v1", watched_namespace, "kopfpeerings", name
-                ).get("status"),
-                timeout=30,
-                what=f"keep-alive in KopfPeering {watched_namespace}/{name}",
-            )
+        # Leader election under the chart's RBAC: this operator holds (created, renews) the
+        # chart's Lease in the release namespace; with two replicas, a PodDisruptionBudget.
+        lease = client.CoordinationV1Api(api).read_namespaced_lease(name, namespace)
+        assert lease.spec.holder_identity.startswith("local_")
+        budgets = client.PolicyV1Api(api).list_namespaced_pod_disruption_budget(namespace).items
+        assert len(budgets) == (release["replicas"] > 1)
 
         # Group restart: pods deleted and recreated, the ConfigMap patched (it already exists).
         terminate_pod(core, watched_namespace, "tiny-worker-1", 137, reason="OOMKilled")

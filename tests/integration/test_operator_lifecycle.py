@@ -93,13 +93,23 @@ def test_three_workers_children_and_success(
         assert child.metadata.owner_references[0].uid == owner["metadata"]["uid"]
 
     _running_group(trainings, "bert")
-    for index in (1, 2, 0):
-        terminate_pod(trainings.core, namespace, f"bert-worker-{index}", 0)
+    terminate_pod(trainings.core, namespace, "bert-worker-0", 0)
     status = trainings.wait_phase("bert", "Succeeded")
     assert status["completionTime"]
     assert {c["type"]: c["status"] for c in status["conditions"]}["Succeeded"] == "True"
     reasons = {e.reason for e in trainings.events("bert")}
     assert {"CreatedWorkers", "Completed"} <= reasons
+    # Workers still running when worker 0 succeeded (their exit not yet reported) finish on
+    # their own: cleanPodPolicy Running deletes only those still running a grace period later,
+    # so every worker's pod, and its logs, stay.
+    for index in (1, 2):
+        terminate_pod(trainings.core, namespace, f"bert-worker-{index}", 0)
+    wait_for(
+        lambda: (
+            [p.status.phase for p in trainings.pods("bert", alive_only=False)] == 3 * ["Succeeded"]
+        ),
+        what="every worker Succeeded, none deleted",
+    )
 
 
 def test_killed_worker_restarts_whole_group(

@@ -1,4 +1,4 @@
-"""The real node of the test cluster (hack/cluster.py, hack/realnode.py) runs real pods.
+"""The real node of the test cluster (hack/cluster.py, hack/testcluster/realnode/) runs real pods.
 
 Pods get an address on the node's bridge, no default route (nothing they send can leave the
 machine), names from CoreDNS and a route to the Service CIDR; the apiserver reaches the kubelet

@@ -1,7 +1,11 @@
-"""The real kubelet node of the test cluster (hack/cluster.py): placement, volumes, containers.
+"""The real kubelet node of the test cluster (hack/cluster.py): placement, volumes, containers,
+power.
 
 Containers are seen and killed through containerd itself (`ctr` on the node's own socket), the
-way an operator of the machine would, not through the API server.
+way an operator of the machine would, not through the API server. The node loses power and
+boots through `hack/cluster.py kill-node` / `start-node` (hack/testcluster/realnode/power.py),
+run as commands: they take the cluster's lock, and the node's processes are not pytest's
+children.
 """
 
 from __future__ import annotations
@@ -10,11 +14,17 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from kubernetes import client
+
+from berth_trainer.synthetic import write_quickstart_corpus
+from tests.conftest import cluster_command
+from tests.support.tiny import tiny_config
 from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,6 +32,8 @@ CLUSTER = Path(os.environ.get("BERTH_CLUSTER_DIR", REPO / ".cluster"))
 #: containerd's namespace for Kubernetes (CRI) containers.
 CRI_NAMESPACE = "k8s.io"
 POD_NAMESPACE_LABEL = "io.kubernetes.pod.namespace"
+#: The Berth images' user: a folder the workers write to is theirs.
+IMAGE_UID = 65532
 
 
 def _run(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -135,3 +147,108 @@ class RealNode:
             yield
         finally:
             patch({"op": "remove", "path": path})
+
+    @contextlib.contextmanager
+    def claimed_corpus(self, api: client.ApiClient, namespace: str, claim: str) -> Iterator[Path]:
+        """A fresh folder on the node holding the quickstart corpus (`corpus/`), owned by the
+        images' user and claimed in `namespace` as PersistentVolumeClaim `claim`: a hostPath
+        PersistentVolume that an admin made, as Pod Security `restricted` allows (pods name
+        only the claim). `tiny_training` reads it at /data. The volume and folder go at the end."""
+        path = self.volume_dir(namespace)
+        write_quickstart_corpus(path / "corpus", seed=1, documents=60)
+        for root, dirs, files in os.walk(path):
+            for entry in (root, *(os.path.join(root, n) for n in dirs + files)):
+                os.chown(entry, IMAGE_UID, IMAGE_UID)
+        core, volume = client.CoreV1Api(api), f"{namespace}-{claim}"
+        core.create_persistent_volume(
+            {
+                "metadata": {"name": volume, "labels": {"berth.dev/test": "true"}},
+                "spec": {
+                    "capacity": {"storage": "1Gi"},
+                    "accessModes": ["ReadWriteOnce"],
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "storageClassName": "",
+                    "hostPath": {"path": str(path), "type": "Directory"},
+                    "claimRef": {"namespace": namespace, "name": claim},
+                },
+            }
+        )
+        try:
+            core.create_namespaced_persistent_volume_claim(
+                namespace,
+                {
+                    "metadata": {"name": claim},
+                    "spec": {
+                        "accessModes": ["ReadWriteOnce"],
+                        "storageClassName": "",
+                        "volumeName": volume,
+                        "resources": {"requests": {"storage": "1Gi"}},
+                    },
+                },
+            )
+            wait_for(
+                lambda: (
+                    core.read_namespaced_persistent_volume_claim(claim, namespace).status.phase
+                    == "Bound"
+                ),
+                timeout=60,
+                what=f"claim {claim} Bound",
+            )
+            yield path
+        finally:
+            core.delete_persistent_volume(volume)
+            shutil.rmtree(path, ignore_errors=True)
+
+    def tiny_training(self, name: str, steps: int, claim: str, **spec: Any) -> dict[str, Any]:
+        """A tiny 2-worker BertTraining pre-training on this node, checkpointing every 10 steps;
+        /data is the claim `claim` of `claimed_corpus` (corpus in; `<name>/ckpt` and
+        `<name>/model` out). Keyword arguments override spec fields."""
+        return {
+            "apiVersion": "berth.dev/v1alpha1",
+            "kind": "BertTraining",
+            "metadata": {"name": name},
+            "spec": {
+                **tiny_config(
+                    "/data/corpus/vocab.txt",
+                    "/data/corpus/corpus-*.txt",
+                    steps=steps,
+                    checkpoint_dir=f"/data/{name}/ckpt",
+                    output_dir=f"/data/{name}/model",
+                ),
+                "workers": 2,
+                "runPolicy": {"restartPolicy": "OnFailure", "backoffLimit": 2},
+                "podTemplate": {
+                    "spec": {
+                        **self.placement(),
+                        "terminationGracePeriodSeconds": 5,
+                        "volumes": [
+                            {"name": "data", "persistentVolumeClaim": {"claimName": claim}}
+                        ],
+                        "containers": [
+                            {
+                                "name": "trainer",
+                                "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                            }
+                        ],
+                    }
+                },
+                **spec,
+            },
+        }
+
+    @contextlib.contextmanager
+    def power_loss(self) -> Iterator[None]:
+        """The node loses power for the `with` block (`hack/cluster.py kill-node`: its kubelet,
+        containerd, shims and containers get SIGKILL; the API objects stay) and boots at its end
+        (`start-node`, which returns once the node is Ready and untainted), also when the block
+        fails: the tests after this one need the node."""
+        _node_command("kill-node")
+        try:
+            yield
+        finally:
+            _node_command("start-node")
+
+
+def _node_command(command: str) -> None:
+    out = cluster_command(command, timeout=300)
+    assert out.returncode == 0, f"hack/cluster.py {command}:\n{out.stdout}{out.stderr}"

@@ -63,3 +63,8 @@ def write_pair_scores(directory: Path, n: int, seed: int) -> str:
     path = directory / f"scores-{seed}.csv"
     path.write_text("\n".join(rows) + "\n")
     return str(path)
+
+
+def checkpoint_steps(folder: Path) -> list[int]:
+    """The steps of the checkpoints in `folder` (`ckpt-<step>.index`), ascending."""
+    return sorted(int(p.name.split("-")[1].split(".")[0]) for p in folder.glob("ckpt-*.index"))

@@ -88,17 +88,10 @@ Default trainer image reference (`--default-image`).
 {{- end }}
 
 {{/*
-"true" when kopf peering runs: asked for, or needed because several replicas run.
+Name of the Lease the operator replicas campaign for (in the release namespace).
 */}}
-{{- define "berth.peering" -}}
-{{- if or .Values.peering.enabled (gt (int .Values.replicaCount) 1) }}true{{ end }}
-{{- end }}
-
-{{/*
-Name of the kopf peering object.
-*/}}
-{{- define "berth.peeringName" -}}
-{{- default (include "berth.fullname" .) .Values.peering.name }}
+{{- define "berth.leaseName" -}}
+{{- include "berth.fullname" . }}
 {{- end }}
 
 {{/*
@@ -173,32 +166,26 @@ tests/integration/test_chart_install.py runs the operator under exactly these ru
   resources: ["workloads/status"]
   verbs: ["patch"]
 {{- end }}
-{{- if and (include "berth.peering" .) .Values.watchNamespaces }}
-# kopf peering (namespaced mode): keep-alives in each watched namespace's KopfPeering.
-- apiGroups: ["kopf.dev"]
-  resources: ["kopfpeerings"]
-  verbs: ["list", "watch", "patch"]
-{{- end }}
 {{- end }}
 
 {{/*
 Cluster-scoped rules kopf needs in both modes.
 */}}
 {{- define "berth.clusterRules" -}}
-# kopf scans CRDs to find the BertTraining resource and the peering resources.
+# kopf scans CRDs to find the BertTraining resource.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["list", "watch"]
+# Whether a worker's node is lost (Ready Unknown, or gone): read only for workers that are not
+# Ready or are being deleted; their pods are then deleted with grace 0.
+- apiGroups: [""]
+  resources: ["nodes"]
+  verbs: ["get"]
 {{- if .Values.watchNamespaces }}
 # kopf (namespaced mode) watches namespaces to notice watched ones appear and go.
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["list", "watch"]
-{{- else if include "berth.peering" . }}
-# kopf peering (cluster-wide mode): keep-alives in the ClusterKopfPeering.
-- apiGroups: ["kopf.dev"]
-  resources: ["clusterkopfpeerings"]
-  verbs: ["list", "watch", "patch"]
 {{- end }}
 {{- if .Values.kueue.enabled }}
 # Kueue (opt-in): the admitted ResourceFlavors' node labels and tolerations go on the workers;

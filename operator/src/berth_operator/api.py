@@ -80,7 +80,15 @@ class RunPolicy(ApiModel):
         "retryable codes), treating 1-127 as permanent; Never fails at the first failure.",
     )
     backoff_limit: Annotated[int, Field(ge=0, le=1000)] = Field(
-        default=3, description="backoffLimit: group restarts allowed before the training fails."
+        default=3,
+        description="backoffLimit: group restarts after worker failures allowed before the "
+        "training fails. Disruptions (preemption, eviction, drain, a lost node) do not count.",
+    )
+    disruption_limit: Annotated[int, Field(ge=0, le=100000)] | None = Field(
+        default=None,
+        description="disruptionLimit: group restarts after disruptions (a worker preempted, "
+        "evicted, drained or on a lost node) allowed before the training fails with reason "
+        "DisruptionLimitExceeded; unset: no limit.",
     )
     active_deadline_seconds: Annotated[int, Field(ge=1)] | None = Field(
         default=None,
@@ -536,7 +544,14 @@ class BertTrainingStatus(ApiModel):
     )
     workers: WorkerCounts | None = Field(default=None, description="workers: pod counts.")
     restarts: int | None = Field(
-        default=None, description="restarts: group restarts so far (see runPolicy.backoffLimit)."
+        default=None,
+        description="restarts: group restarts after worker failures so far (see "
+        "runPolicy.backoffLimit).",
+    )
+    disruptions: int | None = Field(
+        default=None,
+        description="disruptions: group restarts after disruptions so far: a worker preempted, "
+        "evicted, drained or on a lost node (see runPolicy.disruptionLimit).",
     )
     progress: Progress | None = Field(default=None, description="progress: training progress.")
     start_time: str | None = Field(

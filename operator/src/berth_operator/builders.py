@@ -40,6 +40,8 @@ TRAIN_COMMAND = ["berth-trainer", "train", "--config", CONFIG_PATH]
 RUN_AS_USER = 65532
 #: Extended resource of NVIDIA GPUs (the device plugin's name).
 GPU_RESOURCE = "nvidia.com/gpu"
+#: The trainer's SIGTERM budget: the pod's terminationGracePeriodSeconds (Kubernetes' default 30).
+GRACE_ENV, DEFAULT_GRACE_SECONDS = "BERTH_TERMINATION_GRACE_SECONDS", 30
 
 
 def parse_spec(training: Mapping[str, Any]) -> BertTrainingSpec:
@@ -208,6 +210,7 @@ def build_worker_pod(
         apply_gke(merged, spec.tpu)
     if not spec.allow_cpu_fallback:
         _expect_gpus(merged)
+    _tell_grace(merged)
     return _quantities_as_strings(merged)
 
 
@@ -231,6 +234,16 @@ def _expect_gpus(pod: dict[str, Any]) -> None:
         gpus = requested_gpus(container) if container["name"] == CONTAINER_NAME else 0
         if gpus:
             container["env"].append({"name": "BERTH_EXPECTED_GPUS", "value": str(gpus)})
+
+
+def _tell_grace(pod: dict[str, Any]) -> None:
+    """Tell the trainer how long a SIGTERM leaves it before the SIGKILL (the pod's
+    terminationGracePeriodSeconds): it starts a checkpoint on SIGTERM only if the save fits."""
+    grace = pod["spec"].get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS)
+    for container in pod["spec"]["containers"]:
+        env = container.setdefault("env", [])
+        if container["name"] == CONTAINER_NAME and not any(e["name"] == GRACE_ENV for e in env):
+            env.append({"name": GRACE_ENV, "value": str(grace)})
 
 
 def _quantities_as_strings(pod: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,10 @@
-"""`berth-operator`: parse settings, log in, and run kopf with Berth's handlers."""
+"""`berth-operator`: parse settings, log in, and run kopf with Berth's handlers (with
+`--leader-elect`, only while this process holds the Lease: `berth_operator.leader`)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import getpass
 import logging
 import os
@@ -9,26 +12,28 @@ import secrets
 import socket
 import sys
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, cast
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import kopf
+from aiohttp import web
 
-from berth_operator import handlers, metrics
+from berth_operator import handlers, leader, metrics
 from berth_operator.context import Context
 from berth_operator.controller import CONCURRENCY
 from berth_operator.k8s import Cluster, load_config
-from berth_operator.settings import parse_settings
+from berth_operator.settings import Settings, parse_settings
 
 if TYPE_CHECKING:
     from kopf._core.engines.peering import Identity
 
 
 def identity() -> str:
-    """This process's kopf identity (peering), `user@host/time/random` as kopf makes it.
+    """This process's kopf identity, `user@host/time/random` as kopf makes it.
 
-    kopf's own default calls `getpass.getuser()`, which raises for a uid without a passwd
-    entry: the images' user 65532, or any `runAsUser` a cluster picks.
+    kopf makes one even without peering, and its own default calls `getpass.getuser()`, which
+    raises for a uid without a passwd entry: the images' user 65532, or any `runAsUser` a
+    cluster picks.
     """
     try:
         user = getpass.getuser()
@@ -48,26 +53,80 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.log_level != "DEBUG":  # kopf logs every handler run at INFO
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     load_config(pool_size=CONCURRENCY + handlers.SYNC_THREADS)  # every thread one connection
-    context = Context(settings=settings, cluster=Cluster(), phases=metrics.PhaseTracker())
+    elector = (
+        leader.Elector(
+            cast("str", settings.leader_election_namespace),
+            settings.leader_election_id,
+            leader.identity(os.environ),
+            settings.leader_election,
+        )
+        if settings.leader_elect
+        else None
+    )
+    context = Context(
+        settings=settings,
+        cluster=Cluster(fence=elector.fence if elector else None),
+        phases=metrics.PhaseTracker(),
+    )
     logging.getLogger("berth_operator").info(
         "watching %s; default image %s",
         ", ".join(settings.namespaces) or "all namespaces",
         settings.default_image,
     )
-    kopf.run(
-        registry=handlers.register(settings),
-        clusterwide=settings.clusterwide,
-        namespaces=settings.namespaces,
-        standalone=settings.peering is None,
-        peering_name=settings.peering,
-        priority=settings.peering_priority or 0,
-        liveness_endpoint=(
+    options: dict[str, Any] = {
+        "registry": handlers.register(settings),
+        "clusterwide": settings.clusterwide,
+        "namespaces": settings.namespaces,
+        "standalone": True,  # no kopf peering: the Lease decides who acts
+        "liveness_endpoint": (
             f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None
         ),
-        memo=kopf.Memo(context=context),
-        identity=cast("Identity", identity()),
-    )
+        "memo": kopf.Memo(context=context),
+        "identity": cast("Identity", identity()),
+    }
+    metrics.serve(settings.metrics_port)  # a standby's too: its scrapes say it stands by
+    if elector is None:
+        metrics.LEADER.set(1)
+        kopf.run(**options)
+    else:
+        asyncio.run(campaign(elector, settings, options))
     return 0
+
+
+async def campaign(elector: leader.Elector, settings: Settings, options: dict[str, Any]) -> None:
+    """Stand by (answering the liveness probe) until this process holds the Lease, then run
+    kopf while it does (`leader.lead`)."""
+
+    async def operate() -> None:
+        await kopf.operator(**options)
+
+    async with standby_health(settings.liveness_port):
+        await elector.acquire()
+    metrics.LEADER.set(1)
+    await leader.lead(elector, operate)
+    metrics.LEADER.set(0)
+
+
+@contextlib.asynccontextmanager
+async def standby_health(port: int) -> AsyncIterator[None]:
+    """`/healthz` on `port` (0: none) while standing by, as kopf's endpoint answers once it
+    runs: a replica waiting for the Lease is alive, and its probes must not restart it."""
+    if not port:
+        yield
+        return
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"standby": True})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "0.0.0.0", port, reuse_address=True).start()
+    try:
+        yield
+    finally:
+        await runner.cleanup()  # kopf binds the port next
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ What controller-runtime does with informers and a work queue, on kopf's watches 
   changes is written: pods deleted and created, events posted, one status patch.
 * Writes show up in the caches a moment later. Until they do, the key waits (`Expectations`):
   the next pass never acts on its own stale view.
+* A worker that is not Ready, or is being deleted, has its Node read (a second's cache): a node
+  the node lifecycle controller gave up on restarts the group as a disruption, and its pods are
+  deleted with grace 0 (`berth_operator.nodes`). A group whose workers are all Ready costs no read.
 * Time-based rules (activeDeadlineSeconds, pendingTimeoutSeconds, ttlSecondsAfterFinished) put
   the key back at their due time (`policy.next_due`). Nothing polls.
 * Progress: every --progress-interval, worker 0 of each Running training is scraped at the
@@ -53,6 +56,7 @@ from berth_operator.k8s import (
     KueueMissingError,
     NamespaceTerminatingError,
 )
+from berth_operator.nodes import NodeHealth, node_health
 from berth_operator.settings import Settings
 from berth_operator.workers import format_time
 from berth_operator.workqueue import QueueClosed, WorkQueue
@@ -80,6 +84,8 @@ EXPECTATION_TIMEOUT = 30.0
 RETRY_BASE = 0.5
 #: Scrapes of an endpoint that does not answer back off up to this many seconds.
 SCRAPE_BACKOFF_MAX = 60.0
+#: Seconds a Node read serves the passes of every training with a worker on that node.
+NODE_CACHE_SECONDS = 1.0
 #: Phases that record a failure: before writing one, check the namespace is not being deleted.
 ALARMS = frozenset({Phase.RESTARTING.value, Phase.FAILED.value})
 
@@ -116,6 +122,12 @@ class Controller:
         self.gone: dict[Key, str] = {}
         self.scrape_failures: dict[Key, int] = {}
         self.scrape_after: dict[Key, float] = {}
+        #: Node name → (health, loop time read).
+        self.node_cache: dict[str, tuple[NodeHealth, float]] = {}
+        #: The last state of disrupted worker pods deleted since their training's last pass
+        #: (name → pod): one evicted and deleted within a coalescing window is a disruption, not
+        #: a worker that vanished.
+        self.tombstones: dict[Key, dict[str, Mapping[str, Any]]] = {}
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=concurrency, thread_name_prefix="berth-api"
         )
@@ -162,6 +174,11 @@ class Controller:
         else:
             self.queue.add(key)
 
+    def deleted_pod(self, key: Key, pod: Mapping[str, Any]) -> None:
+        """Worker `pod` (its last state) was deleted: keep it for the next pass if it says why."""
+        if policy.disruption_of(pod) is not None:
+            self.tombstones.setdefault(key, {})[pod["metadata"]["name"]] = pod
+
     # -- the cache ---------------------------------------------------------------------------
 
     def training(self, key: Key) -> Mapping[str, Any] | None:
@@ -190,6 +207,7 @@ class Controller:
             self.doomed,
             self.scrape_failures,
             self.scrape_after,
+            self.tombstones,
         ):
             table.pop(key, None)
         self.queue.forget(key)
@@ -245,6 +263,7 @@ class Controller:
             return
         started = time.monotonic()
         namespace = key[0]
+        tombstones = dict(self.tombstones.get(key) or {})
         queueing = self.queueing(key, training)
         plan = policy.reconcile(
             training,
@@ -252,6 +271,8 @@ class Controller:
             datetime.now(UTC),
             queueing,
             pod_policy=self.settings.pod_policy_for(namespace),
+            health=await self._health(policy.suspect_nodes(pods)),
+            deleted=list(tombstones.values()),
         )
         old_status = training.get("status") or {}
         phase = plan.status.get("phase")
@@ -267,6 +288,8 @@ class Controller:
             log.debug("%s/%s: namespace is being deleted: leaving the training alone", *key)
             self.doomed[key] = str(meta.get("uid"))
             return
+        for pod in tombstones:  # weighed by this pass
+            self.tombstones.get(key, {}).pop(pod, None)
         if not expected.empty:
             self.expectations[key] = expected
         self._schedule(key, {**training, "status": {**old_status, **plan.status}}, pods)
@@ -278,6 +301,20 @@ class Controller:
             plan.create,
             plan.delete,
         )
+
+    async def _health(self, names: list[str]) -> dict[str, NodeHealth]:
+        """The health of nodes `names`, read at most once a NODE_CACHE_SECONDS."""
+        now = asyncio.get_running_loop().time()
+        stale = [
+            n for n in names if now - self.node_cache.get(n, (None, -1e9))[1] > NODE_CACHE_SECONDS
+        ]
+        read = await asyncio.gather(*(self._io(self.cluster.read_node, n) for n in stale))
+        for name, node in zip(stale, read, strict=True):
+            self.node_cache[name] = (node_health(node), now)
+        for name, (_, seen) in list(self.node_cache.items()):
+            if now - seen > 60 * NODE_CACHE_SECONDS:
+                del self.node_cache[name]
+        return {n: self.node_cache[n][0] for n in names}
 
     async def _orphans(self, key: Key, pods: list[Mapping[str, Any]]) -> None:
         """Delete the workers of a training that is gone, rather than leave them to the
@@ -305,10 +342,13 @@ class Controller:
             with contextlib.suppress(ApiException):
                 await self._io(self.cluster.patch_workload, key[0], name, patch)
 
-    async def _delete_pods(self, namespace: str, pods: list[tuple[str, str | None]]) -> list[str]:
-        """Delete (name, uid-or-None) pods in parallel; the names that were still there."""
+    async def _delete_pods(
+        self, namespace: str, pods: list[tuple[str, str | None]], grace: int | None = None
+    ) -> list[str]:
+        """Delete (name, uid-or-None) pods in parallel (with `grace` seconds, when given); the
+        names that were still there."""
         done = await asyncio.gather(
-            *(self._io(self.cluster.delete_pod, namespace, name, uid) for name, uid in pods)
+            *(self._io(self.cluster.delete_pod, namespace, name, uid, grace) for name, uid in pods)
         )
         deleted = [name for (name, _), ok in zip(pods, done, strict=True) if ok]
         metrics.PODS_DELETED.inc(len(deleted))
@@ -329,13 +369,24 @@ class Controller:
         # For kopf.event and kopf.adopt (children copy the owner's labels: not Kueue's).
         owner = kopf.Body(kueue.without_kueue_labels(training))  # type: ignore[arg-type]
         uids = {p["metadata"]["name"]: p["metadata"].get("uid") for p in pods}
-        deleted = await self._delete_pods(namespace, [(pod, None) for pod in plan.delete])
+        deleted = await self._delete_pods(
+            namespace, [(pod, None) for pod in plan.delete], plan.delete_grace
+        )
         if deleted:
             kopf.event(
                 owner,
                 type="Normal",
                 reason="DeletedWorkers",
                 message=f"deleted pods {', '.join(deleted)}",
+            )
+        # With their UIDs: a pod of that name made after our read is not on the dead node.
+        dead = [(pod, uids.get(pod)) for pod in plan.force_delete]
+        if forced := await self._delete_pods(namespace, dead, grace=0):
+            kopf.event(
+                owner,
+                type="Warning",
+                reason="ForceDeletedWorkers",
+                message=f"deleted pods {', '.join(forced)} with grace 0: their node is lost",
             )
         workload = None if queueing is None else queueing.workload
         created, refused = await self._create(owner, plan, workload) if plan.create else ([], None)
@@ -358,14 +409,14 @@ class Controller:
             if warn:
                 message = str(plan.status["message"])  # cut to the status's length
                 kopf.event(owner, type="Warning", reason=refusal.REASON, message=message)
-        outcome.record_pass(
-            owner, namespace, name, plan.events, plan.restart, old_status, plan.status
-        )
+        outcome.record_pass(owner, namespace, name, plan.events, old_status, plan.status)
         expected = Expectations(
             created=frozenset(
                 created if refused else (builders.worker_name(name, i) for i in plan.create)
             ),
-            deleted=frozenset(str(uids[p]) for p in plan.delete if uids.get(p)),
+            deleted=frozenset(
+                str(uids[p]) for p in (*plan.delete, *plan.force_delete) if uids.get(p)
+            ),
             deadline=asyncio.get_running_loop().time() + EXPECTATION_TIMEOUT,
         )
         problem = None
@@ -526,7 +577,7 @@ class Controller:
 
     def _chief(self, key: Key, training: Mapping[str, Any]) -> str | None:
         """The pod IP of worker 0 of the current group, from the pod cache."""
-        restart = str((training.get("status") or {}).get("restarts") or 0)
+        restart = str(policy.group(training.get("status") or {}))
         for pod in self.worker_pods(key):
             pod_labels = pod["metadata"].get("labels") or {}
             if pod_labels.get(labels.INDEX) == "0" and pod_labels.get(labels.RESTART) == restart:
@@ -549,7 +600,7 @@ class Controller:
         namespace, name = key
         status = training.get("status") or {}
         url = progress.metrics_url(ip)
-        want = identity(namespace, name, int(status.get("restarts") or 0), worker=0)
+        want = identity(namespace, name, policy.group(status), worker=0)
         try:
             text = await self._fetch(url)
             seen = progress.identity_from_metrics(text)

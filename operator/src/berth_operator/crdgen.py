@@ -49,6 +49,13 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Examples/s", "type": "number", "jsonPath": ".status.progress.examplesPerSecond"},
     {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
     {
+        "name": "Disruptions",
+        "type": "integer",
+        "jsonPath": ".status.disruptions",
+        "description": "Group restarts after preemption, eviction, drain or node loss",
+        "priority": 1,
+    },
+    {
         "name": "Queue",
         "type": "string",
         "jsonPath": ".status.queue.name",

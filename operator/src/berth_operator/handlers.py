@@ -20,7 +20,7 @@ from typing import Any
 
 import kopf
 
-from berth_operator import kueue, labels, metrics
+from berth_operator import kueue, labels
 from berth_operator.context import from_memo
 from berth_operator.controller import POD_COALESCE, Controller
 from berth_operator.settings import Settings
@@ -62,7 +62,6 @@ def startup(settings: kopf.OperatorSettings, memo: Any, **indexes: Any) -> None:
         indexes[POD_INDEX],
         indexes.get(WORKLOAD_INDEX),  # with --kueue only
     )
-    metrics.serve(ctx.settings.metrics_port)
 
 
 async def cleanup(memo: Any, **_: Any) -> None:
@@ -72,7 +71,8 @@ async def cleanup(memo: Any, **_: Any) -> None:
 
 
 #: What the caches keep of each object: what `policy.reconcile` reads, and what `kopf.adopt`
-#: and `kopf.event` need of an owner. Pods drop their spec: a worker's state is in its status.
+#: and `kopf.event` need of an owner. Of a pod's spec only its node: a worker's state is in its
+#: status.
 TRAINING_META = (
     "name",
     "namespace",
@@ -91,6 +91,8 @@ POD_META = (
     "creationTimestamp",
     "deletionTimestamp",
 )
+#: The node a worker runs on: whether that node is lost decides a group restart.
+POD_SPEC = ("nodeName",)
 POD_STATUS = ("phase", "conditions", "containerStatuses", "podIP", "reason", "message")
 WORKLOAD_META = (*TRAINING_META, "finalizers", "annotations")
 
@@ -112,6 +114,7 @@ def cached_training(body: Mapping[str, Any]) -> dict[str, Any]:
 def cached_pod(body: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "metadata": _pick(body.get("metadata"), POD_META),
+        "spec": _pick(body.get("spec"), POD_SPEC),
         "status": _pick(body.get("status"), POD_STATUS),
     }
 
@@ -164,11 +167,17 @@ async def training_event(
         ctx.controller.enqueue((namespace or "", name))
 
 
-async def pod_event(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
-    """A worker pod changed: reconcile its training."""
+async def pod_event(
+    namespace: str | None, labels: kopf.Labels, type: str, body: kopf.Body, memo: Any, **_: Any
+) -> None:
+    """A worker pod changed: reconcile its training. A deleted one leaves the index: the
+    controller keeps its last state for the next pass if it was disrupted."""
     controller = from_memo(memo).controller
     if controller is not None:
-        controller.enqueue((namespace or "", labels[TRAINING_LABEL]), within=POD_COALESCE)
+        key = (namespace or "", labels[TRAINING_LABEL])
+        if type == "DELETED":
+            controller.deleted_pod(key, cached_pod(body))
+        controller.enqueue(key, within=POD_COALESCE)
 
 
 async def workload_event(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kubernetes
@@ -101,14 +101,43 @@ def _patched(call: Any, where: tuple[str, ...], patch: Mapping[str, Any]) -> str
     return str(_json(result)["metadata"]["resourceVersion"])
 
 
+class FencedApiClient(kubernetes.client.ApiClient):
+    """An ApiClient that calls `fence()` before every request but a read (GET, HEAD,
+    OPTIONS): `fence` raises to refuse the write (`berth_operator.leader.Elector.fence`: no
+    write after this replica may have lost the Lease). At this one choke point no write method
+    of `Cluster`, present or future, can skip it."""
+
+    READS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+    def __init__(
+        self,
+        fence: Callable[[], None],
+        configuration: kubernetes.client.Configuration | None = None,
+    ) -> None:
+        super().__init__(configuration)
+        self.fence = fence
+
+    def call_api(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        if method.upper() not in self.READS:
+            self.fence()
+        return super().call_api(method, *args, **kwargs)
+
+
 class Cluster:
     """Typed wrappers over the few API calls the operator makes.
 
     Responses are never turned into the client's model objects (`_preload_content=False`):
     that costs milliseconds of CPU per call, and the operator reads its objects from watches.
+    With a `fence` (leader election), every write first calls it (FencedApiClient).
     """
 
-    def __init__(self, api_client: kubernetes.client.ApiClient | None = None) -> None:
+    def __init__(
+        self,
+        api_client: kubernetes.client.ApiClient | None = None,
+        fence: Callable[[], None] | None = None,
+    ) -> None:
+        if fence is not None:
+            api_client = FencedApiClient(fence, api_client.configuration if api_client else None)
         self.core = kubernetes.client.CoreV1Api(api_client)
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
         self.networking = kubernetes.client.NetworkingV1Api(api_client)
@@ -231,18 +260,35 @@ class Cluster:
                 )
             )
 
-    def delete_pod(self, namespace: str, name: str, uid: str | None = None) -> bool:
-        """Delete a pod (only if it still has `uid`, when given); False if it was gone."""
-        body: Any = {"preconditions": {"uid": uid}} if uid else None
+    def delete_pod(
+        self, namespace: str, name: str, uid: str | None = None, grace: int | None = None
+    ) -> bool:
+        """Delete a pod (only if it still has `uid`, when given); False if it was gone.
+        `grace`: seconds instead of its own grace period; 0 for a pod on a dead node."""
+        # In the body: the API server ignores the query's gracePeriodSeconds beside a body.
+        body: Any = {"preconditions": {"uid": uid}} if uid else {}
+        if grace is not None:
+            body["gracePeriodSeconds"] = grace
         try:
             _drain(
-                self.core.delete_namespaced_pod(name, namespace, body=body, _preload_content=False)
+                self.core.delete_namespaced_pod(
+                    name, namespace, body=body or None, _preload_content=False
+                )
             )
         except ApiException as error:
             if error.status == 404 or (uid and error.status == 409):  # gone, or another pod
                 return False
             raise
         return True
+
+    def read_node(self, name: str) -> dict[str, Any] | None:
+        """The Node `name` (None when it does not exist)."""
+        try:
+            return dict(_json(self.core.read_node(name, _preload_content=False)))
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
 
     def create_workload(self, obj: Mapping[str, Any]) -> bool:
         """Create a Kueue Workload; False if it already existed. KueueMissingError when the

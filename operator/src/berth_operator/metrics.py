@@ -11,9 +11,17 @@ from berth_operator.api import Phase
 TRAININGS = Gauge("berth_operator_trainings", "BertTrainings by phase.", ["phase"])
 PODS_CREATED = Counter("berth_operator_pods_created_total", "Worker pods created.")
 PODS_DELETED = Counter("berth_operator_pods_deleted_total", "Worker pods deleted.")
-RESTARTS = Counter("berth_operator_group_restarts_total", "Worker group restarts.")
+RESTARTS = Counter(
+    "berth_operator_group_restarts_total",
+    "Worker group restarts, by cause: failure (runPolicy.backoffLimit) or disruption.",
+    ["cause"],
+)
 FINISHED = Counter("berth_operator_trainings_finished_total", "Trainings finished.", ["phase"])
 RECONCILE_SECONDS = Histogram("berth_operator_reconcile_seconds", "Reconcile pass latency.")
+LEADER = Gauge(
+    "berth_operator_leader",
+    "1 while this process acts: holds the leader election Lease, or runs without election.",
+)
 SCRAPE_FAILURES = Counter(
     "berth_operator_progress_scrape_failures_total",
     "Failed scrapes of a worker's metrics endpoint.",

@@ -23,7 +23,6 @@ def record_pass(
     namespace: str,
     name: str,
     events: Iterable[Event],
-    restart: int,
     old_status: Mapping[str, Any],
     new_status: Mapping[str, Any],
 ) -> None:
@@ -39,8 +38,9 @@ def record_pass(
             event.message,
         )
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
-    if restart > int(old_status.get("restarts") or 0):
-        metrics.RESTARTS.inc()
+    for cause, field in (("failure", "restarts"), ("disruption", "disruptions")):
+        if int(new_status.get(field) or 0) > int(old_status.get(field) or 0):
+            metrics.RESTARTS.labels(cause=cause).inc()
     phase = new_status.get("phase")
     if phase != old_status.get("phase") and phase in FINISHED_PHASES:
         metrics.FINISHED.labels(phase=phase).inc()

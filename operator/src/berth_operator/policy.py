@@ -1,12 +1,17 @@
 """The reconcile decision: (training, observed worker pods, now) → a Plan. Pure.
 
-Everything the decision needs lives in the cluster: the phase and restart count in
-`status`, the group restart a pod belongs to in its `berth.dev/restart` label. So the operator
-(or `berth run`) can be restarted at any point and the next pass picks up where the last left.
+Everything the decision needs lives in the cluster: the phase and the restart counts in
+`status`, the group a pod belongs to in its `berth.dev/restart` label. So the operator (or
+`berth run`) can be restarted at any point and the next pass picks up where the last left.
 
 One worker failing breaks the collective for all, so a retryable failure restarts the whole
-group: every pod of the current restart is deleted, `status.restarts` goes up by one and, once
-the old pods are gone, a fresh group is created with the new restart label.
+group: every pod of the current group is deleted, `status.restarts` goes up by one and, once
+the old pods are gone, a fresh group is created with the next group number (`restarts +
+disruptions`). A disruption — a worker preempted, evicted, drained (its `DisruptionTarget`
+condition) or on a node that is lost — restarts the group the same way but counts in
+`status.disruptions` instead, against `runPolicy.disruptionLimit`, not `backoffLimit`. Pods on a
+dead node are deleted with grace 0 (`Plan.force_delete`): no kubelet will ever confirm a graceful
+deletion there, and the next group's pods need their names.
 
     >>> from datetime import UTC, datetime
     >>> training = {"metadata": {"name": "b", "namespace": "ml", "generation": 1},
@@ -26,7 +31,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from berth_operator import kueue, podpolicy
+from berth_operator import kueue, nodes, podpolicy
 from berth_operator.api import (
     FINISHED_PHASES,
     CleanPodPolicy,
@@ -37,6 +42,7 @@ from berth_operator.api import (
 )
 from berth_operator.builders import build_worker_pod, parse_spec, worker_name
 from berth_operator.conditions import get_condition, set_condition
+from berth_operator.nodes import NodeHealth
 from berth_operator.workers import WorkerState, format_time, observe_pod, parse_time
 from berth_trainer.exit_codes import is_retryable
 
@@ -46,12 +52,19 @@ OWNED_STATUS_FIELDS = (
     "conditions",
     "workers",
     "restarts",
+    "disruptions",
     "startTime",
     "completionTime",
     "observedGeneration",
     "message",
     "queue",
 )
+#: Seconds the other workers get to exit on their own once worker 0 succeeded, before
+#: cleanPodPolicy Running deletes those still running (and their logs with them).
+FINISH_GRACE_SECONDS = 60
+#: Grace period of the surviving workers when a node was lost: they cannot agree on a step to
+#: checkpoint at with a dead peer, so their SIGTERM buys nothing but the wait.
+LOST_NODE_GRACE_SECONDS = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,12 +78,18 @@ class Event:
 
 @dataclasses.dataclass
 class Plan:
-    """What to do in this pass. Apply `delete`, then `create`, then write `status`."""
+    """What to do in this pass. Apply `delete` and `force_delete`, then `create`, then write
+    `status`."""
 
     status: dict[str, Any]
+    #: The group number (`restarts + disruptions`; the pods' `berth.dev/restart` label).
     restart: int
     create: list[int] = dataclasses.field(default_factory=list)
     delete: list[str] = dataclasses.field(default_factory=list)
+    #: Pods on a dead node: deleted with grace 0 (`berth_operator.nodes`).
+    force_delete: list[str] = dataclasses.field(default_factory=list)
+    #: Grace period in seconds for `delete` (None: the pods' own terminationGracePeriodSeconds).
+    delete_grace: int | None = None
     events: list[Event] = dataclasses.field(default_factory=list)
     delete_training: bool = False
     #: Kueue (`berth_operator.kueue`): create the Workload; merge-patch its status; merge-patch
@@ -118,6 +137,24 @@ def failure_verdict(
     return None
 
 
+def disruption_verdict(run_policy: RunPolicy, disruptions: int, why: str) -> tuple[str, str] | None:
+    """(reason, message) the training fails with after one more disruption, or None when the
+    group restarts (runPolicy.disruptionLimit, unset: never fails).
+
+    >>> disruption_verdict(RunPolicy(disruptionLimit=1), 1, "TPU t is PREEMPTED")
+    ('DisruptionLimitExceeded', 'runPolicy.disruptionLimit 1 reached: TPU t is PREEMPTED')
+    """
+    limit = run_policy.disruption_limit
+    if limit is None or disruptions < limit:
+        return None
+    return "DisruptionLimitExceeded", f"runPolicy.disruptionLimit {limit} reached: {why}"
+
+
+def disrupted_message(disruption: int, why: str) -> str:
+    """status.message of a group restarting after disruption number `disruption`."""
+    return f"disruption {disruption} (not counted in runPolicy.backoffLimit): {why}"
+
+
 def deadline_exceeded(deadline: int | None, status: Mapping[str, Any], now: datetime) -> str | None:
     """The failure message once runPolicy.activeDeadlineSeconds has passed since startTime.
 
@@ -131,13 +168,36 @@ def deadline_exceeded(deadline: int | None, status: Mapping[str, Any], now: date
     return f"runPolicy.activeDeadlineSeconds: training ran longer than {deadline}s"
 
 
-def clean_up(states: Sequence[WorkerState], policy: str) -> list[str]:
-    """Pods to delete after the training finished, per runPolicy.cleanPodPolicy."""
+def clean_up(
+    states: Sequence[WorkerState], policy: str, status: Mapping[str, Any], now: datetime
+) -> list[str]:
+    """Pods to delete after the training finished, per runPolicy.cleanPodPolicy.
+
+    Running: after a success the other workers are usually exiting already (the kubelet has not
+    said so yet); they get FINISH_GRACE_SECONDS from completionTime to finish, so that their
+    logs stay. After a failure they are stuck in a collective: deleted at once.
+    """
     if policy == CleanPodPolicy.ALL.value:
         return [s.name for s in states if not s.terminating]
     if policy == CleanPodPolicy.RUNNING.value:
+        until = finish_grace_until(status)
+        if until is not None and now < until:
+            return []
         return [s.name for s in states if s.active]
     return []
+
+
+def finish_grace_until(status: Mapping[str, Any]) -> datetime | None:
+    """Until when a succeeded training's workers may finish on their own (None: it did not
+    succeed).
+
+    >>> finish_grace_until({"phase": "Succeeded", "completionTime": "2025-01-01T00:00:00Z"})
+    datetime.datetime(2025, 1, 1, 0, 1, tzinfo=datetime.timezone.utc)
+    """
+    done = parse_time(status.get("completionTime"))
+    if status.get("phase") != Phase.SUCCEEDED.value or done is None:
+        return None
+    return done + timedelta(seconds=FINISH_GRACE_SECONDS)
 
 
 def worker_counts(current: Mapping[int, WorkerState], workers: int) -> dict[str, Any]:
@@ -218,32 +278,129 @@ def reconcile(
     now: datetime,
     queueing: kueue.Queueing | None = None,
     pod_policy: podpolicy.Level = podpolicy.Level.RESTRICTED,
+    health: Mapping[str, NodeHealth] | None = None,
+    deleted: Sequence[Mapping[str, Any]] = (),
 ) -> Plan:
     """Decide the next step for `training` given its worker `pods` (as listed) at `now`;
     `queueing`: the training is queued with Kueue (its Workload as cached); `pod_policy`: the
     level its worker pods must meet (`berth_operator.podpolicy`) — a training whose pods do not
-    fails before it is queued or any pod is created."""
+    fails before it is queued or any pod is created; `health`: what is known of the nodes of
+    its pods (`suspect_nodes` says which to look up; a node not in it counts as ready);
+    `deleted`: the last state of disrupted pods deleted since the last pass (an eviction on a
+    node that deletes at once leaves no other trace)."""
+    states = [s for s in (observe_pod(pod) for pod in pods) if s is not None]
+    gone = [s for s in (observe_pod(pod) for pod in deleted) if s is not None]
+    health = health or {}
+    plan = _decide(training, states, gone, now, queueing, pod_policy, health)
+    # Whatever the pass deletes, or someone deleted, on a dead node goes with grace 0.
+    dead = {
+        s.name
+        for s in states
+        if s.node is not None
+        and health.get(s.node, NodeHealth.READY).dead
+        and (s.terminating or s.name in plan.delete)
+    }
+    plan.force_delete = sorted(dead)
+    plan.delete = [name for name in plan.delete if name not in dead]
+    return plan
+
+
+def group(status: Mapping[str, Any]) -> int:
+    """The group number a status names: its group restarts of either kind so far.
+
+    >>> group({"restarts": 2, "disruptions": 3})
+    5
+    """
+    return int(status.get("restarts") or 0) + int(status.get("disruptions") or 0)
+
+
+def suspect_nodes(pods: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Nodes whose health decides this pass: those of bound, unfinished pods that are not Ready
+    or are being deleted. A node that dies makes its pods not Ready (the node lifecycle
+    controller), so a group whose pods are all Ready costs no lookup.
+
+    >>> pod = {"metadata": {"labels": {"berth.dev/index": "0"}}, "spec": {"nodeName": "n1"},
+    ...        "status": {"phase": "Running"}}
+    >>> suspect_nodes([pod])
+    ['n1']
+    """
+    found = {
+        s.node
+        for s in (observe_pod(pod) for pod in pods)
+        if s is not None
+        and s.node is not None
+        and s.running_somewhere
+        and (s.terminating or not s.ready)
+    }
+    return sorted(found)
+
+
+def disrupted(state: WorkerState, health: Mapping[str, NodeHealth]) -> str | None:
+    """Why worker `state` is disrupted rather than failed, or None: its DisruptionTarget
+    condition (preemption, eviction, drain, the taint manager), or its node is lost.
+
+    A node the kubelet reports NotReady counts once the pod is not Ready either (the node
+    lifecycle controller's doing): a short flap of the node alone restarts nothing.
+    """
+    where = f"worker {state.index} ({state.name})" + (
+        f" on node {state.node}" if state.node else ""
+    )
+    if state.succeeded:
+        return None
+    if state.disruption:
+        return f"{where} disrupted: {state.disruption}"[:1024]
+    node = health.get(state.node or "", NodeHealth.READY)
+    if state.running_somewhere and (node.dead or (node != NodeHealth.READY and not state.ready)):
+        return f"{where} lost: {nodes.describe(str(state.node), node)}"
+    return None
+
+
+def disruption_of(pod: Mapping[str, Any]) -> str | None:
+    """Why worker `pod` is being disrupted (its DisruptionTarget condition), or None."""
+    state = observe_pod(pod)
+    return None if state is None else state.disruption
+
+
+def _decide(
+    training: Mapping[str, Any],
+    states: Sequence[WorkerState],
+    gone: Sequence[WorkerState],
+    now: datetime,
+    queueing: kueue.Queueing | None,
+    pod_policy: podpolicy.Level,
+    health: Mapping[str, NodeHealth],
+) -> Plan:
     meta = training["metadata"]
     name = meta["name"]
     p = _Pass(training.get("status") or {}, now, meta.get("generation"))
+    restarts = int(p.status.get("restarts") or 0)
+    disruptions = int(p.status.get("disruptions") or 0)
     try:
         spec = parse_spec(training)
     except ValidationError as error:  # the CRD schema admits it, the trainer's rules do not
         detail = error.errors()[0]
         where = ".".join(str(part) for part in detail["loc"])
         p.set_phase(Phase.FAILED, "InvalidSpec", f"spec.{where}: {detail['msg']}"[:1024])
-        return Plan(status=p.status, restart=int(p.status.get("restarts") or 0), events=p.events)
+        return Plan(status=p.status, restart=group(p.status), events=p.events)
     run_policy = spec.run_policy
-    states = [s for s in (observe_pod(pod) for pod in pods) if s is not None]
-    restart = max([int(p.status.get("restarts") or 0), *(s.restart for s in states)])
-    p.status["restarts"] = restart
-    current = {s.index: s for s in states if s.restart == restart and s.index < spec.workers}
-    plan = Plan(status=p.status, restart=restart, events=p.events)
+    number = max([restarts + disruptions, *(s.restart for s in states)])
+    # Pods of a group the status does not know yet (its write was lost): counted as failures.
+    restarts = number - disruptions
+    p.status["restarts"], p.status["disruptions"] = restarts, disruptions
+    current = {s.index: s for s in states if s.restart == number and s.index < spec.workers}
+    plan = Plan(status=p.status, restart=number, events=p.events)
 
     def finish(phase: Phase, reason: str, message: str) -> Plan:
         p.set_phase(phase, reason, message)
-        plan.delete = clean_up(states, run_policy.clean_pod_policy)
+        plan.delete = clean_up(states, run_policy.clean_pod_policy, p.status, now)
         p.status["workers"] = worker_counts(current, spec.workers)
+        return plan
+
+    def restart_group(reason: str, message: str, event: str) -> Plan:
+        plan.delete = [s.name for s in states if not s.terminating]
+        p.set_phase(Phase.RESTARTING, reason, message)
+        p.event("Warning", "Restarting", event)
+        p.status["workers"] = worker_counts({}, spec.workers)
         return plan
 
     if queueing is None:
@@ -251,8 +408,8 @@ def reconcile(
     if p.phase in FINISHED_PHASES:
         if queueing is not None:
             _finish_workload(plan, p, queueing, str(meta.get("uid")))
-        plan.delete = clean_up(states, run_policy.clean_pod_policy)
         p.status.setdefault("completionTime", p.stamp)
+        plan.delete = clean_up(states, run_policy.clean_pod_policy, p.status, now)
         ttl = run_policy.ttl_seconds_after_finished
         done = parse_time(p.status["completionTime"])
         if ttl is not None and done is not None and now >= done + timedelta(seconds=ttl):
@@ -266,7 +423,7 @@ def reconcile(
     if refused := pod_policy_violations(worker, pod_policy):
         return finish(Phase.FAILED, "PodPolicyViolation", refused)
 
-    # Pods of an older group restart are stale: delete them before anything else.
+    # Pods of an older group are stale: delete them before anything else.
     plan.delete = [s.name for s in states if current.get(s.index) is not s and not s.terminating]
     held = None
     if queueing is not None:
@@ -294,10 +451,30 @@ def reconcile(
     if overdue:
         return finish(Phase.FAILED, "DeadlineExceeded", overdue)
 
+    # A disruption outranks the failures it causes (the other workers' collectives break).
+    vanished = [s for s in gone if s.restart == number and s.index not in current]
+    if whys := [
+        (why, s)
+        for s in sorted([*current.values(), *vanished], key=lambda s: s.index)
+        if (why := disrupted(s, health))
+    ]:
+        why = whys[0][0]
+        if not any(s.disruption for _, s in whys):  # lost nodes only: no SIGTERM agreement
+            plan.delete_grace = LOST_NODE_GRACE_SECONDS
+        p.event("Warning", "Disrupted", why)
+        if verdict := disruption_verdict(run_policy, disruptions, why):
+            return finish(Phase.FAILED, *verdict)
+        p.status["disruptions"], plan.restart = disruptions + 1, number + 1
+        return restart_group(
+            "Disrupted",
+            disrupted_message(disruptions + 1, why),
+            f"restarting all {spec.workers} workers (disruption {disruptions + 1}): {why}",
+        )
+
     failures = sorted((s for s in current.values() if s.failed), key=lambda s: s.index)
     if p.phase == Phase.RUNNING.value:  # a worker vanishing from a running group is a failure
         failures += [
-            _lost(name, i, restart)
+            _lost(name, i, number)
             for i in range(spec.workers)
             if i not in current or (current[i].terminating and not current[i].succeeded)
         ]
@@ -306,22 +483,14 @@ def reconcile(
         reason = first.reason if first.reason not in (None, "Error") else "WorkerFailed"
         why = first.describe()
         p.event("Warning", "WorkerFailed", why)
-        if verdict := failure_verdict(run_policy, first, restart, str(reason), why):
+        if verdict := failure_verdict(run_policy, first, restarts, str(reason), why):
             return finish(Phase.FAILED, *verdict)
-        p.status["restarts"] = plan.restart = restart + 1
-        plan.delete = [s.name for s in states if not s.terminating]
-        p.set_phase(
-            Phase.RESTARTING,
+        p.status["restarts"], plan.restart = restarts + 1, number + 1
+        return restart_group(
             "GroupRestart",
-            f"restart {restart + 1}/{run_policy.backoff_limit}: {why}",
+            f"restart {restarts + 1}/{run_policy.backoff_limit}: {why}",
+            f"restarting all {spec.workers} workers (restart {restarts + 1}): {why}",
         )
-        p.event(
-            "Warning",
-            "Restarting",
-            f"restarting all {spec.workers} workers (restart {restart + 1}): {why}",
-        )
-        p.status["workers"] = worker_counts({}, spec.workers)
-        return plan
 
     chief = current.get(0)
     if chief is not None and chief.succeeded:
@@ -353,7 +522,9 @@ def reconcile(
     if ready == spec.workers and not plan.delete:
         p.set_phase(Phase.RUNNING, "AllWorkersReady", f"{ready}/{spec.workers} workers ready")
     elif p.phase == Phase.RESTARTING.value:
-        p.set_phase(Phase.RESTARTING, "GroupRestart", str(p.status.get("message") or ""))
+        restarting = get_condition(p.status.get("conditions", []), "Restarting") or {}
+        reason = str(restarting.get("reason") or "GroupRestart")  # or Disrupted
+        p.set_phase(Phase.RESTARTING, reason, str(p.status.get("message") or ""))
     elif plan.create or current:
         p.set_phase(Phase.STARTING, "WorkersStarting", f"{ready}/{spec.workers} workers ready")
     counts = worker_counts(current, spec.workers)
@@ -467,8 +638,9 @@ def next_due(training: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> 
     """When a time-based rule next needs a pass, with no event to trigger it (None: never).
 
     `training` carries the status the last pass wrote. The rules: the TTL of a finished training,
-    runPolicy.activeDeadlineSeconds since startTime, and pendingTimeoutSeconds of a worker of the
-    current group that is still Pending.
+    the grace its workers get to finish after a success (FINISH_GRACE_SECONDS, while one still
+    runs), runPolicy.activeDeadlineSeconds since startTime, and pendingTimeoutSeconds of a worker
+    of the current group that is still Pending.
 
     >>> t = {"metadata": {"name": "b"}, "status": {"phase": "Running", "restarts": 0,
     ...      "startTime": "2025-01-01T00:00:00Z"},
@@ -486,19 +658,27 @@ def next_due(training: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> 
     if phase in FINISHED_PHASES:
         done = parse_time(status.get("completionTime"))
         ttl = run_policy.ttl_seconds_after_finished
-        return None if ttl is None or done is None else done + timedelta(seconds=ttl)
+        finished = [] if ttl is None or done is None else [done + timedelta(seconds=ttl)]
+        grace = finish_grace_until(status)
+        if (
+            grace is not None
+            and run_policy.clean_pod_policy == CleanPodPolicy.RUNNING.value
+            and any(s is not None and s.active for s in map(observe_pod, pods))
+        ):
+            finished.append(grace)
+        return min(finished, default=None)
     if run_policy.suspend or phase == Phase.SUSPENDED.value:
         return None
     dues: list[datetime] = []
     started = parse_time(status.get("startTime"))
     if run_policy.active_deadline_seconds is not None and started is not None:
         dues.append(started + timedelta(seconds=run_policy.active_deadline_seconds))
-    restart = int(status.get("restarts") or 0)
+    current = group(status)
     timeout = timedelta(seconds=run_policy.pending_timeout_seconds)
     for state in (observe_pod(pod) for pod in pods):
         if (
             state is not None
-            and state.restart == restart
+            and state.restart == current
             and state.phase == "Pending"
             and not state.terminating
             and state.created is not None
@@ -507,12 +687,12 @@ def next_due(training: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> 
     return min(dues, default=None)
 
 
-def _lost(name: str, index: int, restart: int) -> WorkerState:
+def _lost(name: str, index: int, group: int) -> WorkerState:
     """A stand-in failure for a worker pod deleted while the group was running."""
     return WorkerState(
         name=worker_name(name, index),
         index=index,
-        restart=restart,
+        restart=group,
         phase="Failed",
         ready=False,
         terminating=True,

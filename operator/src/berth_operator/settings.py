@@ -11,8 +11,12 @@
 | --reconcile-interval SECONDS | BERTH_RECONCILE_INTERVAL | 2                    |
 | --retry-max SECONDS          | BERTH_RETRY_MAX          | 60                   |
 | --log-level LEVEL            | BERTH_LOG_LEVEL          | INFO                 |
-| --peering NAME               | BERTH_PEERING            | standalone           |
-| --peering-priority N         | BERTH_PEERING_PRIORITY   | random (peering on)  |
+| --leader-elect               | BERTH_LEADER_ELECT       | off                  |
+| --leader-election-namespace NS | BERTH_LEADER_ELECTION_NAMESPACE | $POD_NAMESPACE |
+| --leader-election-id NAME    | BERTH_LEADER_ELECTION_ID | berth-operator       |
+| --leader-election-lease-duration SECONDS | BERTH_LEADER_ELECTION_LEASE_DURATION | 15 |
+| --leader-election-renew-deadline SECONDS | BERTH_LEADER_ELECTION_RENEW_DEADLINE | 10 |
+| --leader-election-retry-period SECONDS | BERTH_LEADER_ELECTION_RETRY_PERIOD | 2   |
 | --tpu-api-endpoint HOST:PORT | BERTH_TPU_API_ENDPOINT   | tpu.googleapis.com   |
 | --tpu-api-insecure           | BERTH_TPU_API_INSECURE   | off (tests only)     |
 | --tpu-project NS=P[,P...]    | BERTH_TPU_PROJECTS       | none (`;` separated) |
@@ -29,9 +33,9 @@ merged worker pods of every namespace are checked at; `--pod-policy-namespace` s
 level for one namespace (the env form: `NS=LEVEL,NS=LEVEL`). The chart passes the same values
 it binds its ValidatingAdmissionPolicy with.
 
-With several replicas, kopf pauses every operator that sees a live peer of the *same*
-priority, so each process picks a random priority unless one is given: the highest live one
-acts, the others stand by.
+With several replicas, `--leader-elect` lets only the holder of the Lease
+`--leader-election-namespace`/`--leader-election-id` run kopf (`berth_operator.leader`); lease
+duration > renew deadline > retry period.
 """
 
 from __future__ import annotations
@@ -40,18 +44,17 @@ import argparse
 import dataclasses
 import json
 import os
-import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from berth_operator import leader
 from berth_operator.networkpolicy import validate_peer
 from berth_operator.podpolicy import Level
 from berth_operator.tpu.tenancy import TpuTenancy, parse_projects, parse_service_accounts
 
 DEFAULT_IMAGE = "berth-trainer:0.1.0"
 DEFAULT_TPU_API_ENDPOINT = "tpu.googleapis.com"
-#: Random peering priorities are drawn from [1, PRIORITY_RANGE] (kopf's default is 0).
-PRIORITY_RANGE = 1_000_000
+DEFAULT_LEASE = "berth-operator"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,8 +71,11 @@ class Settings:
     #: noticed fixed by retrying: a ServiceAccount or ResourceQuota is not watched).
     retry_max: float = 60.0
     log_level: str = "INFO"
-    peering: str | None = None  # None: standalone (no kopf peering)
-    peering_priority: int | None = None  # None without peering
+    #: Run kopf only while holding the Lease `leader_election_namespace`/`leader_election_id`.
+    leader_elect: bool = False
+    leader_election_namespace: str | None = None  # None without --leader-elect
+    leader_election_id: str = DEFAULT_LEASE
+    leader_election: leader.Timings = dataclasses.field(default_factory=leader.Timings)
     tpu_api_endpoint: str = DEFAULT_TPU_API_ENDPOINT
     tpu_api_insecure: bool = False  # plaintext gRPC, no credentials: fakes in tests only
     #: Who may use which Cloud TPU project and service account (berth_operator.tpu.tenancy).
@@ -141,6 +147,38 @@ def _peers(value: str) -> list[dict[str, Any]]:
     if not isinstance(found, list):
         raise argparse.ArgumentTypeError(f"BERTH_METRICS_PEERS must be a JSON list: {value}")
     return [_peer(json.dumps(peer)) for peer in found]
+
+
+def _lease_namespace(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    namespaces: tuple[str, ...],
+    env: Mapping[str, str],
+) -> str | None:
+    """The Lease's namespace: given, else the pod's own (downward API), else the first watched
+    namespace; a usage error when leader election has none of them."""
+    if not args.leader_elect:
+        return None
+    namespace = (
+        args.leader_election_namespace or env.get("POD_NAMESPACE") or next(iter(namespaces), None)
+    )
+    if not namespace:
+        parser.error("--leader-elect needs --leader-election-namespace (or $POD_NAMESPACE)")
+    return str(namespace)
+
+
+def _timings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> leader.Timings:
+    timings = leader.Timings(
+        lease_duration=args.leader_election_lease_duration,
+        renew_deadline=args.leader_election_renew_deadline,
+        retry_period=args.leader_election_retry_period,
+    )
+    if not timings.lease_duration > timings.renew_deadline > timings.retry_period:
+        parser.error(
+            "leader election needs lease duration > renew deadline > retry period, got "
+            f"{timings.lease_duration:g} > {timings.renew_deadline:g} > {timings.retry_period:g}"
+        )
+    return timings
 
 
 _Parsed = TypeVar("_Parsed")
@@ -222,19 +260,36 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
     )
     parser.add_argument(
-        "--peering",
-        default=env.get("BERTH_PEERING") or None,
-        metavar="NAME",
-        help="kopf peering object name (needs kopf's peering CRDs); default: standalone",
+        "--leader-elect",
+        action="store_true",
+        default=_flag(env.get("BERTH_LEADER_ELECT", "")),
+        help="run only while holding a coordination.k8s.io Lease (several replicas: one acts)",
     )
     parser.add_argument(
-        "--peering-priority",
-        type=int,
-        default=int(env["BERTH_PEERING_PRIORITY"]) if env.get("BERTH_PEERING_PRIORITY") else None,
-        metavar="N",
-        help="kopf peering priority: the highest live replica acts (default with --peering: "
-        f"a random integer in 1..{PRIORITY_RANGE} per process, so replicas never tie)",
+        "--leader-election-namespace",
+        default=env.get("BERTH_LEADER_ELECTION_NAMESPACE") or None,
+        metavar="NS",
+        help="namespace of the Lease (default: $POD_NAMESPACE, else the first --namespace)",
     )
+    parser.add_argument(
+        "--leader-election-id",
+        default=env.get("BERTH_LEADER_ELECTION_ID") or DEFAULT_LEASE,
+        metavar="NAME",
+        help="name of the Lease",
+    )
+    for flag, default in (
+        ("lease-duration", leader.LEASE_DURATION),
+        ("renew-deadline", leader.RENEW_DEADLINE),
+        ("retry-period", leader.RETRY_PERIOD),
+    ):
+        variable = f"BERTH_LEADER_ELECTION_{flag.replace('-', '_').upper()}"
+        parser.add_argument(
+            f"--leader-election-{flag}",
+            type=_positive,
+            default=_positive(env.get(variable) or str(default)),
+            metavar="SECONDS",
+            help=f"Lease {flag.replace('-', ' ')} (default {default:g})",
+        )
     parser.add_argument(
         "--tpu-api-endpoint",
         default=env.get("BERTH_TPU_API_ENDPOINT") or DEFAULT_TPU_API_ENDPOINT,
@@ -340,14 +395,10 @@ def parse_settings(
         reconcile_interval=args.reconcile_interval,
         retry_max=args.retry_max,
         log_level=args.log_level,
-        peering=args.peering,
-        peering_priority=(
-            None
-            if args.peering is None
-            else args.peering_priority
-            if args.peering_priority is not None
-            else random.randint(1, PRIORITY_RANGE)
-        ),
+        leader_elect=args.leader_elect,
+        leader_election_namespace=_lease_namespace(parser, args, namespaces, env),
+        leader_election_id=args.leader_election_id,
+        leader_election=_timings(parser, args),
         tpu_api_endpoint=args.tpu_api_endpoint,
         tpu_api_insecure=args.tpu_api_insecure,
         tpu_tenancy=TpuTenancy(

@@ -62,6 +62,11 @@ class WorkerState:
     exit_code: int | None
     reason: str | None
     message: str | None
+    #: The node the pod is bound to (spec.nodeName), None while unscheduled.
+    node: str | None = None
+    #: Why the pod is being disrupted (its DisruptionTarget condition: reason, then message),
+    #: e.g. "EvictionByEvictionAPI: Eviction API: evicting"; None when it is not.
+    disruption: str | None = None
 
     @property
     def failed(self) -> bool:
@@ -70,6 +75,11 @@ class WorkerState:
     @property
     def succeeded(self) -> bool:
         return self.phase == "Succeeded"
+
+    @property
+    def running_somewhere(self) -> bool:
+        """Bound to a node and not finished: its node decides whether it can still end."""
+        return self.node is not None and self.phase not in ("Succeeded", "Failed")
 
     @property
     def active(self) -> bool:
@@ -107,10 +117,13 @@ def observe_pod(pod: Mapping[str, Any]) -> WorkerState | None:
         return None
     status = pod.get("status") or {}
     phase = status.get("phase") or "Pending"
-    ready = any(
-        c.get("type") == "Ready" and c.get("status") == "True"
-        for c in status.get("conditions") or []
-    )
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    ready = (conditions.get("Ready") or {}).get("status") == "True"
+    target = conditions.get("DisruptionTarget") or {}
+    disruption = None
+    if target.get("status") == "True":
+        said = [str(target[k]) for k in ("reason", "message") if target.get(k)]
+        disruption = ": ".join(said) or "DisruptionTarget"
     container = _trainer_status(pod)
     terminated = (
         (container.get("state") or {}).get("terminated")
@@ -137,6 +150,8 @@ def observe_pod(pod: Mapping[str, Any]) -> WorkerState | None:
         exit_code=exit_code,
         reason=reason,
         message=message,
+        node=(pod.get("spec") or {}).get("nodeName"),
+        disruption=disruption,
     )
 
 

@@ -1,4 +1,4 @@
-"""The chart ships the generated BertTraining CRD unchanged, plus kopf's peering CRDs."""
+"""The chart ships the generated BertTraining CRD unchanged, and no other CRD."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from tests.unit.chart.helm import CHART, REPO, render
 
 GENERATED = REPO / "crds" / "berth.dev_berttrainings.yaml"
 CHART_COPY = CHART / "crds" / "berth.dev_berttrainings.yaml"
-PEERING = CHART / "crds" / "kopf.dev_peerings.yaml"
 
 
 def test_chart_crd_is_an_exact_copy_of_the_generated_one() -> None:
@@ -37,25 +36,5 @@ def test_crds_come_with_the_chart() -> None:
         for obj in render(include_crds=True)
         if obj["kind"] == "CustomResourceDefinition"
     }
-    assert set(crds) == {
-        "berttrainings.berth.dev",
-        "clusterkopfpeerings.kopf.dev",
-        "kopfpeerings.kopf.dev",
-    }
+    assert set(crds) == {"berttrainings.berth.dev"}  # leader election needs none: a Lease
     assert crds["berttrainings.berth.dev"] == yaml.safe_load(GENERATED.read_text())
-
-
-def test_peering_crds_are_kopfs() -> None:
-    crds = {doc["spec"]["names"]["kind"]: doc for doc in yaml.safe_load_all(PEERING.read_text())}
-    assert set(crds) == {"ClusterKopfPeering", "KopfPeering"}
-    assert crds["ClusterKopfPeering"]["spec"]["scope"] == "Cluster"
-    assert crds["KopfPeering"]["spec"]["scope"] == "Namespaced"
-    for kind, crd in crds.items():
-        plural = kind.lower() + "s"
-        assert crd["metadata"]["name"] == f"{plural}.kopf.dev"
-        assert crd["spec"]["group"] == "kopf.dev"
-        assert crd["spec"]["names"]["plural"] == plural
-        (version,) = crd["spec"]["versions"]
-        assert (version["name"], version["served"], version["storage"]) == ("v1", True, True)
-        status = version["schema"]["openAPIV3Schema"]["properties"]["status"]
-        assert status["x-kubernetes-preserve-unknown-fields"] is True

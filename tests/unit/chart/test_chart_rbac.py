@@ -12,6 +12,7 @@ from tests.unit.chart.helm import (
     Objects,
     of_kind,
     one,
+    operator_container,
     render,
     render_error,
 )
@@ -28,16 +29,15 @@ NAMESPACED: set[Rule] = {
     ("", "events", "create"),
     *(("networking.k8s.io", "networkpolicies", v) for v in ("get", "create")),
 }
+#: The cluster-scoped reads of both modes: kopf's resource discovery, and the nodes of workers
+#: that are not Ready (lost ones?).
 CRDS: set[Rule] = {
-    ("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")
+    *(("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")),
+    ("", "nodes", "get"),
 }
 NAMESPACES: set[Rule] = {("", "namespaces", v) for v in ("list", "watch")}
-CLUSTER_PEERING: set[Rule] = {
-    ("kopf.dev", "clusterkopfpeerings", v) for v in ("list", "watch", "patch")
-}
-NAMESPACED_PEERING: set[Rule] = {
-    ("kopf.dev", "kopfpeerings", v) for v in ("list", "watch", "patch")
-}
+#: The Role (and RoleBinding) of leader election, in the release namespace.
+LEADER_ELECTION = f"{FULLNAME}-leader-election"
 
 VALUE_MATRIX = [
     {},
@@ -61,6 +61,11 @@ def roles(objects: Objects) -> Objects:
     return of_kind(objects, "ClusterRole") + of_kind(objects, "Role")
 
 
+def watched(objects: Objects, kind: str) -> Objects:
+    """The Roles or RoleBindings of the watched namespaces (not leader election's)."""
+    return [o for o in of_kind(objects, kind) if o["metadata"]["name"] != LEADER_ELECTION]
+
+
 @pytest.mark.parametrize("values", VALUE_MATRIX)
 def test_no_wildcards_and_nothing_dangerous(values: dict) -> None:
     for role in roles(render(values)):
@@ -68,7 +73,8 @@ def test_no_wildcards_and_nothing_dangerous(values: dict) -> None:
             for key in ("apiGroups", "resources", "verbs"):
                 assert "*" not in rule[key], (role["metadata"], rule)
                 assert not any("*" in item for item in rule[key]), (role["metadata"], rule)
-            assert "nonResourceURLs" not in rule and "resourceNames" not in rule
+            assert "nonResourceURLs" not in rule
+            assert "resourceNames" not in rule or rule["resources"] == ["leases"]
         granted = flatten(role)
         assert not {r for r in granted if r[1] in {"secrets", "serviceaccounts/token"}}
         assert not {r for r in granted if r[2] in {"escalate", "bind", "impersonate", "*"}}
@@ -77,7 +83,7 @@ def test_no_wildcards_and_nothing_dangerous(values: dict) -> None:
 
 def test_cluster_wide_mode_grants_exactly_what_the_operator_uses() -> None:
     objects = render()
-    assert not of_kind(objects, "Role") and not of_kind(objects, "RoleBinding")
+    assert not watched(objects, "Role") and not watched(objects, "RoleBinding")
     assert flatten(one(objects, "ClusterRole")) == NAMESPACED | CRDS
     binding = one(objects, "ClusterRoleBinding")
     assert binding["roleRef"] == {
@@ -90,21 +96,38 @@ def test_cluster_wide_mode_grants_exactly_what_the_operator_uses() -> None:
     ]
 
 
-def test_cluster_wide_peering_adds_cluster_kopf_peerings() -> None:
-    assert flatten(one(render({"replicaCount": 2}), "ClusterRole")) == (
-        NAMESPACED | CRDS | CLUSTER_PEERING
-    )
+@pytest.mark.parametrize("values", VALUE_MATRIX)
+def test_leader_election_may_use_only_its_own_lease(values: dict) -> None:
+    """A Role in the release namespace: create a Lease (a create cannot be limited to a name),
+    get and update only the chart's, whose name the operator is given."""
+    objects = render(values)
+    (role,) = [r for r in of_kind(objects, "Role") if r["metadata"]["name"] == LEADER_ELECTION]
+    assert role["metadata"]["namespace"] == NAMESPACE
+    leases = {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"]}
+    assert role["rules"] == [
+        {**leases, "verbs": ["create"]},
+        {**leases, "resourceNames": [FULLNAME], "verbs": ["get", "update"]},
+    ]
+    assert f"--leader-election-id={FULLNAME}" in operator_container(objects)["args"]
+    (binding,) = [
+        b for b in of_kind(objects, "RoleBinding") if b["metadata"]["name"] == LEADER_ELECTION
+    ]
+    assert binding["metadata"]["namespace"] == NAMESPACE
+    assert binding["roleRef"]["name"] == LEADER_ELECTION
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}
+    ]
+    others = [r for r in roles(objects) if r is not role]
+    assert not {r for other in others for r in flatten(other) if r[1] == "leases"}
 
 
-@pytest.mark.parametrize("replicas", [1, 2])
-def test_namespaced_mode_has_a_role_per_watched_namespace(replicas: int) -> None:
-    objects = render({"watchNamespaces": ["ml", "nlp"], "replicaCount": replicas})
-    expected = NAMESPACED | (NAMESPACED_PEERING if replicas > 1 else set())
-    assert [r["metadata"]["namespace"] for r in of_kind(objects, "Role")] == ["ml", "nlp"]
-    for role in of_kind(objects, "Role"):
+def test_namespaced_mode_has_a_role_per_watched_namespace() -> None:
+    objects = render({"watchNamespaces": ["ml", "nlp"]})
+    assert [r["metadata"]["namespace"] for r in watched(objects, "Role")] == ["ml", "nlp"]
+    for role in watched(objects, "Role"):
         assert role["metadata"]["name"] == FULLNAME
-        assert flatten(role) == expected
-    bindings = of_kind(objects, "RoleBinding")
+        assert flatten(role) == NAMESPACED
+    bindings = watched(objects, "RoleBinding")
     assert [b["metadata"]["namespace"] for b in bindings] == ["ml", "nlp"]
     for binding in bindings:
         assert binding["roleRef"] == {
@@ -128,7 +151,7 @@ def test_rbac_create_false_renders_no_rbac() -> None:
 @pytest.mark.parametrize("watch", [[], ["ml", "nlp"]])
 def test_tpu_credentials_secrets_grant_get_on_those_names_only(watch: list[str]) -> None:
     objects = render({"rbac": {"tpuCredentialsSecrets": ["tpu-key"]}, "watchNamespaces": watch})
-    holders = of_kind(objects, "Role") if watch else of_kind(objects, "ClusterRole")
+    holders = watched(objects, "Role") if watch else of_kind(objects, "ClusterRole")
     assert len(holders) == max(1, len(watch))
     for role in holders:
         secret_rules = [r for r in role["rules"] if "secrets" in r["resources"]]
@@ -170,7 +193,7 @@ def test_kueue_grants_workloads_only_when_enabled(watch: list[str]) -> None:
     cluster = flatten(one(objects, "ClusterRole"))
     if watch:
         assert cluster == CRDS | NAMESPACES | KUEUE_CLUSTER
-        for role in of_kind(objects, "Role"):
+        for role in watched(objects, "Role"):
             assert flatten(role) == NAMESPACED | KUEUE_NAMESPACED
     else:
         assert cluster == NAMESPACED | CRDS | KUEUE_NAMESPACED | KUEUE_CLUSTER

@@ -16,6 +16,7 @@ from tests.unit.chart.helm import (
     one,
     operator_container,
     render,
+    render_error,
 )
 
 #: The operator pods' NetworkPolicyPeer the chart passes as --metrics-peer.
@@ -29,7 +30,6 @@ APP_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
 CLUSTER_SCOPED = {
     "ClusterRole",
     "ClusterRoleBinding",
-    "ClusterKopfPeering",
     "ValidatingAdmissionPolicy",
     "ValidatingAdmissionPolicyBinding",
 }
@@ -39,6 +39,7 @@ def test_defaults_render_the_cluster_wide_operator() -> None:
     kinds = sorted(obj["kind"] for obj in render())
     assert kinds == sorted(
         ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment"]
+        + ["Role", "RoleBinding", "PodDisruptionBudget"]  # leader election of 2 replicas
         + ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] * 2
     )
 
@@ -50,7 +51,7 @@ def test_defaults_render_the_cluster_wide_operator() -> None:
         {"watchNamespaces": ["ml", "nlp"], "replicaCount": 2},
         {"networkPolicy": {"enabled": True}, "metrics": {"serviceMonitor": {"enabled": True}}},
     ],
-    ids=["defaults", "namespaced-peering", "netpol-servicemonitor"],
+    ids=["defaults", "namespaced-replicas", "netpol-servicemonitor"],
 )
 def test_every_object_carries_the_recommended_labels(values: dict) -> None:
     for obj in render(values):
@@ -68,8 +69,12 @@ def test_every_object_carries_the_recommended_labels(values: dict) -> None:
 def test_deployment_runs_berth_operator_cluster_wide() -> None:
     deployment = one(render(), "Deployment")
     assert deployment["metadata"]["name"] == FULLNAME
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["replicas"] == 2
+    # Leader election makes old and new pods overlapping harmless: a standby first.
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     selector = deployment["spec"]["selector"]["matchLabels"]
     assert selector == {"app.kubernetes.io/name": "berth", "app.kubernetes.io/instance": RELEASE}
     assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
@@ -84,8 +89,18 @@ def test_deployment_runs_berth_operator_cluster_wide() -> None:
         "--progress-interval=5",
         "--reconcile-interval=2",
         "--log-level=info",
+        "--leader-elect",
+        f"--leader-election-id={FULLNAME}",
+        "--leader-election-lease-duration=15",
+        "--leader-election-renew-deadline=10",
+        "--leader-election-retry-period=2",
         "--pod-policy=restricted",
         f"--metrics-peer={json.dumps(OPERATOR_PEER, separators=(',', ':'), sort_keys=True)}",
+    ]
+    # The Lease's namespace and the holder's name come from the downward API.
+    assert container["env"] == [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
     ]
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == FULLNAME
     assert one(render(), "ServiceAccount")["metadata"]["name"] == FULLNAME
@@ -216,33 +231,42 @@ def test_network_policy_off_tells_the_operator() -> None:
     assert not metrics_peers(args)
 
 
-@pytest.mark.parametrize(
-    ("values", "kind", "namespaces"),
-    [
-        ({"replicaCount": 2}, "ClusterKopfPeering", [None]),
-        ({"peering": {"enabled": True}}, "ClusterKopfPeering", [None]),
-        ({"replicaCount": 3, "watchNamespaces": ["ml", "nlp"]}, "KopfPeering", ["ml", "nlp"]),
-    ],
-)
-def test_several_replicas_run_kopf_peering(values: dict, kind: str, namespaces: list) -> None:
-    objects = render(values)
-    peerings = of_kind(objects, kind)
-    assert [p["metadata"].get("namespace") for p in peerings] == namespaces
-    assert {p["metadata"]["name"] for p in peerings} == {FULLNAME}
-    assert peerings[0]["apiVersion"] == "kopf.dev/v1"
-    assert f"--peering={FULLNAME}" in operator_container(objects)["args"]
+@pytest.mark.parametrize(("replicas", "budget"), [(1, False), (2, True), (3, True)])
+def test_several_replicas_get_a_disruption_budget(replicas: int, budget: bool) -> None:
+    objects = render({"replicaCount": replicas})
+    assert one(objects, "Deployment")["spec"]["replicas"] == replicas
+    assert "--leader-elect" in operator_container(objects)["args"]  # one replica too: upgrades
+    budgets = of_kind(objects, "PodDisruptionBudget")
+    assert bool(budgets) is budget
+    if budget:
+        selector = one(objects, "Deployment")["spec"]["selector"]["matchLabels"]
+        assert budgets[0]["spec"] == {"minAvailable": 1, "selector": {"matchLabels": selector}}
 
 
-def test_one_replica_runs_standalone() -> None:
-    objects = render()
-    assert not [o for o in objects if o["apiVersion"].startswith("kopf.dev/")]
-    assert not [a for a in operator_container(objects)["args"] if a.startswith("--peering")]
+def test_replicas_prefer_different_nodes_unless_affinity_is_given() -> None:
+    pod = one(render(), "Deployment")["spec"]["template"]["spec"]
+    (term,) = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    selector = one(render(), "Deployment")["spec"]["selector"]["matchLabels"]
+    assert term["podAffinityTerm"]["labelSelector"] == {"matchLabels": selector}
+    given = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {}}}
+    assert (
+        one(render({"affinity": given}), "Deployment")["spec"]["template"]["spec"]["affinity"]
+        == given
+    )
 
 
-def test_peering_name_and_create_are_honoured() -> None:
-    objects = render({"replicaCount": 2, "peering": {"name": "shared", "create": False}})
-    assert not of_kind(objects, "ClusterKopfPeering")
-    assert "--peering=shared" in operator_container(objects)["args"]
+def test_leader_election_timings_reach_the_flags_and_are_checked() -> None:
+    values = {"leaderElection": {"leaseDuration": 30, "renewDeadline": 20, "retryPeriod": 4}}
+    args = operator_container(render(values))["args"]
+    assert {
+        "--leader-election-lease-duration=30",
+        "--leader-election-renew-deadline=20",
+        "--leader-election-retry-period=4",
+    } <= set(args)
+    assert "leaseDuration > renewDeadline > retryPeriod" in render_error(
+        {"leaderElection": {"renewDeadline": 15}}
+    )
 
 
 def test_existing_service_account_is_used_without_creating_one() -> None:
@@ -256,6 +280,7 @@ def test_fullname_override() -> None:
     objects = render({"fullnameOverride": "trainer-ops"})
     assert {obj["metadata"]["name"] for obj in objects} == {
         "trainer-ops",
+        "trainer-ops-leader-election",
         "trainer-ops-metrics",
         "trainer-ops-pod-baseline",
         "trainer-ops-pod-restricted",

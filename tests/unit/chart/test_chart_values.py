@@ -109,6 +109,8 @@ def test_defaults_pass_the_schema() -> None:
         ),
         ({"networkPolicy": {"metricsFrom": [{}]}}, "at '/networkPolicy/metricsFrom/0'"),
         ({"securityContext": "strict"}, "at '/securityContext': got string, want object"),
+        ({"leaderElection": {"leaseDuration": 1.5}}, "at '/leaderElection/leaseDuration'"),
+        ({"leaderElection": {"retryPeriod": 0}}, "at '/leaderElection/retryPeriod'"),
     ],
 )
 def test_schema_rejects_bad_values_with_a_clear_message(values: dict, message: str) -> None:

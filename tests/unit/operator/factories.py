@@ -70,9 +70,14 @@ def make_pod(
     terminating: bool = False,
     pod_reason: str | None = None,
     unschedulable: bool = False,
+    node: str | None = None,
+    disruption: str | None = None,
 ) -> dict[str, Any]:
-    """A worker pod as the API server would return it, in the given state."""
+    """A worker pod as the API server would return it, in the given state (`node`: bound to
+    it; `disruption`: the reason of a DisruptionTarget condition)."""
     pod = build_worker_pod(training, index, "img", restart)
+    if node is not None:
+        pod["spec"]["nodeName"] = node
     pod["metadata"]["creationTimestamp"] = format_time(created)
     if terminating:
         pod["metadata"]["deletionTimestamp"] = format_time(created + timedelta(seconds=1))
@@ -90,6 +95,10 @@ def make_pod(
                 "reason": "Unschedulable",
                 "message": "0/3 nodes are available",
             }
+        )
+    if disruption is not None:
+        status["conditions"].append(
+            {"type": "DisruptionTarget", "status": "True", "reason": disruption}
         )
     if exit_code is not None:
         terminated = {

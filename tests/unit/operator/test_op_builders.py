@@ -125,6 +125,18 @@ def test_expected_gpus_reach_the_trainer(training: dict[str, Any], expected: str
     assert env.get("BERTH_EXPECTED_GPUS") == expected
 
 
+@pytest.mark.parametrize(
+    ("template", "grace"),
+    [({}, "30"), ({"spec": {"terminationGracePeriodSeconds": 15}}, "15")],
+)
+def test_the_trainer_knows_its_sigterm_budget(template: dict[str, Any], grace: str) -> None:
+    """It starts a checkpoint on SIGTERM only if the save fits the pod's grace period."""
+    pod = builders.build_worker_pod(make_training().with_spec(podTemplate=template), 0, "i", 0)
+    (trainer,) = (c for c in pod["spec"]["containers"] if c["name"] == "trainer")
+    env = [e for e in trainer["env"] if e["name"] == "BERTH_TERMINATION_GRACE_SECONDS"]
+    assert env == [{"name": "BERTH_TERMINATION_GRACE_SECONDS", "value": grace}]
+
+
 def test_config_map_is_the_trainer_config() -> None:
     cm = builders.build_config_map(make_training())
     assert cm["metadata"]["name"] == "bert-config"

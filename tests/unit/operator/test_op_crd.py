@@ -103,6 +103,7 @@ def test_names_and_printer_columns(crd: dict[str, Any]) -> None:
         "Loss",
         "Examples/s",
         "Restarts",
+        "Disruptions",
         "Queue",
         "Age",
     ]

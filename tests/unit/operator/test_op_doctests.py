@@ -14,6 +14,7 @@ MODULES = [
     "expectations",
     "kueue",
     "labels",
+    "leader",
     "networkpolicy",
     "local.manifest",
     "local.view",

@@ -537,5 +537,5 @@ def test_kueue_is_told_the_kind_everywhere_under_its_one_name() -> None:
     control plane's Kueue config, the docs and the chart must all follow the API."""
     assert kueue.FRAMEWORK == "BertTraining.v1alpha1.berth.dev"
     repo = Path(__file__).resolve().parents[3]
-    for path in ("hack/cluster.py", "docs/operator.md", "charts/berth/values.yaml"):
+    for path in ("hack/testcluster/kueue.py", "docs/operator.md", "charts/berth/values.yaml"):
         assert kueue.FRAMEWORK in (repo / path).read_text(), path

@@ -6,7 +6,14 @@ from datetime import timedelta
 
 import pytest
 
-from berth_operator.policy import Plan, reconcile, should_retry, status_patch
+from berth_operator.policy import (
+    FINISH_GRACE_SECONDS,
+    Plan,
+    next_due,
+    reconcile,
+    should_retry,
+    status_patch,
+)
 from berth_operator.workers import observe_pod
 from tests.unit.operator.factories import T0, make_pod, make_training, running_group
 
@@ -75,22 +82,35 @@ def test_chief_success_succeeds_and_cleans_running_pods() -> None:
     plan = reconcile(training, pods, LATER)
     assert plan.status["phase"] == "Succeeded"
     assert plan.status["completionTime"] == "2025-01-01T12:00:30Z"
-    assert plan.delete == ["bert-worker-2"]  # cleanPodPolicy Running (default)
+    assert plan.delete == []  # worker 2 gets FINISH_GRACE_SECONDS to exit (and keep its logs)
     assert _conds(plan)["Succeeded"] == "True"
+    done = training.with_status(**plan.status)
+    assert next_due(done, pods) == LATER + timedelta(seconds=FINISH_GRACE_SECONDS)
+    later = LATER + timedelta(seconds=FINISH_GRACE_SECONDS)
+    assert reconcile(done, pods, later).delete == ["bert-worker-2"]  # cleanPodPolicy Running
+    assert next_due(done, pods[:2]) is None  # nothing left running: nothing due
 
 
 @pytest.mark.parametrize(
-    ("policy", "deleted"),
-    [("All", ["bert-worker-0", "bert-worker-1"]), ("Running", ["bert-worker-1"]), ("None", [])],
+    ("policy", "phase", "seconds", "deleted"),
+    [
+        ("All", "Succeeded", 1, ["bert-worker-0", "bert-worker-1"]),
+        ("Running", "Succeeded", 1, []),
+        ("Running", "Succeeded", FINISH_GRACE_SECONDS, ["bert-worker-1"]),
+        ("Running", "Failed", 1, ["bert-worker-1"]),
+        ("None", "Succeeded", FINISH_GRACE_SECONDS, []),
+    ],
 )
-def test_clean_pod_policy_after_finish(policy: str, deleted: list[str]) -> None:
+def test_clean_pod_policy_after_finish(
+    policy: str, phase: str, seconds: int, deleted: list[str]
+) -> None:
     training = (
         make_training(workers=2)
         .with_run_policy(cleanPodPolicy=policy)
-        .with_status(phase="Succeeded", completionTime="2025-01-01T12:00:00Z")
+        .with_status(phase=phase, completionTime="2025-01-01T12:00:00Z")
     )
     pods = [make_pod(training, 0, "Succeeded", exit_code=0), make_pod(training, 1)]
-    assert reconcile(training, pods, LATER).delete == deleted
+    assert reconcile(training, pods, T0 + timedelta(seconds=seconds)).delete == deleted
 
 
 @pytest.mark.parametrize(

@@ -89,13 +89,12 @@ def test_settings_flags_and_env() -> None:
     env = {
         "BERTH_DEFAULT_IMAGE": "e:1",
         "BERTH_METRICS_PORT": "0",
-        "BERTH_PEERING": "p",
         "BERTH_PROGRESS_INTERVAL": "0.5",
         "BERTH_WATCH_NAMESPACES": "a, b",
     }
     settings = parse_settings([], env=env)
     assert settings.namespaces == ("a", "b") and settings.default_image == "e:1"
-    assert settings.metrics_port == 0 and settings.peering == "p"
+    assert settings.metrics_port == 0
     assert settings.progress_interval == 0.5
     flags = parse_settings(
         [
@@ -124,19 +123,6 @@ def test_settings_reject_bad_values() -> None:
         parse_settings(["--progress-interval", "0"], env={})
     with pytest.raises(SystemExit):
         parse_settings(["--namespace", "a", "--all-namespaces"], env={})
-
-
-def test_peering_priority_is_random_per_process_unless_given() -> None:
-    """Replicas at the same kopf priority all pause; each process must differ by default."""
-    assert parse_settings([], env={}).peering_priority is None  # standalone: unused
-    drawn = {parse_settings(["--peering", "p"], env={}).peering_priority for _ in range(20)}
-    assert len(drawn) > 1 and all(isinstance(p, int) and p >= 1 for p in drawn)
-    assert (
-        parse_settings(["--peering", "p", "--peering-priority", "7"], env={}).peering_priority == 7
-    )
-    env = {"BERTH_PEERING": "p", "BERTH_PEERING_PRIORITY": "42"}
-    assert parse_settings([], env=env).peering_priority == 42
-    assert parse_settings(["--peering-priority", "3"], env=env).peering_priority == 3
 
 
 def test_tpu_api_endpoint_settings() -> None:

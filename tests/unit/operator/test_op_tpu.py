@@ -75,14 +75,14 @@ def test_cloud_node_and_startup_script() -> None:
 
 NAME = f"projects/p/locations/us-central2-b/nodes/{REF.node_id}"
 CASES = [
-    ("nothing-yet", {}, TpuObservation(), "create", "Starting", 0),
+    ("nothing-yet", {}, TpuObservation(), "create", "Starting", (0, 0)),
     (
         "create-pending",
         {"phase": "Starting"},
         TpuObservation(operation_pending=True),
         "none",
         "Starting",
-        0,
+        (0, 0),
     ),
     (
         "creating",
@@ -90,49 +90,49 @@ CASES = [
         TpuObservation(node_state="CREATING"),
         "none",
         "Starting",
-        0,
+        (0, 0),
     ),
-    ("ready", {"phase": "Starting"}, TpuObservation(node_state="READY"), "none", "Running", 0),
-    (
+    ("ready", {"phase": "Starting"}, TpuObservation(node_state="READY"), "none", "Running", (0, 0)),
+    (  # Spot preemption is a disruption: not counted against backoffLimit
         "preempted",
-        {"phase": "Running"},
+        {"phase": "Running", "restarts": 3},
         TpuObservation(node_state="PREEMPTED"),
         "delete",
         "Restarting",
-        1,
+        (3, 1),
     ),
     (
         "still-preempted",
-        {"phase": "Restarting", "restarts": 1},
+        {"phase": "Restarting", "disruptions": 1},
         TpuObservation(node_state="PREEMPTED"),
         "delete",
         "Restarting",
-        1,
+        (0, 1),
     ),
     (
         "deleting",
-        {"phase": "Restarting", "restarts": 1},
+        {"phase": "Restarting", "disruptions": 1},
         TpuObservation(node_state="DELETING"),
         "none",
         "Restarting",
-        1,
+        (0, 1),
     ),
     (
         "recreate",
-        {"phase": "Restarting", "restarts": 1},
+        {"phase": "Restarting", "disruptions": 1},
         TpuObservation(),
         "create",
         "Restarting",
-        1,
+        (0, 1),
     ),
-    ("vanished", {"phase": "Running"}, TpuObservation(), "none", "Restarting", 1),
+    ("vanished", {"phase": "Running"}, TpuObservation(), "none", "Restarting", (1, 0)),
     (
         "backoff",
         {"phase": "Running", "restarts": 3},
-        TpuObservation(node_state="TERMINATED"),
+        TpuObservation(node_state="READY", guest={"state": "failed", "exit_code": "137"}),
         "delete",
         "Failed",
-        3,
+        (3, 0),
     ),
     (
         "quota",
@@ -140,7 +140,7 @@ CASES = [
         TpuObservation(create_error="Quota exceeded"),
         "none",
         "Failed",
-        0,
+        (0, 0),
     ),
     (
         "succeeded",
@@ -148,7 +148,7 @@ CASES = [
         TpuObservation(node_state="READY", guest={"state": "succeeded"}),
         "delete",
         "Succeeded",
-        0,
+        (0, 0),
     ),
     (
         "failed-retryable",
@@ -156,30 +156,43 @@ CASES = [
         TpuObservation(node_state="READY", guest={"state": "failed", "exit_code": "137"}),
         "delete",
         "Restarting",
-        1,
+        (1, 0),
     ),
-    ("finished-gone", {"phase": "Succeeded"}, TpuObservation(), "none", "Succeeded", 0),
+    ("finished-gone", {"phase": "Succeeded"}, TpuObservation(), "none", "Succeeded", (0, 0)),
     (
         "finished-left-over",
         {"phase": "Failed"},
         TpuObservation(node_state="READY"),
         "delete",
         "Failed",
-        0,
+        (0, 0),
     ),
 ]
 
 
 @pytest.mark.parametrize(
-    ("status", "obs", "action", "phase", "restarts"),
-    [pytest.param(s, o, a, p, r, id=i) for i, s, o, a, p, r in CASES],
+    ("status", "obs", "action", "phase", "counts"),
+    [pytest.param(s, o, a, p, c, id=i) for i, s, o, a, p, c in CASES],
 )
 def test_decide(
-    status: dict[str, Any], obs: TpuObservation, action: str | None, phase: str, restarts: int
+    status: dict[str, Any],
+    obs: TpuObservation,
+    action: str | None,
+    phase: str,
+    counts: tuple[int, int],
 ) -> None:
+    """`counts`: (restarts, disruptions) after the pass."""
     plan = decide(cloud(**status), obs, T0)
-    assert (plan.action, plan.status["phase"], plan.status["restarts"]) == (action, phase, restarts)
+    assert (plan.action, plan.status["phase"]) == (action, phase)
+    assert (plan.status["restarts"], plan.status["disruptions"]) == counts
     assert plan.status["tpu"]["name"] == NAME
+
+
+def test_disruption_limit() -> None:
+    training = cloud(phase="Running", disruptions=2).with_run_policy(disruptionLimit=2)
+    plan = decide(training, TpuObservation(node_state="PREEMPTED"), T0)
+    assert (plan.action, plan.status["phase"]) == ("delete", "Failed")
+    assert plan.status["message"] == "runPolicy.disruptionLimit 2 reached: TPU bert is PREEMPTED"
 
 
 def test_quota_message_and_progress_from_guest() -> None:

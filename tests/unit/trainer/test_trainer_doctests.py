@@ -15,6 +15,7 @@ import pytest
         "config",
         "exit_codes",
         "observability",
+        "preemption",
         "synthetic",
         "tasks",
         "tasks.question_answering",

@@ -140,11 +140,15 @@ def tf_config(ports: list[int], index: int) -> str:
     return json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
 
 
-def start_workers(config: str, logs: Path, tag: str) -> list[subprocess.Popen]:
+def start_workers(
+    config: str, logs: Path, tag: str, envs: tuple[dict[str, str], ...] = ({}, {})
+) -> list[subprocess.Popen]:
+    """Two workers of `config` logging to `logs/<tag>-<i>.log`; `envs`: more of each one's
+    environment."""
     ports = free_ports(2)
     procs = []
     for i in range(2):
-        env = cli_env(TF_CONFIG=tf_config(ports, i), BERTH_NUM_THREADS="1")
+        env = cli_env(TF_CONFIG=tf_config(ports, i), BERTH_NUM_THREADS="1", **envs[i])
         out = open(logs / f"{tag}-{i}.log", "w")  # noqa: SIM115 (closed with the process)
         procs.append(
             subprocess.Popen(

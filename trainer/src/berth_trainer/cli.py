@@ -151,6 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     except TrainerError as err:
         log.error(str(err), extra={"fields": {"exit_code": int(err.code)}})
         write_termination_log(str(err), args.termination_log)
+        if args.command == "train" and err.code == ExitCode.PREEMPTED:
+            # The checkpoint (if any) and the logs are written; the pod's grace period has
+            # no time for 1-4 s of interpreter and TensorFlow teardown.
+            from berth_trainer.preemption import exit_now
+
+            exit_now(int(err.code))
         return int(err.code)
     except KeyboardInterrupt:
         return int(ExitCode.PREEMPTED)

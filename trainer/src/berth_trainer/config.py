@@ -373,6 +373,12 @@ class CheckpointConfig(ApiModel):
     keep: Annotated[int, Field(ge=1, le=100)] = Field(
         default=3, description="keep: number of checkpoints kept."
     )
+    background: bool = Field(
+        default=False,
+        description="background: write periodic checkpoints in a thread from a snapshot "
+        "taken between steps, so training goes on while they are written; costs up to one "
+        "more copy of the weights and optimizer slots in memory while a write runs.",
+    )
 
 
 class OutputConfig(ApiModel):

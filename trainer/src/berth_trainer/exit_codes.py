@@ -32,7 +32,8 @@ class ExitCode(enum.IntEnum):
     GPU_MISSING = 6
     #: tf.distribute's PreemptionCheckpointHandler default exit code (retryable).
     PREEMPTED_TF_DEFAULT = 42
-    #: SIGTERM received; a checkpoint was saved; restart to resume (retryable).
+    #: SIGTERM received; a checkpoint was saved if it fit the grace period (else the last
+    #: periodic one stands); restart to resume (retryable).
     PREEMPTED = 200
     #: A peer worker died or the collective was aborted (retryable).
     PEER_FAILURE = 201

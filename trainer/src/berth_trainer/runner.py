@@ -6,8 +6,8 @@ import json
 import logging
 import math
 import os
-import signal
 import time
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -19,6 +19,13 @@ from berth_trainer.data import ExampleEncoder, describe_shard, make_dataset, pla
 from berth_trainer.errors import TrainerError
 from berth_trainer.exit_codes import ExitCode
 from berth_trainer.observability import Reporter
+from berth_trainer.preemption import (
+    EXIT_SECONDS,
+    SAVE_MARGIN,
+    GraceBudget,
+    Sigterm,
+    grace_from_environment,
+)
 from berth_trainer.runtime import (
     configure_threads,
     default_jit_compile,
@@ -30,18 +37,10 @@ from berth_trainer.tasks import FineTuning
 from berth_trainer.train_step import STATS, STEP_OUTPUTS, make_train_step, step_stats
 from berth_trainer.vocab import load_vocabulary
 
+if TYPE_CHECKING:
+    from berth_trainer.checkpointing import StepCheckpoints
+
 log = logging.getLogger("berth_trainer")
-
-
-class _Sigterm:
-    """Remembers a SIGTERM; the loop agrees with the other workers, saves and exits."""
-
-    def __init__(self) -> None:
-        self.received = False
-        signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, *_) -> None:
-        self.received = True
 
 
 def train(cfg: TrainerConfig, metrics_port: int = 0) -> dict[str, float]:
@@ -94,7 +93,7 @@ def train(cfg: TrainerConfig, metrics_port: int = 0) -> dict[str, float]:
     plan = plan_data(cfg, encoder)
     ckpt_dir = cfg.checkpoint.dir or os.path.join(cfg.output.dir, "checkpoints")
 
-    from berth_trainer.checkpointing import StepCheckpoints, init_from
+    from berth_trainer.checkpointing import StepCheckpoints, init_from, write_atomically
     from berth_trainer.modeling import build_backbone, build_model
     from berth_trainer.optim import build_optimizer
 
@@ -119,21 +118,21 @@ def train(cfg: TrainerConfig, metrics_port: int = 0) -> dict[str, float]:
         step=step_var,
         loss_scale=loss_scale,
     )
+    ckpts.remove_torn()
     restored = ckpts.restore_latest()
     if restored is None and cfg.init_checkpoint:
         init_from(cfg.init_checkpoint, model, cfg.task, head.name)
     start = restored or 0
     if worker.is_chief:
         tf.io.gfile.makedirs(ckpt_dir)
-        with tf.io.gfile.GFile(os.path.join(ckpt_dir, "task.txt"), "w") as f:
-            f.write(str(cfg.task))
+        write_atomically(os.path.join(ckpt_dir, "task.txt"), str(cfg.task))
     log.info("resumed" if restored else "fresh start", extra={"fields": {"step": start}})
     initial_path = os.path.join(ckpt_dir, "initial_metrics.json")
     if restored is None and plan.validation_files and worker.is_chief:
         # Validation before the first step: the "before" of a before/after comparison. Kept
         # beside the checkpoints so a resumed run still reports it.
         initial = {f"initial_{k}": v for k, v in evaluate(model, plan, cfg, encoder).items()}
-        write_json(initial_path, initial)
+        write_atomically(initial_path, json.dumps(initial, indent=2, sort_keys=True))
 
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
         batch = ctx.get_per_replica_batch_size(t.global_batch_size)
@@ -148,19 +147,38 @@ def train(cfg: TrainerConfig, metrics_port: int = 0) -> dict[str, float]:
     tb_dir = os.path.join(cfg.output.dir, "tensorboard") if worker.is_chief else None
     guest = tpu.GuestAttributes.from_environment() if worker.is_chief else None
     reporter = Reporter(t.steps, metrics_port, tb_dir, worker.index, guest)
-    sigterm = _Sigterm()
+    sigterm = Sigterm()
+    budget = GraceBudget(grace_from_environment())
+
+    def saved(step: int, seconds: float) -> None:
+        budget.record_save(seconds)
+        reporter.checkpoint(step)
+
+    ckpts.on_saved = saved
     reporter.start(start)
     metrics: dict[str, float] = {}
     step = start
+    call_seconds = 0.0
     good_steps = 0
     try:
         while step < t.steps:
-            stop = tf.constant(1.0 if sigterm.received else 0.0)
+            if sigterm.received and worker.count == 1:
+                # Arrived during a periodic save: stop before starting another step.
+                raise _preempted(step, None, ckpts, sigterm, budget)
+            called = time.monotonic()
+            # With several workers, this call is the one that agrees on stopping: vote to skip
+            # the save if it would not fit once this call and a background write are done.
+            ahead = call_seconds + (
+                budget.expected_save() or 0.0 if ckpts.writing() is not None else 0.0
+            )
+            late = sigterm.received and not budget.save_fits(sigterm.seconds_since() + ahead)
+            stop = tf.constant([1.0 if sigterm.received else 0.0, 1.0 if late else 0.0])
             # Whole calls of `per_call` steps once aligned (after a resume from a SIGTERM
             # checkpoint the step may not be), so log and checkpoint boundaries fall on calls.
             steps = per_call if step % per_call == 0 and step + per_call <= t.steps else 1
             out = multi_step_fn(iterator, stop) if steps > 1 else step_fn(iterator, stop)
             values = dict(zip(STEP_OUTPUTS, out.numpy().tolist(), strict=True))
+            call_seconds = time.monotonic() - called
             if step == start:
                 release_free_memory()  # what building the step's graph left behind
             step += steps
@@ -170,19 +188,17 @@ def train(cfg: TrainerConfig, metrics_port: int = 0) -> dict[str, float]:
             metrics = {"loss": values["loss"] / steps, **rates(values)}
             log_now = step % t.log_every_steps == 0 or step == t.steps
             reporter.step(step, metrics, t.global_batch_size * steps, log_now, values["tokens"])
-            if values["stop"] > 0:
-                ckpts.save(step)
-                reporter.checkpoint(step)
-                log.warning(
-                    "SIGTERM: saved a checkpoint, exiting", extra={"fields": {"step": step}}
-                )
-                raise TrainerError(
-                    ExitCode.PREEMPTED,
-                    f"preempted (SIGTERM) at step {step}; checkpoint saved, restart to resume",
-                )
+            # One worker needs no agreement: stop after the step the SIGTERM arrived in
+            # rather than after one more (the flag only reaches the peers inside a step).
+            if values["stop"] > 0 or (sigterm.received and worker.count == 1):
+                # One worker decides now; several take the decision their votes agreed on.
+                agreed = values["skip_save"] > 0 if worker.count > 1 else None
+                raise _preempted(step, agreed, ckpts, sigterm, budget)
             if step % cfg.checkpoint.every_steps == 0 or step == t.steps:
-                ckpts.save(step)
-                reporter.checkpoint(step)
+                if cfg.checkpoint.background and step < t.steps:
+                    ckpts.save_in_background(step)
+                else:
+                    ckpts.save(step)
     except tf.errors.OpError as err:
         reporter.close()
         if isinstance(err, tf.errors.UnavailableError) or "ollective ops is aborted" in str(err):
@@ -206,6 +222,104 @@ def train(cfg: TrainerConfig, metrics_port: int = 0) -> dict[str, float]:
 
         export_all(cfg, model, encoder, vocabulary, plan.label_names, final, plan.task)
     return final
+
+
+def _preempted(
+    step: int,
+    agreed_skip: bool | None,
+    ckpts: StepCheckpoints,
+    sigterm: Sigterm,
+    budget: GraceBudget,
+) -> TrainerError:
+    """On SIGTERM at `step`: finish a background write in flight, save unless the save would
+    not fit the grace period (one worker judges alone; several pass `agreed_skip`, their
+    vote), log what was done; returns the retryable error to exit with."""
+    reason = None  # why not to save, when the vote or the grace budget is not the reason
+    writing = ckpts.writing()
+    if writing is not None:
+        # One worker finishes the write if it can (abandons it at once if, by the last saves'
+        # times, it cannot); several all wait, to keep the agreed decision (the vote counted
+        # the write), even at the risk of the SIGKILL.
+        writing, ran = writing
+        waiting, spent = time.monotonic(), sigterm.seconds_since()
+        left = budget.grace_seconds - sigterm.seconds_since() - EXIT_SECONDS
+        expected = budget.expected_save()
+        hopeless = expected is not None and (expected - ran) * SAVE_MARGIN > left
+        if agreed_skip is not None:
+            finished = ckpts.wait()
+        else:
+            finished = not hopeless and ckpts.wait(max(left, 0.0))
+        log.warning(
+            f"SIGTERM: {'finished' if finished else 'abandoned'} the background save of step "
+            f"{writing}",
+            extra={
+                "fields": {"step": step, "since_sigterm_seconds": round(sigterm.seconds_since(), 3)}
+            },
+        )
+        if finished and writing == step:
+            waited = round(time.monotonic() - waiting, 3)
+            log.warning(
+                "SIGTERM: saved a checkpoint, exiting",
+                extra={
+                    "fields": {
+                        "step": step,
+                        "save_seconds": waited,
+                        "since_sigterm_seconds": round(spent, 3),
+                        "background": True,
+                    }
+                },
+            )
+            return TrainerError(
+                ExitCode.PREEMPTED,
+                f"preempted (SIGTERM) at step {step}; checkpoint saved, restart to resume",
+            )
+        if not finished:
+            agreed_skip = True
+            reason = (
+                f"the background save of step {writing} cannot finish in the "
+                f"{budget.grace_seconds:g} s grace"
+            )
+    spent = sigterm.seconds_since()
+    if agreed_skip if agreed_skip is not None else not budget.save_fits(spent):
+        resume = ckpts.last_complete or 0
+        left = max(budget.grace_seconds - spent, 0.0)
+        why = reason or (
+            f"a save takes ~{budget.expected_save():.1f} s and {left:.1f} s of the "
+            f"{budget.grace_seconds:g} s grace are left"
+            if not budget.save_fits(spent)
+            else f"a peer worker's save would not fit the {budget.grace_seconds:g} s grace"
+        )
+        log.warning(
+            f"SIGTERM: {why}: exiting without saving; the restart resumes from step {resume}",
+            extra={
+                "fields": {
+                    "step": step,
+                    "resume_step": resume,
+                    "since_sigterm_seconds": round(spent, 3),
+                }
+            },
+        )
+        return TrainerError(
+            ExitCode.PREEMPTED,
+            f"preempted (SIGTERM) at step {step}; no checkpoint saved ({why}): restart to "
+            f"resume from step {resume}",
+        )
+    began = time.monotonic()
+    ckpts.save(step)
+    log.warning(
+        "SIGTERM: saved a checkpoint, exiting",
+        extra={
+            "fields": {
+                "step": step,
+                "save_seconds": round(time.monotonic() - began, 3),
+                "since_sigterm_seconds": round(spent, 3),
+            }
+        },
+    )
+    return TrainerError(
+        ExitCode.PREEMPTED,
+        f"preempted (SIGTERM) at step {step}; checkpoint saved, restart to resume",
+    )
 
 
 def rates(sums: dict[str, float]) -> dict[str, float]:
@@ -280,8 +394,3 @@ def evaluate(
         result |= {f"validation_{k}": v for k, v in metrics.items()}
     log.info("validation", extra={"fields": {**result, "seconds": time.monotonic() - start}})
     return result
-
-
-def write_json(path: str, data: dict) -> None:
-    with tf.io.gfile.GFile(path, "w") as f:
-        f.write(json.dumps(data, indent=2, sort_keys=True))

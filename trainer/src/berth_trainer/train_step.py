@@ -27,8 +27,9 @@ STATS = (
     "tokens",  # non-padding positions of the batch
     "positions",  # all positions of the batch
 )
-#: Order of the values a step returns (summed over replicas).
-STEP_OUTPUTS = ("loss", *STATS, "stop", "nonfinite")
+#: Order of the values a step returns (summed over replicas). "stop" counts the workers that
+#: got SIGTERM, "skip_save" those whose save would not fit the grace period (preemption.py).
+STEP_OUTPUTS = ("loss", *STATS, "stop", "skip_save", "nonfinite")
 
 
 def task_loss(
@@ -90,10 +91,14 @@ def make_train_step(
 ) -> Callable:
     """A `tf.function(iterator, stop) -> tensor[len(STEP_OUTPUTS)]` doing one optimizer step.
 
-    `stop` (0/1) is this worker's wish to stop (SIGTERM); the sum over workers comes back in
-    the "stop" output so every worker stops at the same step. With mixed_float16,
-    `loss_scale` is the dynamic loss scale; a non-finite gradient on any replica makes every
-    replica skip the step together and halves the scale.
+    `stop` is this worker's votes `[stop, skip_save]` (0/1 each; a scalar, as
+    bench/trainer_throughput.py passes, is a stop vote alone): its wish to stop (SIGTERM), and
+    to exit without saving (the save would not fit the grace period). Their sums over workers
+    come back in the "stop" and "skip_save" outputs, so every worker stops at the same step
+    and takes the same decision, in the all-reduce the step does anyway.
+
+    With mixed_float16, `loss_scale` is the dynamic loss scale; a non-finite gradient on any
+    replica makes every replica skip the step together and halves the scale.
     """
     t = cfg.training
     accum = t.gradient_accumulation_steps
@@ -147,7 +152,10 @@ def make_train_step(
             # Every replica sees the same flag, so all take the same branch together.
             grads = [tf.where(nonfinite > 0, tf.zeros_like(g), g) for g in grads]
         optimizer.apply_gradients(zip(grads, variables, strict=True))
-        return tf.concat([[loss], stats, [stop, nonfinite]], 0)
+        votes = tf.reshape(stop, [-1])
+        if votes.shape[0] == 1:
+            votes = tf.concat([votes, [0.0]], 0)
+        return tf.concat([[loss], stats, votes, [nonfinite]], 0)
 
     @tf.function
     def train_step(iterator, stop):

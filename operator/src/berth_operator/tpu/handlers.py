@@ -172,7 +172,7 @@ async def reconcile_tpu(
         raise kopf.TemporaryError(str(error), delay=backoff(retry)) from error
     except (ValidationError, TpuRejected) as error:  # no TPU can come of this spec
         plan = tpu_policy.decide(training, tpu_policy.TpuObservation(create_error=str(error)), now)
-    outcome.record_pass(body, namespace, name, plan.events, plan.restart, old_status, plan.status)
+    outcome.record_pass(body, namespace, name, plan.events, old_status, plan.status)
     if plan.delete_training:
         await asyncio.to_thread(ctx.cluster.delete_training, namespace, name)
     else:

@@ -10,9 +10,10 @@ writes, and decides one action:
   Warning event; nothing is created or deleted, and the training goes on once the cause is gone;
 * nothing there → `create` (phase Starting; a pending create operation is waited for);
 * READY → Running; progress from the guest attributes (`step`, `loss`, `examples_per_second`);
-* PREEMPTED / TERMINATED / vanished while running → `delete`, `restarts += 1`, Restarting, then
-  `create` once it is gone: the trainer resumes from the checkpoint (counts against
-  `runPolicy.backoffLimit`);
+* PREEMPTED / TERMINATED (lost: a disruption) → `delete`, `disruptions += 1` (counts against
+  `runPolicy.disruptionLimit`, not `backoffLimit`), Restarting, then `create` once it is gone:
+  the trainer resumes from the checkpoint; vanished while running → the same as a failure,
+  `restarts += 1` (counts against `runPolicy.backoffLimit`);
 * guest `state=succeeded` → Succeeded; `state=failed` → restart or Failed per restartPolicy;
 * a failed create (quota, invalid accelerator: the API's message) → Failed;
 * finished or suspended → `delete` until the node is gone, so nothing is left billing.
@@ -44,6 +45,8 @@ from berth_operator.policy import (
     Event,
     _Pass,
     deadline_exceeded,
+    disrupted_message,
+    disruption_verdict,
     failure_verdict,
 )
 from berth_operator.tpu.node import node_name
@@ -130,8 +133,10 @@ def decide(
         if key in old:
             p.status[key] = old[key]
     restarts = int(p.status.get("restarts") or 0)
-    p.status["restarts"] = restarts
-    plan = TpuPlan(status=p.status, restart=restarts, events=p.events)
+    disruptions = int(p.status.get("disruptions") or 0)
+    p.status["restarts"], p.status["disruptions"] = restarts, disruptions
+    #: The trainer's BERTH_RESTART: group restarts of either kind.
+    plan = TpuPlan(status=p.status, restart=restarts + disruptions, events=p.events)
     exists = obs.node_state is not None
     gone_or_going = not exists or obs.node_state == "DELETING"
 
@@ -220,11 +225,20 @@ def decide(
             int(code) if code and code.lstrip("-").isdigit() else None, None, None,
         )  # fmt: skip
         why = f"the trainer on TPU {name} failed: exit code {code}"
-    elif obs.node_state in LOST_STATES:
-        failure = WorkerState(
-            name, 0, restarts, "Failed", False, True, None, None, None, obs.node_state, None
-        )
+    elif obs.node_state in LOST_STATES:  # Spot preemption, maintenance: not the trainer's fault
         why = f"TPU {name} is {obs.node_state}"
+        p.event("Warning", "Disrupted", why)
+        if verdict := disruption_verdict(run_policy, disruptions, why):
+            return finish(Phase.FAILED, *verdict)
+        p.status["disruptions"], plan.restart = disruptions + 1, plan.restart + 1
+        p.set_phase(
+            Phase.RESTARTING,
+            "Disrupted",
+            f"{disrupted_message(disruptions + 1, why)}; resuming from the checkpoint on a new TPU",
+        )
+        p.event("Warning", "Restarting", f"recreating TPU {name} (disruption {disruptions + 1})")
+        remove_if_there()
+        return plan
     elif not exists and not obs.operation_pending and p.phase == Phase.RUNNING.value:
         failure = WorkerState(
             name, 0, restarts, "Failed", False, True, None, None, None, "TpuDeleted", None
@@ -235,7 +249,7 @@ def decide(
         reason = failure.reason or "TrainerFailed"
         if verdict := failure_verdict(run_policy, failure, restarts, reason, why):
             return finish(Phase.FAILED, *verdict)
-        p.status["restarts"] = plan.restart = restarts + 1
+        p.status["restarts"], plan.restart = restarts + 1, plan.restart + 1
         p.set_phase(
             Phase.RESTARTING,
             "TpuRestart",
