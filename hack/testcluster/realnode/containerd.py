@@ -55,10 +55,15 @@ def kill_containers(node: Node) -> None:
 
 def kill_shims(node: Node) -> None:
     """SIGKILL this containerd's shims and their children (after a crash)."""
-    pids = container_processes(node)
+    kill_with_sockets(container_processes(node))
+
+
+def kill_with_sockets(pids: list[int]) -> None:
+    """SIGKILL shims and containers' processes `pids`, and remove the shims' sockets (a killed
+    shim leaves its own behind)."""
     sockets = [shim_socket(pid) for pid in pids]
     kill_processes(pids)
-    for socket in sockets:  # a killed shim leaves it behind
+    for socket in sockets:
         if socket:
             socket.unlink(missing_ok=True)
 

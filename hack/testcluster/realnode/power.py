@@ -33,13 +33,13 @@ from typing import Any
 
 from ..config import STATE, STATE_FILE, read_state, write_state
 from ..health import kubectl, ready
-from ..processes import Failure, kill, kill_processes, pid_alive, start_again, stop, wait_until
+from ..processes import Failure, kill, pid_alive, start_again, stop, wait_until
 from .containerd import (
     ctr,
     freeze_containers,
     kill_containers,
+    kill_with_sockets,
     restart_containerd,
-    shim_socket,
 )
 from .host import bridge_netns, cni_results, delete_netns, delete_nft_table, unmount_under
 from .node import NODE_COMPONENTS, NODE_NAME, NODE_PROCESSES, Node
@@ -55,12 +55,8 @@ def kill_node() -> None:
     state["real_node"]["killed"] = True
     write_state(state)
     frozen = freeze_containers(Node(STATE))
-    sockets = [shim_socket(pid) for pid in frozen]
     kill(NODE_PROCESSES)
-    kill_processes(frozen)
-    for socket in sockets:  # /run is gone after a power loss; a killed shim leaves it
-        if socket:
-            socket.unlink(missing_ok=True)
+    kill_with_sockets(frozen)  # /run, the sockets' home, is gone after a power loss too
     _delete_pod_netns()
 
 

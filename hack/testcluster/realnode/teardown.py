@@ -6,7 +6,6 @@ import contextlib
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 from .containerd import container_processes, kill_shims
@@ -52,23 +51,12 @@ def teardown(node: Node, kube_proxy: Path | None, containerd_was_running: bool) 
     if isinstance(record, dict) and not record.get("restored"):
         for key, value in record["values"].items():
             set_sysctl(key, value)
-        # A shim killed a moment ago may still be removing its socket: wait a little for it.
-        deadline = time.monotonic() + 5
         for folder in record.get("created", []):  # deepest first
             if folder == "/var/lib/kubelet":
                 shutil.rmtree(folder, ignore_errors=True)
-                continue
-            while True:
-                try:
+            else:
+                with contextlib.suppress(OSError):
                     os.rmdir(folder)  # only when empty
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        break
-                    time.sleep(0.2)
-                    continue
-                break
         record["restored"] = True
         write_json(node.sysctls, record)
     cri = node.containerd / "root" / "io.containerd.grpc.v1.cri"

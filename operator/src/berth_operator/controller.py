@@ -308,12 +308,13 @@ class Controller:
         stale = [
             n for n in names if now - self.node_cache.get(n, (None, -1e9))[1] > NODE_CACHE_SECONDS
         ]
-        read = await asyncio.gather(*(self._io(self.cluster.read_node, n) for n in stale))
-        for name, node in zip(stale, read, strict=True):
-            self.node_cache[name] = (node_health(node), now)
-        for name, (_, seen) in list(self.node_cache.items()):
-            if now - seen > 60 * NODE_CACHE_SECONDS:
-                del self.node_cache[name]
+        if stale:  # and forget the nodes not read for a minute (not on every pass)
+            read = await asyncio.gather(*(self._io(self.cluster.read_node, n) for n in stale))
+            for name, (_, seen) in list(self.node_cache.items()):
+                if now - seen > 60 * NODE_CACHE_SECONDS:
+                    del self.node_cache[name]
+            for name, node in zip(stale, read, strict=True):
+                self.node_cache[name] = (node_health(node), now)
         return {n: self.node_cache[n][0] for n in names}
 
     async def _orphans(self, key: Key, pods: list[Mapping[str, Any]]) -> None:

@@ -242,7 +242,7 @@ def _preempted(
         # the write), even at the risk of the SIGKILL.
         writing, ran = writing
         waiting, spent = time.monotonic(), sigterm.seconds_since()
-        left = budget.grace_seconds - sigterm.seconds_since() - EXIT_SECONDS
+        left = budget.grace_seconds - spent - EXIT_SECONDS
         expected = budget.expected_save()
         hopeless = expected is not None and (expected - ran) * SAVE_MARGIN > left
         if agreed_skip is not None:
@@ -257,22 +257,7 @@ def _preempted(
             },
         )
         if finished and writing == step:
-            waited = round(time.monotonic() - waiting, 3)
-            log.warning(
-                "SIGTERM: saved a checkpoint, exiting",
-                extra={
-                    "fields": {
-                        "step": step,
-                        "save_seconds": waited,
-                        "since_sigterm_seconds": round(spent, 3),
-                        "background": True,
-                    }
-                },
-            )
-            return TrainerError(
-                ExitCode.PREEMPTED,
-                f"preempted (SIGTERM) at step {step}; checkpoint saved, restart to resume",
-            )
+            return _saved(step, time.monotonic() - waiting, spent, background=True)
         if not finished:
             agreed_skip = True
             reason = (
@@ -306,13 +291,20 @@ def _preempted(
         )
     began = time.monotonic()
     ckpts.save(step)
+    return _saved(step, time.monotonic() - began, spent)
+
+
+def _saved(step: int, save_seconds: float, spent: float, **fields: object) -> TrainerError:
+    """Log the SIGTERM checkpoint of `step`, saved in `save_seconds` starting `spent` seconds
+    after the signal; the retryable error to exit with."""
     log.warning(
         "SIGTERM: saved a checkpoint, exiting",
         extra={
             "fields": {
                 "step": step,
-                "save_seconds": round(time.monotonic() - began, 3),
+                "save_seconds": round(save_seconds, 3),
                 "since_sigterm_seconds": round(spent, 3),
+                **fields,
             }
         },
     )
