@@ -65,7 +65,6 @@ def berth_side(model: str, batch: int, precision: str, args: argparse.Namespace)
     import tensorflow as tf
 
     from berth_trainer.runtime import release_free_memory
-    from berth_trainer.train_step import task_loss
 
     b = tt.build_step(model, batch, args.seq, precision)
 
@@ -77,7 +76,7 @@ def berth_side(model: str, batch: int, precision: str, args: argparse.Namespace)
     def forward_backward():
         with tf.GradientTape() as tape:
             outputs = b.model(b.features, training=True)
-            loss = tf.reduce_mean(task_loss(b.cfg.task, outputs, b.labels)[0])
+            loss = tf.reduce_mean(b.task.loss(outputs, b.labels)[0])
         grads = tape.gradient(loss, b.variables)
         return tf.add_n(
             [tf.reduce_sum(tf.cast(tf.convert_to_tensor(g), tf.float32)) for g in grads]

@@ -109,11 +109,13 @@ def build_step(model: str, batch: int, seq: int, precision: str, jit_compile: bo
     import tensorflow as tf
 
     from berth_trainer.config import TrainerConfig
+    from berth_trainer.data import ExampleEncoder
     from berth_trainer.modeling import build_model
     from berth_trainer.optim import build_optimizer
-    from berth_trainer.runner import trainable_variables
     from berth_trainer.runtime import configure_threads
+    from berth_trainer.tasks import for_task
     from berth_trainer.train_step import make_train_step
+    from berth_trainer.vocab import SPECIAL_TOKENS
 
     configure_threads()  # as the trainer does: $BERTH_NUM_THREADS, before any op
 
@@ -136,11 +138,14 @@ def build_step(model: str, batch: int, seq: int, precision: str, jit_compile: bo
     )
     keras.mixed_precision.set_global_policy(precision)
     strategy = tf.distribute.get_strategy()
-    model_ = build_model(cfg, VOCAB)
-    variables = trainable_variables(model_, cfg)
+    # A vocabulary of BERT's size (the model reads only its size and special tokens).
+    vocabulary = [*SPECIAL_TOKENS, *(f"w{i}" for i in range(VOCAB - len(SPECIAL_TOKENS)))]
+    task = for_task(cfg, ExampleEncoder(cfg, vocabulary))
+    model_ = build_model(task)
+    variables = task.trainable_variables(model_)
     optimizer = build_optimizer(cfg.training)
     optimizer.build(variables)
-    step = make_train_step(model_, optimizer, strategy, cfg, variables)
+    step = make_train_step(model_, optimizer, strategy, cfg, task, variables)
     rng = tf.random.Generator.from_seed(0)
     features = {
         "token_ids": rng.uniform([batch, seq], 5, VOCAB, tf.int32),
@@ -156,6 +161,7 @@ def build_step(model: str, batch: int, seq: int, precision: str, jit_compile: bo
     stop = tf.constant(0.0)
     return types.SimpleNamespace(
         cfg=cfg,
+        task=task,
         model=model_,
         variables=variables,
         optimizer=optimizer,

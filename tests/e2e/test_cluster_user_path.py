@@ -175,6 +175,7 @@ def test_helm_install_apply_train_and_export(
     assert 0 < final["progress"]["step"] <= final["progress"]["totalSteps"] == steps
     metrics = json.loads((volume / "tiny" / "model" / "metrics.json").read_text())
     assert metrics["steps"] == steps
+
     # Worker 1 may still be exiting when worker 0's success lands (1/2): it is left to finish,
     # and the column drops to 0/2 once the kubelet reports it done.
     def row_when_all_exited() -> list[str] | None:

@@ -3,6 +3,7 @@ seconds per run on 2 shared cores."""
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,32 @@ def write_pair_scores(directory: Path, n: int, seed: int) -> str:
     )
     path = directory / f"scores-{seed}.csv"
     path.write_text("\n".join(rows) + "\n")
+    return str(path)
+
+
+#: Words of the multiple-choice data (`write_choices`), after the special tokens in its vocab.
+CHOICE_WORDS = ["red", "blue", "green", "cat", "dog", "sun", "tree", "sky"]
+
+
+def write_choices(directory: Path, n: int, seed: int, choices: int = 4) -> str:
+    """A jsonl of `{"context", "endings", "label"}` rows whose right ending continues its
+    two-word context with the context's last word and whose other endings share no word with
+    it: a multiple choice a tiny BERT learns in ~100 steps. Writes vocab.txt beside it too."""
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n):
+        context = rng.sample(CHOICE_WORDS, 2)
+        others = [w for w in CHOICE_WORDS if w not in context]
+        endings = [rng.sample(others, 2) for _ in range(choices)]
+        label = rng.randrange(choices)
+        endings[label][0] = context[-1]
+        row = {"context": " ".join(context), "endings": [" ".join(e) for e in endings]}
+        lines.append(json.dumps(row | {"label": label}))
+    (directory / "vocab.txt").write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *CHOICE_WORDS]) + "\n"
+    )
+    path = directory / f"choices-{seed}.jsonl"
+    path.write_text("\n".join(lines) + "\n")
     return str(path)
 
 

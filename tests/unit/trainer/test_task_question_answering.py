@@ -32,7 +32,7 @@ from berth_trainer.tasks.question_answering import (
     QuestionAnswering,
     Windows,
     answer_span,
-    best_span,
+    best_spans,
     choose_answers,
     decode,
     exact_match,
@@ -274,6 +274,19 @@ def test_best_span(start, end, start_ok, end_ok, max_length, expected):
     assert best_span(start, end, start_ok, end_ok, max_length) == expected
 
 
+def best_span(start, end, start_ok, end_ok, max_length):
+    """`best_spans` of one question's windows: (score, window, start, end), or None."""
+    best = best_spans(
+        *map(tf.constant, (start, end, start_ok, end_ok)),
+        tf.zeros([len(start)], tf.int32),
+        1,
+        max_length,
+    )
+    if not best["found"][0]:
+        return None
+    return (float(best["score"][0]), *(int(best[k][0]) for k in ("window", "start", "end")))
+
+
 def _two_windows() -> Windows:
     """One question, context "aaa bbb ccc ddd eee" as 5 pieces in 2 windows of 3 (the second
     from piece 2), each at position 2: piece 2 has its most context in the first window."""
@@ -282,7 +295,10 @@ def _two_windows() -> Windows:
         start=np.array([0, 2]),
         offset=np.array([2, 2]),
         length=np.array([3, 3]),
+        context=np.array([[0, 0, 1, 1, 1, 0]] * 2, bool),
         max_context=np.array([[0, 0, 1, 1, 1, 0], [0, 0, 0, 1, 1, 0]], bool),
+        byte_start=np.array([[0, 0, 0, 4, 8, 0], [0, 0, 8, 12, 16, 0]]),
+        byte_end=np.array([[0, 0, 3, 7, 11, 0], [0, 0, 11, 15, 19, 0]]),
         piece_starts=[np.array([0, 4, 8, 12, 16])],
         piece_ends=[np.array([3, 7, 11, 15, 19])],
         contexts=["aaa bbb ccc ddd eee"],
@@ -491,7 +507,7 @@ def test_model_head_outputs_loss_and_clones():
     from berth_trainer.modeling import build_backbone
 
     task = _task(n=16)
-    model = task.build(build_backbone(task.cfg, len(VOCAB)), None)
+    model = task.build(build_backbone(task.cfg, len(VOCAB)))
     assert model.get_layer("qa_head").kernel.shape == (64, 2)
     for clone in (keras.models.clone_model(model), type(model).from_config(model.get_config())):
         assert clone.get_layer("qa_head").kernel.shape == (64, 2)
@@ -522,7 +538,7 @@ def test_served_graph_takes_empty_batches_and_empty_texts():
     from berth_trainer.modeling import build_backbone
 
     task = _task(n=16)
-    model = task.build(build_backbone(task.cfg, len(VOCAB)), None)
+    model = task.build(build_backbone(task.cfg, len(VOCAB)))
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)] * 2)
     def answer(question, context):
@@ -623,6 +639,27 @@ def test_an_answer_of_no_word_is_a_bad_row():
     )
 
 
+def test_reading_drops_a_bom_and_names_the_line_of_a_byte_not_utf8(tmp_path):
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps(_doc([_GOOD]), indent=2).encode())
+    task = _task()
+    assert [(q.id, q.answers) for q in task.examples([str(bom)], "data.train")] == [
+        ("good", ["red"])
+    ]
+    latin = tmp_path / "latin.json"
+    text = (
+        '{"data": [{"title": "t",\n "paragraphs": [{"qas": '
+        + json.dumps([_GOOD])
+        + ',\n "context": "The cat is red. Caf\u00e9."}]}]}'
+    )
+    latin.write_bytes(text.encode("latin-1"))
+    assert _line_of(text, "Caf") == 3
+    with pytest.raises(TrainerError) as err:
+        list(task.examples([str(latin)], "data.train"))
+    assert err.value.code == ExitCode.DATA_INVALID
+    assert str(err.value).startswith(f"data.train: {latin}:3: not UTF-8 text"), err.value
+
+
 def test_parse_squad_keeps_all_answers_and_no_answers():
     second = {"text": "Red.", "answer_start": 11}
     qa2 = {**_GOOD, "id": "two", "answers": [*_GOOD["answers"], second]}
@@ -661,14 +698,16 @@ def _serve(saved_model, questions: list[str], contexts: list[str]) -> dict:
 
 
 def _python_answers(out, questions: list[Question]) -> tuple[list[str], Windows]:
-    """Validation's answers (`evaluate`'s decoding) of the trained model.keras."""
+    """Validation's answers (`score`'s decoding of the model's outputs) of the trained
+    model.keras."""
     cfg = json.loads((out / "config.json").read_text())
     cfg.pop("labels", None)
     cfg = TrainerConfig.model_validate(cfg)
     task = QuestionAnswering(cfg, ExampleEncoder(cfg, VOCAB))
     model = keras.saving.load_model(out / "model.keras")
     encoded = task.encode(questions, "data.validation")
-    return [a for a, _ in task.predictions(model, encoded, 32)], encoded.references
+    outputs = model.predict(encoded.features, batch_size=32, verbose=0)
+    return [a for a, _ in task.score(model, encoded, outputs)], encoded.references
 
 
 @pytest.mark.slow

@@ -2,7 +2,8 @@
 layers under the UniLM mask, the MLM head), static-shape greedy and beam decoding (also under
 XLA), a tiny model learning to reverse word sequences through the CLI with its export
 generating from raw strings in a fresh process, starting from an MLM checkpoint, two workers
-with a step-exact resume, and bad rows named by file and line."""
+with a step-exact resume, the reader (a BOM, files without examples) and bad rows named by
+file and line."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ from trainer_testlib import (
 
 from berth_trainer.config import TrainerConfig
 from berth_trainer.data import ExampleEncoder
+from berth_trainer.errors import TrainerError
+from berth_trainer.exit_codes import ExitCode
 from berth_trainer.tasks.seq2seq import (
     BertSeq2Seq,
     Seq2Seq,
@@ -215,8 +218,10 @@ def test_read_lays_out_source_and_target_and_cuts(tmp_path, caplog):
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with caplog.at_level(logging.WARNING, logger="berth_trainer"):
-        encoded, labels = task.read([str(path)], "data.train", None)
-    assert labels is None and encoded.references == [r["target"] for r in rows]
+        task.prepare([str(path)], [])
+        [encoded] = task.chunks(task.train_files, "data.train")
+        [_] = task.chunks(task.train_files, "data.train")  # a second pass: no second warning
+    assert task.labels is None and encoded.references == [r["target"] for r in rows]
     f, y = encoded.features, encoded.labels
     ids = {w: i for i, w in enumerate([*SPECIALS, *WORDS])}
     a, b, c, d = (ids[w] for w in ("alpha", "bravo", "charlie", "delta"))
@@ -234,6 +239,7 @@ def test_read_lays_out_source_and_target_and_cuts(tmp_path, caplog):
     assert f["mask_positions"][1].tolist() == [11, 12, 13, 14]
     assert y["target_ids"][1].tolist() == [*target, SEP]
     assert "cut 1 source(s) to 10 and 1 target(s) to 3" in caplog.text
+    assert caplog.text.count("cut 1 source(s)") == 1
     for name, array in f.items():
         assert array.dtype == np.int32 and array.shape[1] == (4 if name == "mask_positions" else 16)
     # Generation starts from the source alone, packed as serving packs raw strings.
@@ -242,6 +248,38 @@ def test_read_lays_out_source_and_target_and_cuts(tmp_path, caplog):
     for name, array in start.items():
         np.testing.assert_array_equal(served[name].numpy(), array, err_msg=name)
     assert start["target_start"].tolist() == [4, 12]
+
+
+def test_reader_drops_a_bom_and_needs_examples(tmp_path):
+    task = _task(tmp_path)
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"source": "alpha", "target": "bravo"}).encode())
+    [pair] = task.examples([str(path)], "data.train")
+    assert (pair.source, pair.target, pair.where) == ("alpha", "bravo", f"{path}:1")
+    for name, content in (("bom-only.jsonl", "\ufeff\n"), ("blank.jsonl", "\n  \r\n\n")):
+        empty = tmp_path / name
+        empty.write_text(content)
+        for train, validation, field in (
+            ([empty], [], "data.train"),
+            ([path], [empty], "data.validation"),
+        ):
+            with pytest.raises(TrainerError) as err:
+                task.prepare([str(f) for f in train], [str(f) for f in validation])
+            assert err.value.code == ExitCode.DATA_INVALID
+            assert str(err.value) == f"{field}: no examples in {[str(empty)]}"
+    # A blank target fails when read (prepare); one the tokenizer empties (an accent that the
+    # uncased vocabulary strips) when encoded.
+    for target, caught in (("\u200b ", "prepare"), ("\u0301", "encode")):
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text(json.dumps({"source": "alpha", "target": target}) + "\n")
+        if caught == "encode":
+            task.prepare([str(bad)], [])  # it reads: only the tokenizer finds no word in it
+        with pytest.raises(TrainerError) as err:
+            if caught == "prepare":
+                task.prepare([str(bad)], [])
+            else:
+                next(task.chunks([str(bad)], "data.train"))
+        assert str(err.value) == f"data.train: {bad}:1: target {target!r} is empty (no word pieces)"
 
 
 def test_references_are_normalised_like_the_tokenizer(tmp_path):

@@ -196,7 +196,7 @@ def test_layout_labels_first_pieces_of_kept_words(pieces, n, ids, firsts):
 
 def test_conll_reads_last_column_skips_docstart_and_numbers_lines():
     text = "-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\n\nPeter B-PER\n"
-    first, second = conll_sentences(text, "f.conll", "data.train")
+    first, second = conll_sentences(enumerate(text.split("\n"), 1), "f.conll", "data.train")
     assert (first.words, first.tags, first.where) == (
         ["EU", "rejects"],
         ["B-ORG", "O"],
@@ -253,6 +253,13 @@ def _task(tmp_path: Path, fmt: str = "conll", sequence_length: int = 8, **tc):
     return TASK_CLASS(config, ExampleEncoder(config, VOCAB))
 
 
+def _read(task, path: Path):
+    """`prepare` data.train `path` and encode it: its one chunk and the label names."""
+    task.prepare([str(path)], [])
+    (encoded,) = task.chunks(task.train_files, "data.train")
+    return encoded, task.labels
+
+
 def test_read_labels_first_pieces_and_cuts_long_sentences(tmp_path, caplog):
     path = tmp_path / "a.conll"
     path.write_text("Alice B-PER\npaid O\n1234 B-NUM\n\n12 B-NUM\n345 I-NUM\n6 I-NUM\n7 I-NUM\n")
@@ -260,7 +267,8 @@ def test_read_labels_first_pieces_and_cuts_long_sentences(tmp_path, caplog):
     logger = logging.getLogger("berth_trainer")  # the CLI's logging stops propagation
     logger.addHandler(caplog.handler)
     try:
-        encoded, labels = task.read([str(path)], "data.train", None)
+        encoded, labels = _read(task, path)
+        list(task.chunks(task.train_files, "data.train"))  # a second pass: no second warning
     finally:
         logger.removeHandler(caplog.handler)
     assert labels == ["O", "B-NUM", "B-PER", "I-NUM"]
@@ -286,16 +294,52 @@ def test_read_labels_first_pieces_and_cuts_long_sentences(tmp_path, caplog):
     assert encoded.features["padding_mask"].tolist() == [[1] * 8, [1] * 8]
     assert encoded.features["segment_ids"].sum() == 0 and pad not in first
     assert "1 of 2 sentences cut" in caplog.text
+    # one record (the handler may see it twice: here and through propagation)
+    assert len({id(r) for r in caplog.records if "sentences cut" in r.getMessage()}) == 1
 
 
 def test_read_jsonl_keys_from_config(tmp_path):
     path = tmp_path / "a.jsonl"
     path.write_text('{"w": ["Bob", "met", "carol"], "t": ["S-PER", "O", "S-PER"]}\n')
     task = _task(tmp_path, "jsonl", 16, scheme="bioes", tokensField="w", tagsField="t")
-    encoded, labels = task.read([str(path)], "data.train", None)
+    encoded, labels = _read(task, path)
     assert labels == ["O", "S-PER"]
     assert encoded.references == [["S-PER", "O", "S-PER"]]
     assert encoded.labels["weights"][0].tolist()[:5] == [0, 1, 1, 1, 0]
+
+
+def _prepared(tmp_path: Path, content: bytes):
+    """A token classification task (through `for_task`) prepared on a CoNLL data.train."""
+    from berth_trainer.config import TrainerConfig
+    from berth_trainer.data import ExampleEncoder
+    from berth_trainer.tasks import for_task
+
+    path = tmp_path / "bytes.conll"
+    path.write_bytes(content)
+    config = TrainerConfig.model_validate(_config(tmp_path))
+    task = for_task(config, ExampleEncoder(config, VOCAB))
+    task.prepare([str(path)], [])
+    return task, str(path)
+
+
+def test_conll_bom_before_docstart_is_not_a_word(tmp_path):
+    content = "\ufeff-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n"
+    task, path = _prepared(tmp_path, content.encode())
+    (sentence,) = task.examples([path], "data.train")
+    assert sentence.words == ["EU", "rejects"]
+    assert sentence.where == [f"{path}:3", f"{path}:4"]
+    assert task.labels == ["O", "B-ORG"]
+
+
+def test_conll_not_utf8_names_file_and_line(tmp_path):
+    from berth_trainer.errors import TrainerError
+    from berth_trainer.exit_codes import ExitCode
+
+    with pytest.raises(TrainerError) as err:
+        _prepared(tmp_path, "the O\n\ncaf\xe9 O\n".encode("latin-1"))
+    path = tmp_path / "bytes.conll"
+    assert err.value.code == ExitCode.DATA_INVALID == 3
+    assert str(err.value).startswith(f"data.train: {path}:3: not UTF-8 text")
 
 
 def test_model_clones_and_rebuilds_from_config(tmp_path):
@@ -304,7 +348,8 @@ def test_model_clones_and_rebuilds_from_config(tmp_path):
     from berth_trainer.modeling import build_backbone
 
     task = _task(tmp_path)
-    model = task.build(build_backbone(task.cfg, len(VOCAB)), ["O", "B-PER", "I-PER"])
+    task.labels = ["O", "B-PER", "I-PER"]
+    model = task.build(build_backbone(task.cfg, len(VOCAB)))
     assert model.get_layer("classifier").units == 3
     inputs = {k: np.ones((2, 8), np.int32) for k in ("token_ids", "segment_ids", "padding_mask")}
     expected = model(inputs)["logits"].numpy()

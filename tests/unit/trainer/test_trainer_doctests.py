@@ -13,16 +13,22 @@ import pytest
     [
         "bert_pretrainer",
         "config",
+        "divergence",
         "exit_codes",
         "observability",
         "preemption",
         "synthetic",
         "tasks",
+        "tasks.base",
         "tasks.question_answering",
+        "tasks.question_answering.decoding",
+        "tasks.question_answering.metrics",
+        "tasks.question_answering.windows",
         "tasks.regression",
         "tasks.seq2seq",
         "tasks.text",
         "tasks.token_classification",
+        "textfiles",
     ],
 )
 def test_docstring_examples(module: str) -> None:

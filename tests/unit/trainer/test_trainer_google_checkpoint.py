@@ -13,11 +13,11 @@ from trainer_testlib import (
     classification_config,
     pretraining_config,
     run_cli,
+    task_of,
     train_args,
     write_config,
 )
 
-from berth_trainer.config import TrainerConfig
 from berth_trainer.errors import TrainerError
 from berth_trainer.exit_codes import ExitCode
 from berth_trainer.google_checkpoint import load_google_checkpoint, tf1_value, weight_map
@@ -90,16 +90,17 @@ def tf1_weights(model) -> dict[str, np.ndarray]:
     return {name: tf1_value(var, kind) for name, (var, kind) in weight_map(model).items()}
 
 
-def _cfg(corpus, tmp_path, task: str) -> TrainerConfig:
+def _task(corpus, tmp_path, task: str):
     make = pretraining_config if task == "pretraining" else classification_config
-    return TrainerConfig.model_validate(make(corpus, tmp_path))
+    return task_of(make(corpus, tmp_path))
 
 
 def test_trainer_google_checkpoint_outputs_match_reference(tmp_path, corpus):
     wt = google_weights(np.random.default_rng(0))
     write_tf1_checkpoint(str(tmp_path / "bert_model.ckpt"), wt)
-    model = build_model(_cfg(corpus, tmp_path, "pretraining"), V)
-    load_google_checkpoint(str(tmp_path / "bert_model.ckpt"), model, "pretraining")
+    task = _task(corpus, tmp_path, "pretraining")
+    model = build_model(task)
+    load_google_checkpoint(str(tmp_path / "bert_model.ckpt"), model, task)
     rng = np.random.default_rng(1)
     ids = rng.integers(5, V, (2, 16)).astype(np.int32)
     segments = (np.arange(16)[None] >= 8).astype(np.int32).repeat(2, 0)
@@ -131,8 +132,9 @@ def test_trainer_google_checkpoint_next_sentence_head_round_trips(tmp_path, corp
     write_tf1_checkpoint(str(tmp_path / "bert_model.ckpt"), wt)
     raw = pretraining_config(corpus, tmp_path)
     raw["pretraining"] = {"packing": "segmentPairs", "sentencePrediction": "nextSentence"}
-    model = build_model(TrainerConfig.model_validate(raw), V)
-    load_google_checkpoint(str(tmp_path / "bert_model.ckpt"), model, "pretraining")
+    task = task_of(raw)
+    model = build_model(task)
+    load_google_checkpoint(str(tmp_path / "bert_model.ckpt"), model, task)
     ids = np.random.default_rng(1).integers(5, V, (2, 16)).astype(np.int32)
     segments = (np.arange(16)[None] >= 8).astype(np.int32).repeat(2, 0)
     mask = np.ones((2, 16), np.int32)
@@ -162,8 +164,9 @@ def test_trainer_google_checkpoint_missing_heads(
         k: v for k, v in google_weights(np.random.default_rng(0)).items() if not k.startswith(drop)
     }
     write_tf1_checkpoint(str(tmp_path / "bert_model.ckpt"), wt)
-    model = build_model(_cfg(corpus, tmp_path, task), V)
-    load = lambda: load_google_checkpoint(str(tmp_path / "bert_model.ckpt"), model, task)  # noqa: E731
+    bert_task = _task(corpus, tmp_path, task)
+    model = build_model(bert_task)
+    load = lambda: load_google_checkpoint(str(tmp_path / "bert_model.ckpt"), model, bert_task)  # noqa: E731
     if fails:
         with pytest.raises(TrainerError) as err:
             load()

@@ -13,17 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hf_reference import hf_config, random_hf_state, reference_forward, write_hf_checkpoint
-from trainer_testlib import TINY_MODEL, classification_config, pretraining_config
+from trainer_testlib import TINY_MODEL, classification_config, pretraining_config, task_of
 
 from berth_trainer.checkpointing import init_from
-from berth_trainer.config import TrainerConfig
-from berth_trainer.data import ExampleEncoder
 from berth_trainer.errors import TrainerError
 from berth_trainer.exit_codes import ExitCode
 from berth_trainer.huggingface import export_huggingface, hf_to_tf1, tf1_to_hf
 from berth_trainer.modeling import build_model
 from berth_trainer.synthetic import vocabulary
-from berth_trainer.tasks import for_task
 
 REPO = Path(__file__).resolve().parents[3]
 VOCAB = vocabulary()
@@ -43,10 +40,12 @@ def tiny_hf_config() -> dict:
 
 
 def model_of(corpus, tmp_path, task: str = "pretraining", sentences: bool = True):
+    """A random model of `task` and the task."""
     raw = (pretraining_config if task == "pretraining" else classification_config)(corpus, tmp_path)
     if sentences:
         raw["pretraining"] = {"packing": "segmentPairs", "sentencePrediction": "nextSentence"}
-    return build_model(TrainerConfig.model_validate(raw), len(VOCAB))
+    bert_task = task_of(raw, VOCAB)
+    return build_model(bert_task), bert_task
 
 
 def batch(seed: int = 1) -> dict[str, np.ndarray]:
@@ -80,8 +79,8 @@ def test_trainer_huggingface_names_translate_both_ways():
 def test_trainer_huggingface_import_matches_reference(tmp_path, corpus):
     config, state = tiny_hf_config(), random_hf_state(tiny_hf_config(), 0)
     directory = write_hf_checkpoint(tmp_path / "hf", config, state, VOCAB)
-    model = model_of(corpus, tmp_path)
-    init_from(directory, model, "pretraining")
+    model, task = model_of(corpus, tmp_path)
+    init_from(directory, model, task)
     inputs = batch()
     ours = outputs(model, inputs)
     ref = reference_forward(
@@ -95,13 +94,13 @@ def test_trainer_huggingface_import_matches_reference(tmp_path, corpus):
 def test_trainer_huggingface_export_loads_back_identically(tmp_path, corpus):
     config = tiny_hf_config()
     source = write_hf_checkpoint(tmp_path / "hf", config, random_hf_state(config, 3), VOCAB)
-    model = model_of(corpus, tmp_path)
-    init_from(source, model, "pretraining")
-    export_huggingface(model, "pretraining", VOCAB, None, str(tmp_path / "export"))
+    model, task = model_of(corpus, tmp_path)
+    init_from(source, model, task)
+    export_huggingface(model, task, VOCAB, str(tmp_path / "export"))
     written = json.loads((tmp_path / "export" / "config.json").read_text())
     assert written["architectures"] == ["BertForPreTraining"]
-    again = model_of(corpus, tmp_path / "again")
-    init_from(str(tmp_path / "export"), again, "pretraining")
+    again, again_task = model_of(corpus, tmp_path / "again")
+    init_from(str(tmp_path / "export"), again, again_task)
     inputs = batch(2)
     for key, value in outputs(model, inputs).items():
         np.testing.assert_array_equal(outputs(again, inputs)[key], value, err_msg=key)
@@ -134,18 +133,6 @@ def flax_outputs(hf_python: str, architecture: str, directory, inputs: dict) -> 
     return {k: np.array(v) for k, v in json.loads(result.stdout.splitlines()[-1]).items()}
 
 
-@pytest.fixture(scope="module")
-def hf_python() -> str:
-    """The python of a venv with `transformers` (hack/hf-venv.sh builds it once per version)."""
-    return subprocess.run(
-        ["bash", str(REPO / "hack" / "hf-venv.sh")],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=900,
-    ).stdout.strip()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("task", "architecture"),
@@ -157,9 +144,9 @@ def hf_python() -> str:
 def test_trainer_huggingface_export_loads_in_transformers(
     tmp_path, corpus, hf_python, task, architecture
 ):
-    model = model_of(corpus, tmp_path, task, sentences=task == "pretraining")  # all random
-    labels = ["negative", "positive"] if task == "classification" else None
-    export_huggingface(model, task, VOCAB, labels, str(tmp_path / "export"))
+    model, bert_task = model_of(corpus, tmp_path, task, sentences=task == "pretraining")  # random
+    bert_task.labels = ["negative", "positive"] if task == "classification" else None
+    export_huggingface(model, bert_task, VOCAB, str(tmp_path / "export"))
     inputs = batch(4)
     text = {k: v for k, v in inputs.items() if k != "mask_positions"}
     theirs = flax_outputs(hf_python, architecture, tmp_path / "export", text)
@@ -179,9 +166,9 @@ def fine_tuning_model(tmp_path, task: str, labels: list[str] | None):
     raw = pretraining_config({"vocab": "vocab.txt", "corpus": "x"}, tmp_path)
     raw["task"] = task
     raw["questionAnswering"] = {"docStride": 4, "maxQueryLength": 4}
-    cfg = TrainerConfig.model_validate(raw)
-    fine_tuning = for_task(cfg, ExampleEncoder(cfg, VOCAB))
-    return build_model(cfg, len(VOCAB), None, fine_tuning, labels), fine_tuning.head
+    bert_task = task_of(raw, VOCAB)
+    bert_task.labels = labels  # as `prepare` learns them from data.train
+    return build_model(bert_task), bert_task
 
 
 @pytest.mark.slow
@@ -208,9 +195,9 @@ def test_trainer_huggingface_fine_tuning_heads_export_and_import(
 ):
     """Each fine-tuning head is the transformers class's head: the export computes Berth's
     outputs in transformers, and loads back into a fresh model identically."""
-    model, head = fine_tuning_model(tmp_path, task, labels)
+    model, bert_task = fine_tuning_model(tmp_path, task, labels)
     directory = tmp_path / "export"
-    export_huggingface(model, task, VOCAB, labels, str(directory))
+    export_huggingface(model, bert_task, VOCAB, str(directory))
     assert json.loads((directory / "config.json").read_text())["architectures"] == [
         architecture.removeprefix("Flax")
     ]
@@ -221,8 +208,8 @@ def test_trainer_huggingface_fine_tuning_heads_export_and_import(
         np.testing.assert_allclose(
             ours[mine], theirs[their].reshape(ours[mine].shape), atol=2e-4, err_msg=mine
         )
-    again, _ = fine_tuning_model(tmp_path, task, labels)
-    init_from(str(directory), again, task, head)
+    again, again_task = fine_tuning_model(tmp_path, task, labels)
+    init_from(str(directory), again, again_task)
     for key, value in ours.items():
         np.testing.assert_array_equal(outputs(again, inputs)[key], value, err_msg=key)
 
@@ -252,9 +239,9 @@ def _edit(tmp_path, config=None, drop=(), rename=None) -> str:
 )
 def test_trainer_huggingface_mismatch_is_one_clear_error(tmp_path, corpus, edit, task, named):
     directory = _edit(tmp_path, **edit)
-    model = model_of(corpus, tmp_path, task, sentences=False)
+    model, bert_task = model_of(corpus, tmp_path, task, sentences=False)
     with pytest.raises(TrainerError) as err:
-        init_from(directory, model, task)
+        init_from(directory, model, bert_task)
     assert err.value.code == ExitCode.CHECKPOINT_MISMATCH
     assert named in str(err.value), str(err.value)
 
@@ -264,7 +251,7 @@ def test_trainer_huggingface_exact_gelu_loads_with_a_warning(tmp_path, corpus, c
     logger = logging.getLogger("berth_trainer")
     logger.addHandler(caplog.handler)
     try:
-        init_from(directory, model_of(corpus, tmp_path, sentences=False), "pretraining")
+        init_from(directory, *model_of(corpus, tmp_path, sentences=False))
     finally:
         logger.removeHandler(caplog.handler)
     assert "exact GELU" in caplog.text

@@ -7,16 +7,13 @@ import keras_hub
 import numpy as np
 import pytest
 import tensorflow as tf
-from trainer_testlib import classification_config, pretraining_config
+from trainer_testlib import classification_config, pretraining_config, task_of
 
 from berth_trainer.activations import fused_gelu
 from berth_trainer.config import TrainerConfig
-from berth_trainer.data import ExampleEncoder, make_dataset, plan_data
 from berth_trainer.modeling import build_model, for_serving
 from berth_trainer.optim import WarmupLinearDecay, build_optimizer
-from berth_trainer.runner import trainable_variables
 from berth_trainer.train_step import make_train_step
-from berth_trainer.vocab import load_vocabulary
 
 
 def _cfg(corpus, tmp_path, task: str, **training) -> TrainerConfig:
@@ -25,9 +22,7 @@ def _cfg(corpus, tmp_path, task: str, **training) -> TrainerConfig:
 
 
 def _batch(cfg: TrainerConfig, corpus) -> tuple[dict, dict]:
-    vocab = load_vocabulary(cfg.vocabulary)
-    ds = make_dataset(plan_data(cfg), cfg, ExampleEncoder(cfg, vocab), 8, (0, 1))
-    return next(iter(ds))
+    return next(iter(task_of(cfg, prepare=True).dataset(8, (0, 1))))
 
 
 @pytest.mark.parametrize(
@@ -40,7 +35,7 @@ def test_trainer_model_config_round_trip_and_clone(tmp_path, corpus, task, sente
         raw["pretraining"] = {"packing": "segmentPairs", "sentencePrediction": sentences}
     cfg = TrainerConfig.model_validate(raw)
     keras.utils.set_random_seed(0)
-    model = build_model(cfg, 60)
+    model = build_model(task_of(cfg))
     features, _ = _batch(cfg, corpus)
     expected = model(features)
     assert ("sentence_logits" in expected) == bool(sentences)
@@ -60,7 +55,7 @@ def test_trainer_model_config_round_trip_and_clone(tmp_path, corpus, task, sente
 
 def test_trainer_mlm_head_stays_tied_through_config_clone_and_save(tmp_path, corpus):
     cfg = _cfg(corpus, tmp_path, "pretraining")
-    model = build_model(cfg, 60)
+    model = build_model(task_of(cfg))
     features, _ = _batch(cfg, corpus)
     expected = model(features)["logits"]
 
@@ -105,11 +100,12 @@ def test_trainer_schedule_round_trip():
 def _one_step(cfg: TrainerConfig, corpus, features, labels, seed: int = 0):
     keras.utils.set_random_seed(seed)
     strategy = tf.distribute.get_strategy()
-    model = build_model(cfg, len(load_vocabulary(cfg.vocabulary)))
-    variables = trainable_variables(model, cfg)
+    task = task_of(cfg)
+    model = build_model(task)
+    variables = task.trainable_variables(model)
     optimizer = build_optimizer(cfg.training)
     optimizer.build(variables)
-    step = make_train_step(model, optimizer, strategy, cfg, variables)
+    step = make_train_step(model, optimizer, strategy, cfg, task, variables)
     out = step(iter([(features, labels)]), tf.constant(0.0))
     assert np.isfinite(out.numpy()).all()
     return float(out[0]), [v.numpy() for v in variables]
@@ -140,9 +136,9 @@ def test_trainer_step_compiles_with_xla_and_accumulation_matches(tmp_path, corpu
         np.testing.assert_allclose(a, b, atol=atol)
 
 
-def _gradient_graph(model: keras.Model, cfg: TrainerConfig, features: dict):
+def _gradient_graph(model: keras.Model, task, features: dict):
     """The traced graph of d(sum of logits)/d(trained weights), and the gradients themselves."""
-    variables = trainable_variables(model, cfg)
+    variables = task.trainable_variables(model)
 
     @tf.function
     def grads(features):
@@ -158,13 +154,14 @@ def test_trainer_backbone_fuses_gelu_recomputes_layer_norm_with_the_same_gradien
     tmp_path, corpus, task
 ):
     cfg = _cfg(corpus, tmp_path, task)
-    model = build_model(cfg, 60)
+    bert_task = task_of(cfg)
+    model = build_model(bert_task)
     features, _ = _batch(cfg, corpus)
     # Rebuilt from its config, the same model is keras-hub's own: Keras' GELU, no remat.
     plain = type(model).from_config(model.get_config())
     plain.set_weights(model.get_weights())
-    fast_graph, fast_grads = _gradient_graph(model, cfg, features)
-    plain_graph, plain_grads = _gradient_graph(plain, cfg, features)
+    fast_graph, fast_grads = _gradient_graph(model, bert_task, features)
+    plain_graph, plain_grads = _gradient_graph(plain, bert_task, features)
 
     def count(graph, op_type: str) -> int:
         return sum(op.type == op_type for op in graph.get_operations())
@@ -186,14 +183,16 @@ def test_trainer_backbone_fuses_gelu_recomputes_layer_norm_with_the_same_gradien
     # Export traces with Keras' own ops (a SavedModel would carry the custom gradients and
     # XLA functions), then restores the fast ones.
     with for_serving(model):
-        serving_graph = _gradient_graph(model, cfg, features)[0]
+        serving_graph = _gradient_graph(model, bert_task, features)[0]
         assert count(serving_graph, "Rsqrt") == count(plain_graph, "Rsqrt")
         assert count(serving_graph, "Tanh") == count(plain_graph, "Tanh")
     assert all(d.activation is fused_gelu for d in dense)
-    assert count(_gradient_graph(model, cfg, features)[0], "Rsqrt") == count(fast_graph, "Rsqrt")
+    assert count(_gradient_graph(model, bert_task, features)[0], "Rsqrt") == count(
+        fast_graph, "Rsqrt"
+    )
     # ...and give the same gradients to float32 rounding (the GELU is another kernel: 2e-6
     # relative), LayerNorm scales and offsets included.
-    variables = trainable_variables(model, cfg)
+    variables = bert_task.trainable_variables(model)
     assert len(fast_grads) == len(plain_grads) == len(variables)
     for v, a, b in zip(variables, fast_grads, plain_grads, strict=True):
         assert a is not None and b is not None, v.path

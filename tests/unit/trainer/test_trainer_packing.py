@@ -1,5 +1,5 @@
 """Packing of pre-training examples (`packing.pack`), the text reader's documents, shards and word
-starts (`data.read_documents`) and whole-word masking (`data.whole_word_mask`).
+starts (`corpus.read_documents`) and whole-word masking (`tasks.pretraining.whole_word_mask`).
 
 Hand-made corpora number their word ids 10, 11, 12, … in corpus order, so a run of ids is
 contiguous in its source exactly when consecutive ids differ by one, and `where` tells each
@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from berth_trainer.data import read_documents, whole_word_mask
+from berth_trainer.corpus import read_documents
 from berth_trainer.packing import Example, Sentence, Specials, pack
+from berth_trainer.tasks.pretraining import whole_word_mask
 from berth_trainer.vocab import SPECIAL_TOKENS, load_vocabulary, make_tokenizer
 
 SP = Specials(pad=0, cls=2, sep=3)

@@ -10,11 +10,10 @@ import random
 
 import pytest
 import tensorflow as tf
-from trainer_testlib import json_lines, pretraining_config, train_args, write_config
+from trainer_testlib import json_lines, pretraining_config, task_of, train_args, write_config
 
 from berth_trainer.cli import main
-from berth_trainer.config import TrainerConfig
-from berth_trainer.data import PACKED_FEATURES, describe_shard, plan_data
+from berth_trainer.corpus import PACKED_FEATURES
 
 
 def _train(tmp_path, cfg: dict, capsys) -> tuple[list[dict], dict]:
@@ -86,8 +85,8 @@ def test_trainer_prepare_writes_packed_shards_that_train(tmp_path, corpus, capsy
 
     cfg = pretraining_config(corpus, tmp_path, steps=10)
     cfg["data"] = {"train": str(tmp_path / "corpus.tfrecord-*"), "format": "tfrecord"}
-    plan = plan_data(TrainerConfig.model_validate(cfg))
-    shards = [describe_shard(plan, (i, 2)) for i in range(2)]
+    task = task_of(cfg, prepare=True)
+    shards = [task.describe_shard((i, 2)) for i in range(2)]
     assert shards == [f"FILE shard {i}/2: {[files[i]]}" for i in range(2)]  # disjoint
     _, metrics = _train(tmp_path, cfg, capsys)
     assert metrics["steps"] == 10

@@ -13,17 +13,14 @@ import pytest
 import tensorflow as tf
 
 from berth_trainer.config import TrainerConfig
-from berth_trainer.data import ExampleEncoder, make_dataset, plan_data
 from berth_trainer.errors import TrainerError
 from berth_trainer.exit_codes import ExitCode
 from berth_trainer.modeling import build_model
 from berth_trainer.observability import Reporter
 from berth_trainer.optim import build_optimizer
-from berth_trainer.runner import trainable_variables
 from berth_trainer.tpu import GuestAttributes, make_multi_step, use_bfloat16, validate_cloud_paths
 from berth_trainer.train_step import STEP_OUTPUTS, make_train_step
-from berth_trainer.vocab import load_vocabulary
-from tests.unit.trainer.trainer_testlib import pretraining_config
+from tests.unit.trainer.trainer_testlib import pretraining_config, task_of
 
 
 @pytest.fixture
@@ -37,19 +34,19 @@ def test_tpu_step_compiles_with_xla_static_shapes_and_bfloat16(tmp_path, corpus,
     cfg = TrainerConfig.model_validate(
         pretraining_config(corpus, tmp_path, globalBatchSize=8, jitCompile=True, warmupSteps=0)
     )
-    ds = make_dataset(plan_data(cfg), cfg, ExampleEncoder(cfg, load_vocabulary(cfg.vocabulary)),
-                      8, (0, 1))  # fmt: skip
+    task = task_of(cfg, prepare=True)
+    ds = task.dataset(8, (0, 1))
     features, _ = next(iter(ds))
     # Static shapes everywhere: the batch dimension is known (drop_remainder), as XLA needs.
     assert all(t.shape.is_fully_defined() for t in ds.element_spec[0].values())
     assert features["token_ids"].shape == (8, cfg.training.sequence_length)
     keras.utils.set_random_seed(0)
-    model = build_model(cfg, len(load_vocabulary(cfg.vocabulary)))
+    model = build_model(task)
     assert model.compute_dtype == "bfloat16" and model.variable_dtype == "float32"
-    variables = trainable_variables(model, cfg)
+    variables = task.trainable_variables(model)
     optimizer = build_optimizer(cfg.training)
     optimizer.build(variables)
-    step = make_train_step(model, optimizer, tf.distribute.get_strategy(), cfg, variables)
+    step = make_train_step(model, optimizer, tf.distribute.get_strategy(), cfg, task, variables)
     multi = make_multi_step(step, steps_per_execution=3, outputs=len(STEP_OUTPUTS))
     out = multi(iter(ds.repeat()), tf.constant(0.0)).numpy()
     assert np.isfinite(out).all() and int(optimizer.iterations) == 3

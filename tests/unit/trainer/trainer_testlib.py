@@ -47,6 +47,27 @@ def pretraining_config(corpus: dict[str, str], out: Path, **training) -> dict:
     }
 
 
+def task_of(cfg, vocabulary: list[str] | None = None, prepare: bool = False):
+    """The task of `cfg` (a `TrainerConfig` or its wire dict) over `vocabulary` (default: the
+    config's file), its data files prepared when `prepare`; `build_model(task)` builds its
+    model."""
+    from berth_trainer.config import TrainerConfig
+    from berth_trainer.data import ExampleEncoder, resolve_files
+    from berth_trainer.tasks import for_task
+    from berth_trainer.vocab import load_vocabulary
+
+    if isinstance(cfg, dict):
+        cfg = TrainerConfig.model_validate(cfg)
+    if vocabulary is None:
+        vocabulary = load_vocabulary(cfg.vocabulary)
+    task = for_task(cfg, ExampleEncoder(cfg, vocabulary))
+    if prepare:
+        d = cfg.data
+        validation = resolve_files(d.validation, "data.validation") if d.validation else []
+        task.prepare(resolve_files(d.train, "data.train"), validation)
+    return task
+
+
 def classification_config(corpus: dict[str, str], out: Path, **training) -> dict:
     cfg = pretraining_config(corpus, out, numClasses=2, **training)
     cfg["task"] = "classification"

@@ -26,15 +26,17 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import keras
 import tensorflow as tf
 from tensorflow.python.checkpoint import functional_saver, tensor_callable
 
-from berth_trainer.config import Task
 from berth_trainer.errors import TrainerError
 from berth_trainer.exit_codes import ExitCode
-from berth_trainer.modeling import CLASSIFIER_NAME
+
+if TYPE_CHECKING:
+    from berth_trainer.tasks.base import BertTask
 
 log = logging.getLogger("berth_trainer")
 
@@ -239,15 +241,13 @@ def write_atomically(path: str, text: str) -> None:
     tf.io.gfile.rename(temp, path, overwrite=True)
 
 
-def init_from(path: str, model: keras.Model, task: str, head_name: str | None = None) -> None:
+def init_from(path: str, model: keras.Model, task: BertTask) -> None:
     """Load initial weights from a Google BERT checkpoint, a Hugging Face BERT directory, a
     keras-hub preset directory or a Berth checkpoint directory (whichever `path` is); the head
-    `head_name` comes from a Berth checkpoint of the same task, or of pretraining when it is
-    the MLM head (seq2seq; default: pretraining's or classification's head)."""
+    comes from a Berth checkpoint of a task whose head is of the same family (the same task,
+    or pretraining's MLM head for seq2seq)."""
     backbone = model.get_layer("bert")
-    head = model.get_layer(
-        head_name or ("mlm_head" if task == Task.PRETRAINING else CLASSIFIER_NAME)
-    )
+    head = model.get_layer(task.head.layer)
     isdir = tf.io.gfile.isdir(path)
     if isdir and tf.io.gfile.exists(os.path.join(path, "metadata.json")):
         _from_preset(path, backbone)
@@ -303,7 +303,9 @@ def copy_weights(source: dict, target: dict, where: str) -> None:
         w.assign(keras.ops.convert_to_numpy(source[k]))
 
 
-def _from_berth(prefix: str, backbone: keras.Model, head: keras.layers.Layer, task: str) -> None:
+def _from_berth(
+    prefix: str, backbone: keras.Model, head: keras.layers.Layer, task: BertTask
+) -> None:
     saved = dict(tf.train.list_variables(prefix))
     objects = {"backbone": backbone}
     head_key = "head/"
@@ -319,15 +321,19 @@ def _from_berth(prefix: str, backbone: keras.Model, head: keras.layers.Layer, ta
         ) from err
 
 
-#: Tasks whose head is the MLM head: a checkpoint of one initialises the head of the other.
-_MLM_TASKS = {Task.PRETRAINING, Task.SEQ2SEQ}
+def _same_task(prefix: str, task: BertTask) -> bool:
+    """Whether the checkpoint's head is this task's head (a head of the same family)."""
+    from berth_trainer.tasks import task_class
 
-
-def _same_task(prefix: str, task: str) -> bool:
-    """Whether the checkpoint's head is this task's head (same task, or both MLM heads)."""
     marker = os.path.join(os.path.dirname(prefix), "task.txt")
     if not tf.io.gfile.exists(marker):
         return False
     with tf.io.gfile.GFile(marker) as f:
         saved = f.read().strip()
-    return saved == task or {saved, task} <= _MLM_TASKS
+    if saved == task.name:
+        return True
+    try:
+        family = task_class(saved).heads[0].family
+    except ValueError:  # a task this trainer does not know
+        return False
+    return bool(family) and family == task.head.family

@@ -46,6 +46,7 @@ class Task(enum.StrEnum):
     TOKEN_CLASSIFICATION = "tokenClassification"
     QUESTION_ANSWERING = "questionAnswering"
     SEQ2SEQ = "seq2seq"
+    MULTIPLE_CHOICE = "multipleChoice"
 
 
 class ModelSize(enum.StrEnum):
@@ -166,7 +167,8 @@ class DataConfig(ApiModel):
     )
     label_field: str = Field(
         default="label",
-        description="labelField: column/key of the class label (regression: the number).",
+        description="labelField: column/key of the class label (regression: the number; "
+        "multipleChoice: the index of the right ending).",
     )
 
 
@@ -292,6 +294,26 @@ class Seq2SeqConfig(ApiModel):
     )
 
 
+class MultipleChoiceConfig(ApiModel):
+    """multipleChoice: picking the ending that continues a context, SWAG-style (task
+    multipleChoice)."""
+
+    context_field: str = Field(
+        default="context",
+        description="contextField: jsonl key of the context (the first text of every choice).",
+    )
+    endings_field: str = Field(
+        default="endings",
+        description="endingsField: jsonl key of the list of candidate endings (each the second "
+        "text of a choice); data.labelField holds the index of the right one.",
+    )
+    num_choices: Annotated[int, Field(ge=2)] = Field(
+        default=4,
+        description="numChoices: endings of every example (a fixed number: shapes are "
+        "static); an example with another number is a data error.",
+    )
+
+
 class Optimizer(enum.StrEnum):
     ADAMW = "adamw"
     LAMB = "lamb"
@@ -394,7 +416,8 @@ class TrainerConfig(ApiModel):
         default=Task.PRETRAINING,
         description="task: pretraining (MLM), classification, regression (a number per text "
         "or pair), tokenClassification (a tag per word, e.g. NER), questionAnswering "
-        "(extractive, SQuAD) or seq2seq (UniLM generation).",
+        "(extractive, SQuAD), seq2seq (UniLM generation) or multipleChoice (the right ending "
+        "of a context, SWAG).",
     )
     model: ModelConfig = Field(
         default_factory=lambda: ModelConfig(size=ModelSize.BASE),
@@ -424,6 +447,10 @@ class TrainerConfig(ApiModel):
         default_factory=Seq2SeqConfig,
         alias="seq2seq",  # not the generator's "seq2Seq"
         description="seq2seq: target length, beam and jsonl keys (task seq2seq).",
+    )
+    multiple_choice: MultipleChoiceConfig = Field(
+        default_factory=MultipleChoiceConfig,
+        description="multipleChoice: jsonl keys and the number of endings (task multipleChoice).",
     )
     training: TrainingConfig = Field(
         default_factory=TrainingConfig, description="training: the optimisation loop."

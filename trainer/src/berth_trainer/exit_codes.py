@@ -30,6 +30,10 @@ class ExitCode(enum.IntEnum):
     #: The pod requests GPUs (nvidia.com/gpu) but TensorFlow sees fewer: a CPU-only image, or
     #: no driver/device on the node.
     GPU_MISSING = 6
+    #: The loss became non-finite (NaN/inf) and, under mixed_float16, loss scaling could not
+    #: recover (`divergence.LossWatch`); a restart would resume from the same checkpoint and
+    #: diverge again, so it is permanent.
+    DIVERGED = 7
     #: tf.distribute's PreemptionCheckpointHandler default exit code (retryable).
     PREEMPTED_TF_DEFAULT = 42
     #: SIGTERM received; a checkpoint was saved if it fit the grace period (else the last
@@ -46,7 +50,7 @@ RETRYABLE_BELOW_128: frozenset[int] = frozenset({ExitCode.PREEMPTED_TF_DEFAULT})
 def is_retryable(code: int) -> bool:
     """Whether a worker that exited with `code` may succeed when restarted.
 
-    >>> is_retryable(137), is_retryable(2), is_retryable(42)
-    (True, False, True)
+    >>> is_retryable(137), is_retryable(2), is_retryable(42), is_retryable(ExitCode.DIVERGED)
+    (True, False, True, False)
     """
     return code >= 128 or code in RETRYABLE_BELOW_128

@@ -8,25 +8,22 @@ importer and exporter (`huggingface.py`) translate names to and from these.
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from berth_trainer.bert_pretrainer import SENTENCE_HEAD
-from berth_trainer.config import Task
 from berth_trainer.errors import TrainerError
 from berth_trainer.exit_codes import ExitCode
-from berth_trainer.modeling import CLASSIFIER_NAME
+from berth_trainer.tasks import all_heads
+
+if TYPE_CHECKING:
+    from berth_trainer.tasks.base import BertTask
 
 log = logging.getLogger("berth_trainer")
 
 POOLER = ("bert/pooler/dense/kernel", "bert/pooler/dense/bias")
-#: Name of the question-answering head (start and end logits; Google's `cls/squad`).
-QA_HEAD = "qa_head"
-#: Tasks whose head reads the pooled output (so the checkpoint must have the pooler).
-POOLED_TASKS = (Task.CLASSIFICATION, Task.REGRESSION)
 #: Checkpoint entries that are never loaded: optimizer slots, step counter, loss scale.
 _IGNORED = ("global_step", "/adam_m", "/adam_v", "bad_steps", "loss_scale")
 
@@ -70,25 +67,10 @@ def _backbone_map(backbone: keras.Model) -> dict[str, tuple[str, str]]:
     return m
 
 
-#: Google's heads: TF1 name → (our layer, weight, reshape kind). `output_weights` /
-#: `output_bias` are run_classifier.py's classifier; its and NSP's kernels are [classes, H].
-_HEADS = {
-    "cls/predictions/transform/dense/kernel": ("mlm_head", "intermediate_dense/kernel", ""),
-    "cls/predictions/transform/dense/bias": ("mlm_head", "intermediate_dense/bias", ""),
-    "cls/predictions/transform/LayerNorm/gamma": (
-        "mlm_head",
-        "intermediate_layer_norm/gamma",
-        "",
-    ),
-    "cls/predictions/transform/LayerNorm/beta": ("mlm_head", "intermediate_layer_norm/beta", ""),
-    "cls/predictions/output_bias": ("mlm_head", "output_bias", ""),
-    "cls/seq_relationship/output_weights": (SENTENCE_HEAD, "kernel", "T"),
-    "cls/seq_relationship/output_bias": (SENTENCE_HEAD, "bias", ""),
-    "output_weights": (CLASSIFIER_NAME, "kernel", "T"),
-    "output_bias": (CLASSIFIER_NAME, "bias", ""),
-    "cls/squad/output_weights": (QA_HEAD, "kernel", "T"),
-    "cls/squad/output_bias": (QA_HEAD, "bias", ""),
-}
+def _heads() -> dict[str, tuple[str, str, str]]:
+    """Every task head's TF1 name → (our layer, weight, reshape kind); a kind "T" kernel is
+    [classes, H] in Google's layout (run_classifier.py's `output_weights`, NSP)."""
+    return {name: w for head in all_heads() for name, w in head.weights.items()}
 
 
 def weight_map(model: keras.Model) -> dict[str, tuple[keras.Variable, str]]:
@@ -96,13 +78,14 @@ def weight_map(model: keras.Model) -> dict[str, tuple[keras.Variable, str]]:
     backbone = model.get_layer("bert")
     ours = {w.path: w for w in backbone.weights}
     out = {n: (ours[p], kind) for n, (p, kind) in _backbone_map(backbone).items()}
+    layers = {head.layer for head in all_heads()}
     heads = {  # "mlm_head/output_bias" → weight, for every head the model has
         w.path: w
         for layer in model._flatten_layers(include_self=False)
-        if layer.name in ("mlm_head", SENTENCE_HEAD, CLASSIFIER_NAME, QA_HEAD)
+        if layer.name in layers
         for w in layer.weights
     }
-    for name, (layer, weight, kind) in _HEADS.items():
+    for name, (layer, weight, kind) in _heads().items():
         if f"{layer}/{weight}" in heads:
             out[name] = (heads[f"{layer}/{weight}"], kind)
     return out
@@ -127,36 +110,34 @@ class _Tf1Reader:
         return self.reader.get_tensor(name)
 
 
-def load_google_checkpoint(prefix: str, model: keras.Model, task: str) -> None:
+def load_google_checkpoint(prefix: str, model: keras.Model, task: BertTask) -> None:
     """Initialise `model` from a Google BERT TF1 checkpoint (see `load_named_weights`)."""
     load_named_weights(_Tf1Reader(prefix), model, task, prefix)
 
 
-def load_named_weights(source: NamedWeights, model: keras.Model, task: str, where: str) -> None:
+def load_named_weights(
+    source: NamedWeights, model: keras.Model, task: BertTask, where: str
+) -> None:
     """Assign every weight the checkpoint has for `model`; raise CHECKPOINT_MISMATCH listing
     all problems at once.
 
-    Required: the backbone; the pooler when a classifier, regressor or sentence head reads it;
-    the MLM head for pretraining and seq2seq (whose head it is). Optional, left freshly
-    initialised with a warning: a sentence head, classifier or QA head the checkpoint lacks (a
-    classifier of another label count too). Heads the model does not have (e.g. NSP when
-    fine-tuning) are skipped.
+    Required: the backbone; the pooler when a head of `task` reads it; a `required` head (the
+    MLM head of pretraining and seq2seq). Optional, left freshly initialised with a warning:
+    any other head the checkpoint lacks (a classifier of another label count too). Heads the
+    model does not have (e.g. NSP when fine-tuning) are skipped.
     """
     saved = source.shapes()
     relevant = {n for n in saved if not any(x in n for x in _IGNORED)}
     targets = weight_map(model)
-    pooled = task in POOLED_TASKS or getattr(model, "sentence_head", None) is not None
-    optional = {
-        n for n in targets if n.startswith(("cls/seq_relationship/", "cls/squad/", "output_"))
-    }
-    optional |= set() if pooled else set(POOLER)
+    optional = {n for head in all_heads() if not head.required for n in head.weights}
+    optional |= set() if task.pooled else set(POOLER)
     missing = sorted(n for n in targets if n not in saved and n not in optional)
-    unexpected = sorted(relevant - set(_HEADS) - set(targets))
+    unexpected = sorted(relevant - set(_heads()) - set(targets))
     shapes = []
     for name, (var, kind) in targets.items():
         if name in saved and _reshaped(saved[name], kind, var) != tuple(var.shape):
-            if name.startswith("output_"):
-                saved.pop(name)  # another label count: a fresh classifier
+            if name in optional and name not in POOLER:
+                saved.pop(name)  # e.g. another label count: a fresh classifier
                 continue
             shapes.append(f"{name}: checkpoint {saved[name]} vs model {tuple(var.shape)}")
     fresh = sorted(n for n in optional if n not in saved)

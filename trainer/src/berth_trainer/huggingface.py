@@ -1,7 +1,6 @@
 """Hugging Face BERT checkpoints in and out: a directory of `config.json`, `model.safetensors`
 (or a sharded `model.safetensors.index.json`) and `vocab.txt`, as `transformers` writes and
-reads them (`BertModel`, `BertForMaskedLM`, `BertForPreTraining`,
-`BertForSequenceClassification`).
+reads them (`BertModel`, and the `BertFor...` class of each task: `BertTask.architecture`).
 
 Names translate to Google's TF1 names (`google_checkpoint`), whose mapping onto the model
 already exists; a PyTorch `nn.Linear` weight is the transpose of a TF1 kernel. keras-hub's own
@@ -17,46 +16,38 @@ Reading needs only the `safetensors` package (no PyTorch).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import re
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from berth_trainer.config import Task
 from berth_trainer.errors import TrainerError
 from berth_trainer.exit_codes import ExitCode
 from berth_trainer.google_checkpoint import load_named_weights, tf1_value, weight_map
+from berth_trainer.tasks import all_heads
 from berth_trainer.vocab import is_uncased
+
+if TYPE_CHECKING:
+    from berth_trainer.tasks.base import BertTask
 
 log = logging.getLogger("berth_trainer")
 
 #: HF names with no TF1 counterpart: buffers, and the decoder tied to the word embeddings.
 _SKIPPED = ("bert.embeddings.position_ids", "cls.predictions.decoder.weight")
-#: HF ↔ TF1 names that no rule derives (none of them transposed).
-_SPECIAL = {
-    "cls.predictions.bias": "cls/predictions/output_bias",
-    "cls.predictions.decoder.bias": "cls/predictions/output_bias",
-    "cls.seq_relationship.weight": "cls/seq_relationship/output_weights",
-    "cls.seq_relationship.bias": "cls/seq_relationship/output_bias",
-    "classifier.weight": "output_weights",
-    "classifier.bias": "output_bias",
-    "qa_outputs.weight": "cls/squad/output_weights",
-    "qa_outputs.bias": "cls/squad/output_bias",
-}
-#: The transformers class of each task's export (seq2seq: the MLM head is its head; the UniLM
-#: attention mask is not part of the checkpoint).
-_ARCHITECTURES = {
-    Task.PRETRAINING: "BertForMaskedLM",
-    Task.CLASSIFICATION: "BertForSequenceClassification",
-    Task.REGRESSION: "BertForSequenceClassification",
-    Task.TOKEN_CLASSIFICATION: "BertForTokenClassification",
-    Task.QUESTION_ANSWERING: "BertForQuestionAnswering",
-    Task.SEQ2SEQ: "BertForMaskedLM",
-}
+
+
+@functools.cache
+def _special() -> dict[str, str]:
+    """HF → TF1 names that no rule derives (none of them transposed): the task heads'."""
+    return {hf: tf1 for head in all_heads() for hf, tf1 in head.huggingface.items()}
+
+
 #: Our GELU is the tanh approximation (Google BERT's); transformers calls it "gelu_new".
 HIDDEN_ACT = "gelu_new"
 _TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
@@ -64,8 +55,8 @@ _TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
 def hf_to_tf1(name: str) -> tuple[str, bool]:
     """TF1 name of a Hugging Face tensor, and whether the tensor is transposed."""
-    if name in _SPECIAL:
-        return _SPECIAL[name], False
+    if name in _special():
+        return _special()[name], False
     if not name.startswith(("bert.", "cls.")):
         name = "bert." + name  # a bare BertModel's state dict
     tf1 = re.sub(r"\.layer\.(\d+)\.", r".layer_\1.", name).replace(".", "/")
@@ -81,7 +72,7 @@ def hf_to_tf1(name: str) -> tuple[str, bool]:
 
 def tf1_to_hf(name: str) -> tuple[str, bool]:
     """The inverse of `hf_to_tf1` (the names a `BertForPreTraining` state dict uses)."""
-    for hf, tf1 in _SPECIAL.items():
+    for hf, tf1 in _special().items():
         if tf1 == name and hf != "cls.predictions.decoder.bias":
             return hf, False
     transposed = name.endswith("/kernel")
@@ -155,7 +146,7 @@ def _config_mismatches(config: dict, model: keras.Model) -> list[str]:
     ]
 
 
-def load_huggingface(directory: str, model: keras.Model, task: str) -> None:
+def load_huggingface(directory: str, model: keras.Model, task: BertTask) -> None:
     """Initialise `model` from a Hugging Face BERT directory; one clear error lists every
     mismatch (the config's dimensions first, then missing / unexpected / mis-shaped tensors)."""
     with tf.io.gfile.GFile(os.path.join(directory, "config.json")) as f:
@@ -190,11 +181,7 @@ def load_huggingface(directory: str, model: keras.Model, task: str) -> None:
 
 
 def export_huggingface(
-    model: keras.Model,
-    task: str,
-    vocabulary: list[str],
-    label_names: list[str] | None,
-    directory: str,
+    model: keras.Model, task: BertTask, vocabulary: list[str], directory: str
 ) -> None:
     """Write `directory` so that `transformers` loads it unchanged: config.json, model.safetensors
     (PyTorch names and layouts), vocab.txt and tokenizer_config.json."""
@@ -206,11 +193,8 @@ def export_huggingface(
         hf, transposed = tf1_to_hf(tf1)
         value = tf1_value(var, kind)
         tensors[hf] = np.ascontiguousarray(value.T if transposed else value)
-    architecture = _ARCHITECTURES[Task(task)]
-    if "cls.seq_relationship.weight" in tensors:
-        architecture = "BertForPreTraining"
     config = {
-        "architectures": [architecture],
+        "architectures": [task.architecture],
         "model_type": "bert",
         **_dimensions(model),
         "hidden_act": HIDDEN_ACT,
@@ -221,11 +205,7 @@ def export_huggingface(
         "pad_token_id": vocabulary.index("[PAD]"),
         "position_embedding_type": "absolute",
     }
-    if label_names:
-        config["id2label"] = dict(enumerate(label_names))
-        config["label2id"] = {name: i for i, name in enumerate(label_names)}
-    if task == Task.REGRESSION:
-        config |= {"num_labels": 1, "problem_type": "regression"}
+    config |= task.huggingface_config()
     tf.io.gfile.makedirs(directory)
     with tf.io.gfile.GFile(os.path.join(directory, "model.safetensors"), "wb") as f:
         f.write(save(tensors, metadata={"format": "pt"}))  # "pt": PyTorch names and layouts

@@ -1,11 +1,9 @@
-"""The task models: keras-hub `BertBackbone` plus a task head, as one functional Keras model.
+"""The backbone every task model shares: keras-hub `BertBackbone`; a task (`tasks/`) adds its
+head, as one Keras model.
 
 Inputs are named and fed as a dict (`token_ids`, `segment_ids`, `padding_mask`, and for
 pretraining `mask_positions`), all of fixed length, so the whole step compiles with XLA.
-Classification is a functional model of keras-hub and built-in Keras layers; pretraining is
-`BertPretrainer` (MLM head tied to the token embedding), whose config holds the backbone so
-that `from_config` and `keras.models.clone_model` rebuild the tie. Rebuild either with
-`type(model).from_config(model.get_config())`.
+Rebuild a task model with `type(model).from_config(model.get_config())`.
 
 The backbone built for training (`build_backbone`) runs its feed-forward GELU as one fused
 kernel each way and recomputes LayerNorm in the backward pass instead of keeping its
@@ -17,18 +15,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import keras
 import keras_hub
 from keras.src.backend.common.remat import RematMode
 
 from berth_trainer.activations import fused_gelu, keras_gelu, use_fused_gelu
-from berth_trainer.bert_pretrainer import BertPretrainer
-from berth_trainer.config import SentencePrediction, Task, TrainerConfig
-from berth_trainer.tasks import FineTuning
+from berth_trainer.config import TrainerConfig
 
-#: Name of the classification head's output layer (also used by the checkpoint importer).
-CLASSIFIER_NAME = "classifier"
+if TYPE_CHECKING:
+    from berth_trainer.tasks.base import BertTask
 
 
 @contextlib.contextmanager
@@ -86,48 +83,7 @@ def build_backbone(cfg: TrainerConfig, vocabulary_size: int) -> keras_hub.models
     return backbone
 
 
-def build_model(
-    cfg: TrainerConfig,
-    vocabulary_size: int,
-    backbone: keras.Model | None = None,
-    task: FineTuning | None = None,
-    labels: list[str] | None = None,
-) -> keras.Model:
-    """The model of `cfg.task`: outputs `{"logits": ...}` (MLM: at `mask_positions`; with a
-    sentence objective also `"sentence_logits"`); a fine-tuning `task` builds its own."""
-    backbone = backbone or build_backbone(cfg, vocabulary_size)
-    if task is not None:
-        return task.build(backbone, labels)
-    n = cfg.training.sequence_length
-    if cfg.task == Task.PRETRAINING:
-        return BertPretrainer(
-            backbone,
-            sequence_length=n,
-            max_predictions_per_sequence=cfg.training.max_predictions_per_sequence,
-            sentence_classes=0
-            if cfg.pretraining.sentence_prediction == SentencePrediction.NONE
-            else 2,
-            name=f"bert_{cfg.task}",
-        )
-    inputs, logits = pooled_classifier(backbone, n, cfg.training.num_classes)
-    logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
-    return keras.Model(inputs, {"logits": logits}, name=f"bert_{cfg.task}")
-
-
-def pooled_classifier(
-    backbone: keras.Model, sequence_length: int, units: int
-) -> tuple[dict[str, keras.KerasTensor], keras.KerasTensor]:
-    """`text_inputs` → the pooled `[CLS]` output → dropout → `Dense(units)` named
-    `classifier` (Google's `output_weights`, Hugging Face's `classifier.*`): classification's
-    and regression's head."""
-    inputs = text_inputs(sequence_length)
-    pooled = keras.layers.Dropout(
-        backbone.dropout, dtype=backbone.dtype_policy, name="pooled_dropout"
-    )(backbone(inputs)["pooled_output"])
-    logits = keras.layers.Dense(
-        units,
-        kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
-        dtype=backbone.dtype_policy,
-        name=CLASSIFIER_NAME,
-    )(pooled)
-    return inputs, logits
+def build_model(task: BertTask, backbone: keras.Model | None = None) -> keras.Model:
+    """The model of `task` (`backbone` and its heads; a new backbone unless given)."""
+    vocabulary_size = len(task.encoder.vocabulary)
+    return task.build(backbone or build_backbone(task.cfg, vocabulary_size))

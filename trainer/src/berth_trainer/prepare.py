@@ -11,7 +11,8 @@ import numpy as np
 import tensorflow as tf
 
 from berth_trainer.config import PretrainingConfig
-from berth_trainer.data import read_documents, resolve_files
+from berth_trainer.corpus import read_documents
+from berth_trainer.data import resolve_files
 from berth_trainer.errors import TrainerError
 from berth_trainer.exit_codes import ExitCode
 from berth_trainer.vocab import load_vocabulary, make_tokenizer
@@ -88,44 +89,24 @@ def predict(model_dir: str, texts: list[str]) -> list[dict]:
     path = os.path.join(model_dir, "saved_model")
     if not tf.io.gfile.exists(path):
         raise TrainerError(ExitCode.CONFIG_INVALID, f"--model: no saved_model/ in {model_dir}")
+    from berth_trainer.tasks import task_class
+
+    with tf.io.gfile.GFile(os.path.join(model_dir, "config.json")) as f:
+        task = task_class(json.load(f).get("task", "pretraining"))
     serve = tf.saved_model.load(path).signatures["serving_default"]
     names = sorted(serve.structured_input_signature[1])
     inputs = _predict_inputs(names, texts)
     out = {k: v.numpy() for k, v in serve(**inputs).items()}
-    if "top_k_tokens" not in out and "probabilities" not in out:
-        return [_example(texts[i], {k: v[i] for k, v in out.items()}) for i in range(len(texts))]
-    results = []
-    for i, text in enumerate(texts):
-        if "top_k_tokens" in out:
-            masks = [
-                {
-                    "position": int(out["mask_positions"][i][j]),
-                    "top_k": [
-                        {"token": tok.decode(), "probability": round(float(p), 4)}
-                        for tok, p in zip(
-                            out["top_k_tokens"][i][j], out["top_k_probabilities"][i][j], strict=True
-                        )
-                    ],
-                }
-                for j in range(len(out["mask_valid"][i]))
-                if out["mask_valid"][i][j]
-            ]
-            results.append({"text": text, "masks": masks})
-        else:
-            results.append(
-                {
-                    "text": text,
-                    "label": out["label"][i].decode(),
-                    "probabilities": [round(float(p), 4) for p in out["probabilities"][i]],
-                }
-            )
+    results = [
+        task.prediction(text, {k: v[i] for k, v in out.items()}) for i, text in enumerate(texts)
+    ]
     return json.loads(json.dumps(results))
 
 
 def _predict_inputs(names: list[str], texts: list[str]) -> dict[str, tf.Tensor]:
     if len(names) == 1:
         return {names[0]: tf.constant(texts)}
-    columns: dict[str, list[str]] = {n: [] for n in names}
+    columns: dict[str, list] = {n: [] for n in names}
     for text in texts:
         try:
             example = json.loads(text)
@@ -138,26 +119,6 @@ def _predict_inputs(names: list[str], texts: list[str]) -> dict[str, tf.Tensor]:
                 f"a JSON object with exactly those keys, not {text[:80]!r}",
             )
         for n in names:
-            columns[n].append(str(example[n]))
+            value = example[n]
+            columns[n].append([str(v) for v in value] if isinstance(value, list) else str(value))
     return {n: tf.constant(v) for n, v in columns.items()}
-
-
-def _example(text: str, out: dict[str, np.ndarray]) -> dict:
-    """One example's outputs as JSON; lists padded to the batch's longest (`entity_*` beside
-    `entity_count`) are cut to this example's count."""
-    row = {"input": text, **{k: _plain(v) for k, v in sorted(out.items())}}
-    for count in [k for k in row if k.endswith("_count")]:
-        prefix, n = count.removesuffix("count"), int(row[count])
-        row |= {k: row[k][:n] for k in row if k.startswith(prefix) and k != count}
-    return row
-
-
-def _plain(value):
-    """A served output of one example as JSON: strings decoded, floats to 4 places."""
-    if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value]
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, np.floating | float):
-        return round(float(value), 4)
-    return value.item() if isinstance(value, np.generic) else value

@@ -10,12 +10,12 @@ import time
 from typing import TYPE_CHECKING
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from berth_trainer import tpu
-from berth_trainer.config import Precision, Task, TrainerConfig
-from berth_trainer.data import ExampleEncoder, describe_shard, make_dataset, plan_data
+from berth_trainer.config import Precision, TrainerConfig
+from berth_trainer.data import ExampleEncoder, resolve_files
+from berth_trainer.divergence import LossWatch
 from berth_trainer.errors import TrainerError
 from berth_trainer.exit_codes import ExitCode
 from berth_trainer.observability import Reporter
@@ -33,8 +33,9 @@ from berth_trainer.runtime import (
     require_expected_gpus,
     resolve_strategy,
 )
-from berth_trainer.tasks import FineTuning
-from berth_trainer.train_step import STATS, STEP_OUTPUTS, make_train_step, step_stats
+from berth_trainer.tasks import for_task
+from berth_trainer.tasks.base import BertTask
+from berth_trainer.train_step import STEP_OUTPUTS, make_train_step, rates
 from berth_trainer.vocab import load_vocabulary
 
 if TYPE_CHECKING:
@@ -89,20 +90,23 @@ def train(cfg: TrainerConfig, metrics_port: int = 0) -> dict[str, float]:
     keras.mixed_precision.set_global_policy(t.precision)
     keras.utils.set_random_seed(t.seed)
     vocabulary = load_vocabulary(cfg.vocabulary)
-    encoder = ExampleEncoder(cfg, vocabulary)
-    plan = plan_data(cfg, encoder)
+    task = for_task(cfg, ExampleEncoder(cfg, vocabulary))
+    # Files are resolved and checked now, so bad inputs fail before training starts.
+    validation = (
+        resolve_files(cfg.data.validation, "data.validation") if cfg.data.validation else []
+    )
+    task.prepare(resolve_files(cfg.data.train, "data.train"), validation)
     ckpt_dir = cfg.checkpoint.dir or os.path.join(cfg.output.dir, "checkpoints")
 
     from berth_trainer.checkpointing import StepCheckpoints, init_from, write_atomically
-    from berth_trainer.modeling import build_backbone, build_model
+    from berth_trainer.modeling import build_model
     from berth_trainer.optim import build_optimizer
 
     with strategy.scope():
-        backbone = build_backbone(cfg, len(vocabulary))
-        model = build_model(cfg, len(vocabulary), backbone, plan.task, plan.label_names)
-        head = model.get_layer(head_name(cfg.task, plan.task))
+        model = build_model(task)
+        backbone, head = model.get_layer("bert"), model.get_layer(task.head.layer)
         optimizer = build_optimizer(t)
-        variables = trainable_variables(model, cfg, plan.task)
+        variables = task.trainable_variables(model)
         optimizer.build(variables)
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         loss_scale = tf.Variable(2.0**15, trainable=False, name="loss_scale")
@@ -121,28 +125,28 @@ def train(cfg: TrainerConfig, metrics_port: int = 0) -> dict[str, float]:
     ckpts.remove_torn()
     restored = ckpts.restore_latest()
     if restored is None and cfg.init_checkpoint:
-        init_from(cfg.init_checkpoint, model, cfg.task, head.name)
+        init_from(cfg.init_checkpoint, model, task)
     start = restored or 0
     if worker.is_chief:
         tf.io.gfile.makedirs(ckpt_dir)
         write_atomically(os.path.join(ckpt_dir, "task.txt"), str(cfg.task))
     log.info("resumed" if restored else "fresh start", extra={"fields": {"step": start}})
     initial_path = os.path.join(ckpt_dir, "initial_metrics.json")
-    if restored is None and plan.validation_files and worker.is_chief:
+    if restored is None and validation and worker.is_chief:
         # Validation before the first step: the "before" of a before/after comparison. Kept
         # beside the checkpoints so a resumed run still reports it.
-        initial = {f"initial_{k}": v for k, v in evaluate(model, plan, cfg, encoder).items()}
+        initial = {f"initial_{k}": v for k, v in evaluate(task, model).items()}
         write_atomically(initial_path, json.dumps(initial, indent=2, sort_keys=True))
 
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
         batch = ctx.get_per_replica_batch_size(t.global_batch_size)
         shard = (ctx.input_pipeline_id, ctx.num_input_pipelines)
-        log.info("data " + describe_shard(plan, shard), extra={"fields": {"worker": worker.index}})
+        log.info("data " + task.describe_shard(shard), extra={"fields": {"worker": worker.index}})
         per_pipeline = batch * ctx.num_replicas_in_sync // ctx.num_input_pipelines
-        return make_dataset(plan, cfg, encoder, batch, shard, skip_examples=start * per_pipeline)
+        return task.dataset(batch, shard, skip=start * per_pipeline)
 
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
-    step_fn = make_train_step(model, optimizer, strategy, cfg, variables, loss_scale, plan.task)
+    step_fn = make_train_step(model, optimizer, strategy, cfg, task, variables, loss_scale)
     multi_step_fn = tpu.make_multi_step(step_fn, per_call, len(STEP_OUTPUTS))
     tb_dir = os.path.join(cfg.output.dir, "tensorboard") if worker.is_chief else None
     guest = tpu.GuestAttributes.from_environment() if worker.is_chief else None
@@ -160,6 +164,7 @@ def train(cfg: TrainerConfig, metrics_port: int = 0) -> dict[str, float]:
     step = start
     call_seconds = 0.0
     good_steps = 0
+    watch = LossWatch(t.precision)
     try:
         while step < t.steps:
             if sigterm.received and worker.count == 1:
@@ -183,6 +188,10 @@ def train(cfg: TrainerConfig, metrics_port: int = 0) -> dict[str, float]:
                 release_free_memory()  # what building the step's graph left behind
             step += steps
             step_var.assign(step)
+            # Before the loss scale moves, the log and a save: a diverged step is neither.
+            watch.check(
+                step, values["loss"] / steps, values["nonfinite"], float(loss_scale.numpy()), steps
+            )
             if t.precision == Precision.MIXED_FLOAT16:
                 good_steps = _update_loss_scale(loss_scale, values["nonfinite"] > 0, good_steps)
             metrics = {"loss": values["loss"] / steps, **rates(values)}
@@ -201,6 +210,8 @@ def train(cfg: TrainerConfig, metrics_port: int = 0) -> dict[str, float]:
                     ckpts.save(step)
     except tf.errors.OpError as err:
         reporter.close()
+        if task.failure is not None:  # bad data met while training: its own exit code
+            raise task.failure from err
         if isinstance(err, tf.errors.UnavailableError) or "ollective ops is aborted" in str(err):
             message = f"lost a peer worker (collective aborted): {str(err)[:300]}"
             raise TrainerError(ExitCode.PEER_FAILURE, message) from err
@@ -209,8 +220,8 @@ def train(cfg: TrainerConfig, metrics_port: int = 0) -> dict[str, float]:
         reporter.close()
         raise
     final = {f"train_{k}": v for k, v in metrics.items()} | {"steps": float(step)}
-    if plan.validation_files and worker.is_chief:
-        final |= evaluate(model, plan, cfg, encoder)
+    if validation and worker.is_chief:
+        final |= evaluate(task, model)
         if tf.io.gfile.exists(initial_path):
             with tf.io.gfile.GFile(initial_path) as f:
                 final |= json.load(f)
@@ -220,7 +231,7 @@ def train(cfg: TrainerConfig, metrics_port: int = 0) -> dict[str, float]:
     if worker.is_chief:
         from berth_trainer.export import export_all
 
-        export_all(cfg, model, encoder, vocabulary, plan.label_names, final, plan.task)
+        export_all(model, task, final)
     return final
 
 
@@ -314,39 +325,6 @@ def _saved(step: int, save_seconds: float, spent: float, **fields: object) -> Tr
     )
 
 
-def rates(sums: dict[str, float]) -> dict[str, float]:
-    """Accuracies and the non-padding fraction from a step's (or a validation's) `STATS`
-    (no accuracy for a task that counts no predictions, e.g. regression)."""
-    out = {"non_padding_fraction": sums["tokens"] / max(sums["positions"], 1)}
-    if sums["count"]:
-        out["accuracy"] = sums["correct"] / sums["count"]
-    if sums["sentence_count"]:
-        out["sentence_accuracy"] = sums["sentence_correct"] / sums["sentence_count"]
-    return out
-
-
-def head_name(task: str, fine_tuning: FineTuning | None) -> str:
-    """The task head's layer name (checkpointed as "head")."""
-    if fine_tuning is not None:
-        return fine_tuning.head
-    return "mlm_head" if task == Task.PRETRAINING else "classifier"
-
-
-def trainable_variables(
-    model: keras.Model, cfg: TrainerConfig, fine_tuning: FineTuning | None = None
-) -> list:
-    """What the step trains: the pooler only feeds a classifier, a regressor or a sentence
-    head."""
-    if fine_tuning is not None:
-        pooled = fine_tuning.uses_pooler
-    else:
-        pooled = cfg.task != Task.PRETRAINING or model.sentence_head is not None
-    if pooled:
-        return model.trainable_variables
-    pooler = {id(v) for v in model.get_layer("bert").get_layer("pooled_dense").weights}
-    return [v for v in model.trainable_variables if id(v) not in pooler]
-
-
 def _update_loss_scale(scale: tf.Variable, nonfinite: bool, good_steps: int) -> int:
     """Dynamic loss scaling: halve on a skipped step, double after 2000 good ones."""
     if nonfinite:
@@ -358,31 +336,11 @@ def _update_loss_scale(scale: tf.Variable, nonfinite: bool, good_steps: int) -> 
     return good_steps + 1
 
 
-def evaluate(
-    model: keras.Model, plan, cfg: TrainerConfig, encoder: ExampleEncoder
-) -> dict[str, float]:
-    """Loss, accuracies and non-padding fraction over the whole validation set, and a
-    fine-tuning task's own metrics (chief only)."""
-    ds = make_dataset(plan, cfg, encoder, cfg.training.global_batch_size, (0, 1), validation=True)
-
-    @tf.function(reduce_retracing=True)
-    def batch_metrics(features, labels):
-        outputs = model(features, training=False)
-        per_example, stats = step_stats(plan.task or cfg.task, outputs, features, labels)
-        size = tf.cast(tf.size(per_example), tf.float32)
-        return tf.concat([[tf.reduce_sum(per_example), size], stats], 0)
-
-    totals = np.zeros(len(STATS) + 2)
+def evaluate(task: BertTask, model: keras.Model) -> dict[str, float]:
+    """Loss, accuracies, non-padding fraction and the task's own metrics over the whole
+    validation set, in one pass (chief only)."""
     start = time.monotonic()
-    for features, labels in ds:
-        totals += batch_metrics(features, labels).numpy()
-    sums = dict(zip(STATS, totals[2:].tolist(), strict=True))
-    result = {
-        f"validation_{k}": v
-        for k, v in {"loss": totals[0] / max(totals[1], 1), **rates(sums)}.items()
-    }
-    if plan.task is not None:
-        metrics = plan.task.evaluate(model, plan.validation_encoded, cfg.training.global_batch_size)
-        result |= {f"validation_{k}": v for k, v in metrics.items()}
+    metrics = task.evaluate(model, task.cfg.training.global_batch_size)
+    result = {f"validation_{k}": v for k, v in metrics.items()}
     log.info("validation", extra={"fields": {**result, "seconds": time.monotonic() - start}})
     return result

@@ -11,12 +11,15 @@ function (one `apply_gradients` per step, so the LR schedule counts optimizer st
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import keras
 import tensorflow as tf
 
-from berth_trainer.config import Precision, Task, TrainerConfig
-from berth_trainer.tasks import FineTuning
+from berth_trainer.config import Precision, TrainerConfig
+
+if TYPE_CHECKING:
+    from berth_trainer.tasks.base import BertTask
 
 #: What a step counts (summed over replicas and micro-batches), after its loss.
 STATS = (
@@ -32,44 +35,22 @@ STATS = (
 STEP_OUTPUTS = ("loss", *STATS, "stop", "skip_save", "nonfinite")
 
 
-def task_loss(
-    task: str | FineTuning, outputs: dict[str, tf.Tensor], labels: dict[str, tf.Tensor]
-) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
-    """Per-example loss, and the prediction counts of `STATS` (without the token counts), of
-    `task`: pretraining, classification, or a fine-tuning task's own."""
-    if isinstance(task, FineTuning):
-        return task.loss(outputs, labels)
-    logits = tf.cast(outputs["logits"], tf.float32)
-    if task == Task.PRETRAINING:
-        ids, weights = labels["mask_ids"], labels["mask_weights"]
-        ce = keras.losses.sparse_categorical_crossentropy(ids, logits, from_logits=True)
-        per_example = tf.reduce_sum(ce * weights, -1) / tf.maximum(tf.reduce_sum(weights, -1), 1)
-        hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), ids), tf.float32)
-        stats = {"correct": tf.reduce_sum(hits * weights), "count": tf.reduce_sum(weights)}
-        if "sentence_label" in labels:
-            label = labels["sentence_label"]
-            sentence = tf.cast(outputs["sentence_logits"], tf.float32)
-            per_example += keras.losses.sparse_categorical_crossentropy(
-                label, sentence, from_logits=True
-            )
-            right = tf.equal(tf.argmax(sentence, -1, output_type=tf.int32), label)
-            stats["sentence_correct"] = tf.reduce_sum(tf.cast(right, tf.float32))
-            stats["sentence_count"] = tf.cast(tf.size(label), tf.float32)
-        return per_example, stats
-    label = labels["label"]
-    per_example = keras.losses.sparse_categorical_crossentropy(label, logits, from_logits=True)
-    hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), label), tf.float32)
-    return per_example, {
-        "correct": tf.reduce_sum(hits),
-        "count": tf.cast(tf.size(label), tf.float32),
-    }
+def rates(sums: dict[str, float]) -> dict[str, float]:
+    """Accuracies and the non-padding fraction from a step's (or a validation's) `STATS`
+    (no accuracy for a task that counts no predictions, e.g. regression)."""
+    out = {"non_padding_fraction": sums["tokens"] / max(sums["positions"], 1)}
+    if sums["count"]:
+        out["accuracy"] = sums["correct"] / sums["count"]
+    if sums["sentence_count"]:
+        out["sentence_accuracy"] = sums["sentence_correct"] / sums["sentence_count"]
+    return out
 
 
 def step_stats(
-    task: str | FineTuning, outputs: dict[str, tf.Tensor], features: dict, labels: dict
+    task: BertTask, outputs: dict[str, tf.Tensor], features: dict, labels: dict
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Per-example loss and the `STATS` vector of one batch."""
-    per_example, stats = task_loss(task, outputs, labels)
+    """Per-example loss and the `STATS` vector of one batch of `task`."""
+    per_example, stats = task.loss(outputs, labels)
     padding = tf.cast(features["padding_mask"], tf.float32)
     stats["tokens"] = tf.reduce_sum(padding)
     stats["positions"] = tf.cast(tf.size(padding), tf.float32)
@@ -85,9 +66,9 @@ def make_train_step(
     optimizer: keras.optimizers.Optimizer,
     strategy: tf.distribute.Strategy,
     cfg: TrainerConfig,
+    task: BertTask,
     variables: list | None = None,
     loss_scale: tf.Variable | None = None,
-    task: FineTuning | None = None,
 ) -> Callable:
     """A `tf.function(iterator, stop) -> tensor[len(STEP_OUTPUTS)]` doing one optimizer step.
 
@@ -103,14 +84,13 @@ def make_train_step(
     t = cfg.training
     accum = t.gradient_accumulation_steps
     global_batch = t.global_batch_size
-    variables = list(variables if variables is not None else model.trainable_variables)
-    loss_of = task or cfg.task
+    variables = list(variables if variables is not None else task.trainable_variables(model))
     fp16 = t.precision == Precision.MIXED_FLOAT16
 
     def forward_backward(features, labels):
         with tf.GradientTape() as tape:
             outputs = model(features, training=True)
-            per_example, stats = step_stats(loss_of, outputs, features, labels)
+            per_example, stats = step_stats(task, outputs, features, labels)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
             scaled = loss * loss_scale if fp16 else loss
         grads = tape.gradient(scaled, variables)

@@ -15,40 +15,35 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from berth_trainer.config import DataFormat
-from berth_trainer.modeling import pooled_classifier
-from berth_trainer.tasks import Encoded, FineTuning, bad_row, predict
+from berth_trainer.config import Task
+from berth_trainer.tasks.base import Encoded, bad_row
+from berth_trainer.tasks.classification import SentenceTask
 
 
-class Regression(FineTuning):
-    formats = (DataFormat.CSV, DataFormat.TSV, DataFormat.JSONL)
-    uses_pooler = True
+class Regression(SentenceTask):
+    name = Task.REGRESSION
 
-    def read(self, files, field, labels):
-        from berth_trainer.data import read_rows
+    def parse(self, row, field):
+        try:
+            value = float(row.label)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not math.isfinite(value):
+            label_field = self.cfg.data.label_field
+            raise bad_row(
+                field,
+                row.where,
+                f"{label_field} {row.label!r} is not a finite number",
+            )
+        row.label = value
+        return row
 
-        d = self.cfg.data
-        columns = [d.text_field] + ([d.text_pair_field] if d.text_pair_field else [])
-        texts: list[list[str]] = [[] for _ in columns]
-        values: list[float] = []
-        for where, row in read_rows(files, d.format, [*columns, d.label_field], field):
-            try:
-                value = float(row[d.label_field])
-            except (TypeError, ValueError):
-                value = math.nan
-            if not math.isfinite(value):
-                raise bad_row(
-                    field, where, f"{d.label_field} {row[d.label_field]!r} is not a finite number"
-                )
-            for column, out in zip(columns, texts, strict=True):
-                out.append(str(row[column]))
-            values.append(value)
-        features = encode_batches(self.encoder, texts)
-        gold = np.asarray(values, np.float32)
-        return Encoded(features, {"value": gold}, gold), None
+    def encode(self, examples, field):
+        gold = np.asarray([r.label for r in examples], np.float32)
+        return Encoded(self.features(examples), {"value": gold}, gold)
 
-    def build(self, backbone, labels):
-        inputs, score = pooled_classifier(backbone, self.cfg.training.sequence_length, 1)
+    def build(self, backbone):
+        inputs, score = self.classifier(backbone, 1)
         score = keras.layers.Reshape((), dtype="float32", name="score")(score)
         return keras.Model(inputs, {"score": score}, name="bert_regression")
 
@@ -56,43 +51,38 @@ class Regression(FineTuning):
         error = tf.cast(outputs["score"], tf.float32) - labels["value"]
         return tf.square(error), {}
 
-    def evaluate(self, model, encoded, batch_size):
-        scores = predict(model, encoded.features, batch_size)["score"]
-        return correlations(scores, encoded.references)
+    def score(self, model, encoded, outputs):
+        return outputs["score"], encoded.references
 
-    def serve(self, model, archive, labels):
-        def score(*texts):
-            return {"score": model(self.encoder.encode_texts(*texts), training=False)["score"]}
+    def metrics(self, scores):
+        return correlations(*(np.concatenate(parts) for parts in zip(*scores, strict=True)))
 
-        text = tf.TensorSpec([None], tf.string, name="text")
-        if self.cfg.data.text_pair_field:
-            pair = tf.TensorSpec([None], tf.string, name="text_pair")
-            archive.add_endpoint("serving_default", score, input_signature=[text, pair])
-        else:
-            archive.add_endpoint("serving_default", score, input_signature=[text])
+    def serve(self, model, archive):
+        self.endpoint(
+            archive,
+            lambda *texts: {
+                "score": model(self.encoder.encode_texts(*texts), training=False)["score"]
+            },
+        )
 
-
-def encode_batches(encoder, columns: list[list[str]], batch: int = 1024) -> dict[str, np.ndarray]:
-    """`encoder.encode_texts` over Python strings (one list per segment), in batches."""
-    specs = [tf.TensorSpec([None], tf.string) for _ in columns]
-    encode = tf.function(encoder.encode_texts, input_signature=specs)
-    parts: dict[str, list[np.ndarray]] = {}
-    for start in range(0, len(columns[0]), batch):
-        out = encode(*(tf.constant(c[start : start + batch]) for c in columns))
-        for k, v in out.items():
-            parts.setdefault(k, []).append(v.numpy())
-    return {k: np.concatenate(v) for k, v in parts.items()}
+    def huggingface_config(self):
+        return {"num_labels": 1, "problem_type": "regression"}
 
 
 def correlations(predicted: np.ndarray, gold: np.ndarray) -> dict[str, float]:
     """Pearson and Spearman correlation (ties get their mean rank) and the mean squared error;
-    a constant prediction correlates 0.
+    a constant prediction correlates 0. A NaN or infinite prediction (a diverged model) makes
+    all three NaN: it has no rank, and must not read as a perfect or a null correlation.
 
     >>> m = correlations(np.array([1.0, 2.0, 3.0, 5.0]), np.array([2.0, 4.0, 6.0, 7.0]))
     >>> {k: round(v, 4) for k, v in m.items()}
     {'pearson': 0.9463, 'spearman': 1.0, 'mse': 4.5}
+    >>> correlations(np.array([1.0, np.nan, 3.0]), np.array([1.0, 2.0, 3.0]))
+    {'pearson': nan, 'spearman': nan, 'mse': nan}
     """
     predicted, gold = predicted.astype(np.float64), gold.astype(np.float64)
+    if not np.isfinite(predicted).all():
+        return dict.fromkeys(("pearson", "spearman", "mse"), math.nan)
     return {
         "pearson": _pearson(predicted, gold),
         "spearman": _pearson(_ranks(predicted), _ranks(gold)),

@@ -17,16 +17,19 @@ beam search keeps `batch * K` rows, scores by the sum of log-probabilities, exte
 beam only by `[PAD]` at no cost, and takes the top K of K * V candidates each step. It runs
 inside `tf.function` and under XLA (`jit_compile=True`) alike.
 
-Validation: ROUGE-L F-measure (`rouge_l`, longest common subsequence of whitespace tokens) and
-exact match of the generated text against the reference normalised as the tokenizer does
-(lower-cased for an uncased vocabulary, accents stripped, punctuation split off). Export:
-`source` → `target` (text), `target_ids` (`[batch, T]`, `[SEP]` then `[PAD]`) and `score`.
+Validation: each chunk's targets are generated from its sources alone (`source_only`, beam
+`seq2seq.beamSize`); over the split, ROUGE-L F-measure (`rouge_l`, longest common subsequence
+of whitespace tokens) and exact match of the generated text against the reference normalised
+as the tokenizer does (lower-cased for an uncased vocabulary, accents stripped, punctuation
+split off). Export: `source` → `target` (text), `target_ids` (`[batch, T]`, `[SEP]` then
+`[PAD]`) and `score`.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+import unicodedata
+from typing import Any, NamedTuple
 
 import keras
 import keras_hub
@@ -34,8 +37,10 @@ import numpy as np
 import tensorflow as tf
 
 from berth_trainer.bert_pretrainer import BackboneModel, tied_mlm_head
-from berth_trainer.config import DataFormat
-from berth_trainer.tasks import Encoded, FineTuning, bad_row
+from berth_trainer.config import DataFormat, Task
+from berth_trainer.tasks.base import Encoded, ExampleTask, bad_row, positions_loss
+from berth_trainer.tasks.pretraining import MLM_HEAD
+from berth_trainer.textfiles import rows
 
 log = logging.getLogger("berth_trainer")
 
@@ -267,9 +272,31 @@ def source_only(features: dict[str, np.ndarray], pad_id: int) -> dict[str, np.nd
     }
 
 
-class Seq2Seq(FineTuning):
+class Pair(NamedTuple):
+    """One example: its source and target text and where it is (`FILE:LINE`)."""
+
+    source: str
+    target: str
+    where: str
+
+
+def _no_words(text: str) -> bool:
+    """Whether `text` has only what the tokenizer drops (ASCII whitespace, control and format
+    characters): caught when read, before training; other texts without word pieces (only
+    accents, which an uncased vocabulary strips) when encoded.
+
+    >>> _no_words(" \\t\\u200b"), _no_words("\\u00a0"), _no_words("a")
+    (True, False, False)
+    """
+    return all(c in " \t\n\f\r" or unicodedata.category(c) in ("Cc", "Cf") for c in text)
+
+
+class Seq2Seq(ExampleTask):
+    name = Task.SEQ2SEQ
     formats = (DataFormat.JSONL,)
-    head = "mlm_head"
+    heads = (MLM_HEAD,)
+    pooled = False
+    architecture = "BertForMaskedLM"
 
     def __init__(self, cfg, encoder) -> None:
         super().__init__(cfg, encoder)
@@ -279,11 +306,25 @@ class Seq2Seq(FineTuning):
         s = encoder.specials
         self.cls_id, self.sep_id, self.pad_id = s.cls, s.sep, s.pad
         self._pieces: Any = None  # the tokenizer's tf.function, made on first use
+        self._words: Any = None  # `normalize`'s tf.function, made on first use
+        self._compiled: tuple[Any, Any] | None = None  # (model, its generator as a tf.function)
+        self._batch_size = cfg.training.global_batch_size  # generation's, set by `evaluate`
 
     # --- data ---
 
-    def pieces(self, texts: list[str], batch: int = 1024) -> list[list[int]]:
-        """Word pieces of Python strings (the tokenizer in one graph, in batches)."""
+    def examples(self, files, field):
+        c = self.cfg.seq2seq
+        for where, row in rows(
+            files, self.cfg.data.format, [c.source_field, c.target_field], field
+        ):
+            pair = Pair(str(row[c.source_field]), str(row[c.target_field]), where)
+            for key, text in ((c.source_field, pair.source), (c.target_field, pair.target)):
+                if _no_words(text):
+                    raise bad_row(field, where, f"{key} {text!r} is empty (no word pieces)")
+            yield pair
+
+    def pieces(self, texts: list[str]) -> list[list[int]]:
+        """Word pieces of Python strings (the tokenizer in one graph)."""
         if self._pieces is None:
             tokenizer = self.encoder.tokenizer
 
@@ -292,24 +333,13 @@ class Seq2Seq(FineTuning):
                 return out if isinstance(out, tf.RaggedTensor) else tf.RaggedTensor.from_tensor(out)
 
             self._pieces = tf.function(tokenize, input_signature=[tf.TensorSpec([None], tf.string)])
-        out: list[list[int]] = []
-        for start in range(0, len(texts), batch):
-            out += self._pieces(tf.constant(texts[start : start + batch], tf.string)).to_list()
-        return out
+        return self._pieces(tf.constant(texts, tf.string)).to_list()
 
-    def read(self, files, field, labels):
-        from berth_trainer.data import read_rows
-
+    def encode(self, examples, field):
         c = self.cfg.seq2seq
-        wheres, sources, targets = [], [], []
-        for where, row in read_rows(
-            files, self.cfg.data.format, [c.source_field, c.target_field], field
-        ):
-            wheres.append(where)
-            sources.append(str(row[c.source_field]))
-            targets.append(str(row[c.target_field]))
-        source_pieces, target_pieces = self.pieces(sources), self.pieces(targets)
-        n, t, count = self.n, self.t, len(sources)
+        source_pieces = self.pieces([e.source for e in examples])
+        target_pieces = self.pieces([e.target for e in examples])
+        n, t, count = self.n, self.t, len(examples)
         token_ids = np.full([count, n], self.pad_id, np.int32)
         segment_ids = np.zeros([count, n], np.int32)
         padding = np.zeros([count, n], np.int32)
@@ -317,17 +347,10 @@ class Seq2Seq(FineTuning):
         target_weights = np.zeros([count, t], np.float32)
         mask_positions = np.zeros([count, t], np.int32)
         cut_sources = cut_targets = 0
-        for i, (where, src, tgt) in enumerate(
-            zip(wheres, source_pieces, target_pieces, strict=True)
-        ):
-            if not src:
-                raise bad_row(
-                    field, where, f"{c.source_field} {sources[i]!r} is empty (no word pieces)"
-                )
-            if not tgt:
-                raise bad_row(
-                    field, where, f"{c.target_field} {targets[i]!r} is empty (no word pieces)"
-                )
+        for i, (e, src, tgt) in enumerate(zip(examples, source_pieces, target_pieces, strict=True)):
+            if not src or not tgt:
+                key, text = (c.source_field, e.source) if not src else (c.target_field, e.target)
+                raise bad_row(field, e.where, f"{key} {text!r} is empty (no word pieces)")
             cut_sources += len(src) > self.max_source
             cut_targets += len(tgt) > t - 1
             src, tgt = src[: self.max_source], [*tgt[: t - 1], self.sep_id]
@@ -339,42 +362,30 @@ class Seq2Seq(FineTuning):
             target_ids[i, : len(tgt)] = tgt
             target_weights[i, : len(tgt)] = 1.0
             mask_positions[i] = start - 1 + np.arange(t)
-        if cut_sources or cut_targets:
-            log.warning(
-                "%s: cut %d source(s) to %d and %d target(s) to %d word pieces "
-                "(training.sequenceLength %d, seq2seq.maxTargetLength %d)",
-                field,
-                cut_sources,
-                self.max_source,
-                cut_targets,
-                t - 1,
-                n,
-                t,
-            )
         features = {
             "token_ids": token_ids,
             "segment_ids": segment_ids,
             "padding_mask": padding,
             "mask_positions": mask_positions,
         }
-        labels_ = {"target_ids": target_ids, "target_weights": target_weights}
-        return Encoded(features, labels_, targets), None
+        labels = {"target_ids": target_ids, "target_weights": target_weights}
+        cut = {"sources": cut_sources, "targets": cut_targets}
+        return Encoded(features, labels, [e.target for e in examples], cut)
+
+    def cut_message(self, cut, examples):
+        return (
+            f"cut {cut['sources']} source(s) to {self.max_source} and {cut['targets']} target(s) "
+            f"to {self.t - 1} word pieces of {examples} example(s) (training.sequenceLength "
+            f"{self.n}, seq2seq.maxTargetLength {self.t})"
+        )
 
     # --- model ---
 
-    def build(self, backbone, labels):
+    def build(self, backbone):
         return BertSeq2Seq(backbone, sequence_length=self.n, name="bert_seq2seq")
 
     def loss(self, outputs, labels):
-        logits = tf.cast(outputs["logits"], tf.float32)
-        ids, weights = labels["target_ids"], labels["target_weights"]
-        ce = keras.losses.sparse_categorical_crossentropy(ids, logits, from_logits=True)
-        per_example = tf.reduce_sum(ce * weights, -1) / tf.maximum(tf.reduce_sum(weights, -1), 1)
-        hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), ids), tf.float32)
-        return per_example, {
-            "correct": tf.reduce_sum(hits * weights),
-            "count": tf.reduce_sum(weights),
-        }
+        return positions_loss(outputs["logits"], labels["target_ids"], labels["target_weights"])
 
     # --- generation ---
 
@@ -390,14 +401,14 @@ class Seq2Seq(FineTuning):
         if not isinstance(pieces, tf.RaggedTensor):
             pieces = tf.RaggedTensor.from_tensor(pieces)
         pieces = tf.cast(pieces, tf.int32)[:, : self.max_source]
-        rows = tf.shape(texts)[0]
-        cls = tf.fill([rows, 1], self.cls_id)
-        sep = tf.fill([rows, 1], self.sep_id)
+        count = tf.shape(texts)[0]
+        cls = tf.fill([count, 1], self.cls_id)
+        sep = tf.fill([count, 1], self.sep_id)
         ids = tf.concat([cls, pieces, sep], axis=1)
         shape = [None, self.n]
         return {
             "token_ids": ids.to_tensor(self.pad_id, shape=shape),
-            "segment_ids": tf.zeros([rows, self.n], tf.int32),
+            "segment_ids": tf.zeros([count, self.n], tf.int32),
             "padding_mask": tf.ones_like(ids).to_tensor(0, shape=shape),
             "target_start": tf.cast(ids.row_lengths(), tf.int32),
         }
@@ -406,36 +417,55 @@ class Seq2Seq(FineTuning):
         """Reference texts as the tokenizer sees them: words split off punctuation (and CJK
         characters), lower-cased and accents stripped when the tokenizer does, one space
         between words."""
-        from keras_hub.src.tokenizers.word_piece_tokenizer import (
-            get_special_tokens_pattern,
-            pretokenize,
-        )
-
-        tok = self.encoder.tokenizer
-        pattern = get_special_tokens_pattern(tok._special_tokens_for_splitting())
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-        def words(x):
-            split = pretokenize(
-                x, tok.lowercase, tok.strip_accents, True, tok.split_on_cjk, pattern
-            )
-            return tf.strings.reduce_join(split, axis=1, separator=" ")
-
         if not texts:
             return []
-        return [w.decode("utf-8") for w in words(tf.constant(texts)).numpy().tolist()]
+        if self._words is None:
+            from keras_hub.src.tokenizers.word_piece_tokenizer import (
+                get_special_tokens_pattern,
+                pretokenize,
+            )
 
-    def evaluate(self, model, encoded, batch_size):
+            tok = self.encoder.tokenizer
+            pattern = get_special_tokens_pattern(tok._special_tokens_for_splitting())
+
+            @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+            def words(x):
+                split = pretokenize(
+                    x, tok.lowercase, tok.strip_accents, True, tok.split_on_cjk, pattern
+                )
+                return tf.strings.reduce_join(split, axis=1, separator=" ")
+
+            self._words = words
+        return [w.decode("utf-8") for w in self._words(tf.constant(texts)).numpy().tolist()]
+
+    # --- validation ---
+
+    def evaluate(self, model, batch_size):
+        self._batch_size = batch_size  # generation's too, as before
+        return super().evaluate(model, batch_size)
+
+    def score(self, model, encoded, outputs):
+        """The chunk's generated texts (from its sources alone, `source_only`) and its
+        references, normalised. Generation is one `tf.function` per model (XLA with
+        training.jitCompile): every chunk and evaluation reuses its trace."""
+        if self._compiled is None or self._compiled[0] is not model:
+            jit = bool(self.cfg.training.jit_compile)
+            self._compiled = (model, tf.function(self.generator(model), jit_compile=jit))
         features = source_only(encoded.features, self.pad_id)
-        ids = generate_all(
-            self.generator(model), features, batch_size, bool(self.cfg.training.jit_compile)
-        )
+        ids = generate_all(self._compiled[1], features, self._batch_size)
         vocabulary = tf.constant(self.encoder.vocabulary)
         texts = detokenize(ids, vocabulary, self.sep_id, self.pad_id).numpy().tolist()
         predictions = [t.decode("utf-8") for t in texts]
-        return text_metrics(predictions, self.normalize(list(encoded.references)))
+        return predictions, self.normalize(list(encoded.references))
 
-    def serve(self, model, archive, labels):
+    def metrics(self, scores):
+        predictions = [p for chunk, _ in scores for p in chunk]
+        references = [r for _, chunk in scores for r in chunk]
+        return text_metrics(predictions, references)
+
+    # --- export ---
+
+    def serve(self, model, archive):
         vocabulary = tf.constant(self.encoder.vocabulary)
         run = self.generator(model)
 
@@ -451,10 +481,9 @@ class Seq2Seq(FineTuning):
         archive.add_endpoint("serving_default", respond, input_signature=[source])
 
 
-def generate_all(run, features: dict[str, np.ndarray], batch_size: int, jit: bool) -> np.ndarray:
-    """`run` (a `generate`) over all examples in batches of `batch_size` (the last one padded
-    with copies of its last row, so one trace serves all), in order."""
-    fn = tf.function(run, jit_compile=jit)
+def generate_all(fn, features: dict[str, np.ndarray], batch_size: int) -> np.ndarray:
+    """`fn` (a `generate` in a `tf.function`) over all examples in batches of `batch_size` (the
+    last one padded with copies of its last row, so one trace serves all), in order."""
     total = len(features["token_ids"])
     outputs = []
     for start in range(0, total, batch_size):

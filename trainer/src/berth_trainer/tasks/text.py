@@ -57,23 +57,3 @@ def to_char_offsets(texts: tf.Tensor, byte_offsets: tf.RaggedTensor) -> tf.Ragge
     dense = byte_offsets.to_tensor(0)
     chars = tf.searchsorted(bounds, tf.cast(dense, tf.int64), side="left")
     return tf.RaggedTensor.from_tensor(chars, lengths=byte_offsets.row_lengths())
-
-
-class WordPiecer:
-    """`word_pieces` for Python lists of words, in one graph (eager keras-hub tokenizers
-    return Python lists): `pieces([["Hello", ","], []]) == [[[7592], [1010]], []]`."""
-
-    def __init__(self, tokenizer, unk_id: int) -> None:
-        spec = tf.RaggedTensorSpec([None, None], tf.string, ragged_rank=1)
-        self._fn = tf.function(lambda w: word_pieces(tokenizer, w, unk_id), input_signature=[spec])
-
-    def __call__(self, words: list[list[str]], batch: int = 512) -> list[list[list[int]]]:
-        out: list[list[list[int]]] = []
-        for start in range(0, len(words), batch):
-            chunk = words[start : start + batch]
-            ragged = tf.RaggedTensor.from_row_lengths(
-                tf.constant([w for ws in chunk for w in ws] or [""])[: sum(map(len, chunk))],
-                [len(ws) for ws in chunk],
-            )
-            out += self._fn(ragged).to_list()
-        return out

@@ -7,10 +7,11 @@ tag names are learned from the training data ("O" first, then sorted); a tag out
 `tokenClassification.scheme` or, in validation, unknown to training is a data error naming
 file and line.
 
-Each word becomes its word pieces (`tasks.text.WordPiecer`, at least one); an example is
+Each word becomes its word pieces (`tasks.text.word_pieces`, at least one); an example is
 `[CLS] pieces [SEP]` cut to `training.sequenceLength`, and a word's tag goes on its FIRST
 piece only (weight 1; other pieces, specials and padding weigh 0). Words whose first piece is
-cut off are neither trained on nor scored (the start-up log counts the sentences cut).
+cut off are neither trained on nor scored (a warning counts the sentences cut in the first
+chunk of a split that cuts any, once per split).
 
 Model: the backbone's sequence output, dropout and a Dense named `classifier` (Hugging Face's
 `BertForTokenClassification`), no pooler. Loss: per example the mean cross-entropy over its
@@ -28,16 +29,20 @@ as several words.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Iterable
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from berth_trainer.config import DataFormat, TagScheme
+from berth_trainer.config import DataFormat, TagScheme, Task
 from berth_trainer.modeling import text_inputs
-from berth_trainer.tasks import Encoded, FineTuning, bad_row, predict
-from berth_trainer.tasks.text import WordPiecer, split_words, to_char_offsets, word_pieces
+from berth_trainer.tasks.base import Encoded, ExampleTask, bad_row, positions_loss
+from berth_trainer.tasks.classification import CLASSIFIER
+from berth_trainer.tasks.text import split_words, to_char_offsets, word_pieces
+from berth_trainer.textfiles import lines, rows
 
 log = logging.getLogger("berth_trainer")
 
@@ -47,55 +52,58 @@ PREFIXES = {TagScheme.BIO: "BI", TagScheme.BIOES: "BIES"}
 _CODES = {"O": 0, "B": 1, "I": 2, "E": 3, "S": 4}
 
 
+@dataclasses.dataclass
 class Sentence:
     """Words of one sentence, their tags and where each word is (`file:line`)."""
 
-    __slots__ = ("tags", "where", "words")
-
-    def __init__(self) -> None:
-        self.words: list[str] = []
-        self.tags: list[str] = []
-        self.where: list[str] = []
+    words: list[str] = dataclasses.field(default_factory=list)
+    tags: list[str] = dataclasses.field(default_factory=list)
+    where: list[str] = dataclasses.field(default_factory=list)
 
 
-class TokenClassification(FineTuning):
+class TokenClassification(ExampleTask):
+    name = Task.TOKEN_CLASSIFICATION
     formats = (DataFormat.CONLL, DataFormat.JSONL)
-    uses_pooler = False
+    heads = (CLASSIFIER,)
+    pooled = False
+    architecture = "BertForTokenClassification"
+    label_word = "tag"
 
-    labels: list[str] | None = None
+    def __init__(self, cfg, encoder) -> None:
+        super().__init__(cfg, encoder)
 
-    def read(self, files, field, labels):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def pieces(words):
+            ragged = tf.RaggedTensor.from_row_lengths(words, tf.shape(words, tf.int64))
+            out = word_pieces(encoder.tokenizer, ragged, encoder.vocabulary.index("[UNK]"))
+            return out.flat_values, out.values.row_lengths()
+
+        self._pieces = pieces
+
+    def word_pieces(self, sentences: list[list[str]]) -> list[list[list[int]]]:
+        """Each word's piece ids, in one graph call and no eager op per row: `encode` runs in
+        the input pipeline's generator, where many small eager ops stall a multi-worker run."""
+        flat = tf.constant([w for s in sentences for w in s])
+        ids, counts = (t.numpy() for t in self._pieces(flat))
+        words = iter(np.split(ids, np.cumsum(counts)[:-1]))
+        return [[next(words).tolist() for _ in s] for s in sentences]
+
+    def examples(self, files, field):
         scheme = self.cfg.token_classification.scheme
-        sentences = list(self._sentences(files, field))
-        if not sentences:
-            raise bad_row(field, ", ".join(files), "no sentences")
-        for s in sentences:
+        for s in self._sentences(files, field):
             for tag, where in zip(s.tags, s.where, strict=True):
-                problem = tag_problem(tag, scheme)
-                if problem:
+                if problem := tag_problem(tag, scheme):
                     raise bad_row(field, where, problem)
-        if labels is None:
-            tags = {t for s in sentences for t in s.tags}
-            labels = ["O", *sorted(tags - {"O"})]
-            self.labels = labels
-        index = {name: i for i, name in enumerate(labels)}
-        for s in sentences:
-            for tag, where in zip(s.tags, s.where, strict=True):
-                if tag not in index:
-                    raise bad_row(field, where, f"tag {tag!r} does not occur in data.train")
-        return self._encode(sentences, index, field), labels
+            yield s
 
     def _sentences(self, files: list[str], field: str):
         if self.cfg.data.format == DataFormat.CONLL:
             for path in files:
-                with tf.io.gfile.GFile(path, "r") as f:
-                    yield from conll_sentences(f.read(), path, field)
+                yield from conll_sentences(lines(path, field), path, field)
             return
-        from berth_trainer.data import read_rows
-
         tc = self.cfg.token_classification
         keys = (tc.tokens_field, tc.tags_field)
-        for where, row in read_rows(files, DataFormat.JSONL, list(keys), field):
+        for where, row in rows(files, DataFormat.JSONL, list(keys), field):
             words, tags = row[tc.tokens_field], row[tc.tags_field]
             for key, value in zip(keys, (words, tags), strict=True):
                 if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -109,20 +117,25 @@ class TokenClassification(FineTuning):
                     f"{tc.tags_field} has {len(tags)} tags but {tc.tokens_field} has "
                     f"{len(words)} words",
                 )
-            s = Sentence()
-            s.words, s.tags, s.where = list(words), list(tags), [where] * len(words)
-            yield s
+            yield Sentence(list(words), list(tags), [where] * len(words))
 
-    def _encode(self, sentences: list[Sentence], index: dict[str, int], field: str) -> Encoded:
+    def labels_of(self, example):
+        return zip(example.tags, example.where, strict=True)
+
+    def name_labels(self, seen):
+        return ["O", *sorted(seen - {"O"})]
+
+    def encode(self, examples, field):
+        index = {name: i for i, name in enumerate(self.labels or ())}
         n = self.cfg.training.sequence_length
         e = self.encoder
-        pieces = WordPiecer(e.tokenizer, e.vocabulary.index("[UNK]"))([s.words for s in sentences])
-        token_ids = np.full((len(sentences), n), e.pad_id, np.int32)
-        tags = np.zeros((len(sentences), n), np.int32)
-        weights = np.zeros((len(sentences), n), np.float32)
+        pieces = self.word_pieces([s.words for s in examples])
+        token_ids = np.full((len(examples), n), e.pad_id, np.int32)
+        tags = np.zeros((len(examples), n), np.int32)
+        weights = np.zeros((len(examples), n), np.float32)
         references: list[list[str]] = []
         cut_sentences = cut_words = 0
-        for i, (s, words) in enumerate(zip(sentences, pieces, strict=True)):
+        for i, (s, words) in enumerate(zip(examples, pieces, strict=True)):
             ids, firsts = layout(words, n, e.specials.cls, e.specials.sep)
             token_ids[i, : len(ids)] = ids
             kept = len(firsts)
@@ -132,63 +145,56 @@ class TokenClassification(FineTuning):
             if sum(map(len, words)) > n - 2:
                 cut_sentences += 1
                 cut_words += len(words) - kept
-        if cut_sentences:
-            log.warning(
-                "%s: %d of %d sentences cut to training.sequenceLength %d word pieces; %d "
-                "words cut off are not trained on or scored",
-                field,
-                cut_sentences,
-                len(sentences),
-                n,
-                cut_words,
-                extra={"fields": {"truncated_sentences": cut_sentences, "cut_words": cut_words}},
-            )
         features = {
             "token_ids": token_ids,
             "segment_ids": np.zeros_like(token_ids),
             "padding_mask": (token_ids != e.pad_id).astype(np.int32),
         }
-        return Encoded(features, {"tags": tags, "weights": weights}, references)
+        labels = {"tags": tags, "weights": weights}
+        cut = {"sentences": cut_sentences, "words": cut_words}
+        return Encoded(features, labels, references, cut)
 
-    def build(self, backbone, labels):
-        self.labels = labels
-        n = self.cfg.training.sequence_length
-        inputs = text_inputs(n)
+    def cut_message(self, cut, examples):
+        return (
+            f"{cut['sentences']} of {examples} sentences cut to training.sequenceLength "
+            f"{self.cfg.training.sequence_length} word pieces; {cut['words']} words cut off are "
+            "not trained on or scored"
+        )
+
+    def build(self, backbone):
+        inputs = text_inputs(self.cfg.training.sequence_length)
         sequence = backbone(inputs)["sequence_output"]
         sequence = keras.layers.Dropout(
             backbone.dropout, dtype=backbone.dtype_policy, name="sequence_dropout"
         )(sequence)
         logits = keras.layers.Dense(
-            len(labels),
+            len(self.labels or ()),
             kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
             dtype=backbone.dtype_policy,
-            name=self.head,
+            name=self.head.layer,
         )(sequence)
         logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
         return keras.Model(inputs, {"logits": logits}, name="bert_token_classification")
 
     def loss(self, outputs, labels):
-        logits = tf.cast(outputs["logits"], tf.float32)
-        tags, weights = labels["tags"], labels["weights"]
-        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tags, logits=logits)
-        per_example = tf.reduce_sum(ce * weights, -1) / tf.maximum(tf.reduce_sum(weights, -1), 1)
-        hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), tags), tf.float32)
-        return per_example, {
-            "correct": tf.reduce_sum(hits * weights),
-            "count": tf.reduce_sum(weights),
-        }
+        return positions_loss(outputs["logits"], labels["tags"], labels["weights"])
 
-    def evaluate(self, model, encoded, batch_size):
+    def score(self, model, encoded, outputs):
+        """(gold, predicted) tags of the chunk's kept words."""
         names = np.asarray(self.labels)
-        logits = predict(model, encoded.features, batch_size)["logits"]
-        ids = logits.argmax(-1)
+        ids = outputs["logits"].argmax(-1)
         first = encoded.labels["weights"] > 0
         predicted = [names[row[w]].tolist() for row, w in zip(ids, first, strict=True)]
-        scores = prf(encoded.references, predicted, self.cfg.token_classification.scheme)
-        return {k: round(v, 4) for k, v in scores.items()}
+        return encoded.references, predicted
 
-    def serve(self, model, archive, labels):
-        names = labels or self.labels
+    def metrics(self, scores):
+        gold = [tags for chunk, _ in scores for tags in chunk]
+        predicted = [tags for _, chunk in scores for tags in chunk]
+        entity = prf(gold, predicted, self.cfg.token_classification.scheme)
+        return {k: round(v, 4) for k, v in entity.items()}
+
+    def serve(self, model, archive):
+        names = list(self.labels or ())
         n = self.cfg.training.sequence_length
         tokenizer, packer = self.encoder.tokenizer, self.encoder.packer
         unk = self.encoder.vocabulary.index("[UNK]")
@@ -253,10 +259,15 @@ class TokenClassification(FineTuning):
         archive.add_endpoint("serving_default", tag, input_signature=[text])
 
 
-def conll_sentences(content: str, path: str, field: str):
-    """`Sentence`s of a CoNLL file: the first column is the word, the last its tag."""
+def conll_sentences(numbered: Iterable[tuple[int, str]], path: str, field: str):
+    """`Sentence`s of a CoNLL file's (line number, line) pairs (`textfiles.lines`): the first
+    column is the word, the last its tag.
+
+    >>> [s.where for s in conll_sentences(enumerate(["-DOCSTART- O", "", "EU B-ORG"], 1), "f", "")]
+    [['f:3']]
+    """
     s = Sentence()
-    for number, line in enumerate(content.splitlines(), 1):
+    for number, line in numbered:
         columns = line.split()
         if not columns or columns[0] == "-DOCSTART-":
             if s.words:
