@@ -29,7 +29,7 @@ def prepare_tfrecord(
 ) -> dict[str, float]:
     """Tokenize and pack text files (one sentence per line, a blank line between documents)
     into `shards` TFRecord files of `tf.train.Example`s with the int64 features
-    `data.PACKED_FEATURES` (masking happens at training time, so it stays dynamic).
+    `corpus.PACKED_FEATURES` (masking happens at training time, so it stays dynamic).
 
     Files are read one at a time (a sentence pair's random B comes from the same file) and
     examples are dealt round-robin over the shards. One shard is written to `output`, several
