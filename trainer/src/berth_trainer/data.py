@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 
 import keras_hub
+import numpy as np
 import tensorflow as tf
 
 from berth_trainer.config import TrainerConfig
@@ -60,6 +62,16 @@ class ExampleEncoder:
             end_value=ids["[SEP]"],
             pad_value=self.pad_id,
         )
+        self._compiled: dict[int, Callable] = {}  # segments → `encode_texts` as a graph
+
+    def encode_strings(self, *columns: list[str]) -> dict[str, np.ndarray]:
+        """`encode_texts` of Python strings (one list per segment), in one graph per number of
+        segments: what a task's `encode` calls on a chunk."""
+        if len(columns) not in self._compiled:
+            spec = [tf.TensorSpec([None], tf.string)] * len(columns)
+            self._compiled[len(columns)] = tf.function(self.encode_texts, input_signature=spec)
+        packed = self._compiled[len(columns)](*(tf.constant(c, tf.string) for c in columns))
+        return {k: v.numpy() for k, v in packed.items()}
 
     def encode_texts(self, *texts: tf.Tensor) -> Features:
         """Raw strings `[batch]` (one tensor per segment) → a batch of packed features; what

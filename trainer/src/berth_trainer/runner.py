@@ -189,10 +189,10 @@ def train(cfg: TrainerConfig, metrics_port: int = 0) -> dict[str, float]:
             step += steps
             step_var.assign(step)
             # Before the loss scale moves, the log and a save: a diverged step is neither.
-            watch.check(
-                step, values["loss"] / steps, values["nonfinite"], float(loss_scale.numpy()), steps
-            )
-            if t.precision == Precision.MIXED_FLOAT16:
+            fp16 = t.precision == Precision.MIXED_FLOAT16
+            scale = float(loss_scale.numpy()) if fp16 else None  # a host read: fp16 only
+            watch.check(step, values["loss"] / steps, values["nonfinite"], scale, steps)
+            if fp16:
                 good_steps = _update_loss_scale(loss_scale, values["nonfinite"] > 0, good_steps)
             metrics = {"loss": values["loss"] / steps, **rates(values)}
             log_now = step % t.log_every_steps == 0 or step == t.steps

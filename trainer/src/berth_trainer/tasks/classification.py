@@ -67,19 +67,8 @@ class SentenceTask(ExampleTask):
 
     def features(self, examples: list[Row]) -> dict[str, np.ndarray]:
         """The packed texts of `examples`."""
-        columns = list(zip(*(r.texts for r in examples), strict=True))
-        return {
-            k: v.numpy()
-            for k, v in self._encode_texts(*(tf.constant(list(c)) for c in columns)).items()
-        }
-
-    @property
-    def _encode_texts(self) -> Callable:
-        if not hasattr(self, "_encode_fn"):
-            segments = 2 if self.cfg.data.text_pair_field else 1
-            spec = [tf.TensorSpec([None], tf.string)] * segments
-            self._encode_fn = tf.function(self.encoder.encode_texts, input_signature=spec)
-        return self._encode_fn
+        columns = zip(*(r.texts for r in examples), strict=True)
+        return self.encoder.encode_strings(*map(list, columns))
 
     def classifier(self, backbone: keras.Model, units: int) -> tuple[dict, keras.KerasTensor]:
         """The named text inputs → the pooled `[CLS]` output → dropout → `Dense(units)` named

@@ -71,20 +71,12 @@ class MultipleChoice(ExampleTask):
             yield Example(context, endings, index, where)
 
     def encode(self, examples, field):
-        contexts = tf.constant([e.context for e in examples for _ in range(self.choices)])
-        endings = tf.constant([x for e in examples for x in e.endings])
-        packed = self._encode_pairs(contexts, endings)
+        contexts = [e.context for e in examples for _ in range(self.choices)]
+        packed = self.encoder.encode_strings(contexts, [x for e in examples for x in e.endings])
         shape = (len(examples), self.choices, -1)
-        features = {k: v.numpy().reshape(shape) for k, v in packed.items()}
+        features = {k: v.reshape(shape) for k, v in packed.items()}
         label = np.asarray([e.label for e in examples], np.int32)
         return Encoded(features, {"label": label})
-
-    @property
-    def _encode_pairs(self):
-        if not hasattr(self, "_encode_fn"):
-            spec = [tf.TensorSpec([None], tf.string)] * 2
-            self._encode_fn = tf.function(self.encoder.encode_texts, input_signature=spec)
-        return self._encode_fn
 
     def build(self, backbone):
         k, n = self.choices, self.cfg.training.sequence_length

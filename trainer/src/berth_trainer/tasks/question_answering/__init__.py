@@ -161,11 +161,6 @@ class QuestionAnswering(ExampleTask):
     def encode(self, questions: list[Question], field: str) -> Encoded:
         """The windows of a chunk of `questions` (rows), their labels and their `Windows`
         (`example` indexes `questions`)."""
-        n = self.n
-        if not questions:
-            empty = {k: np.zeros([0, n], np.int32) for k in FEATURES}
-            labels = {k: np.zeros([0], np.int32) for k in ("start_position", "end_position")}
-            return Encoded(empty, labels, None)
         encode, pieces_of = self._compiled()
         out = encode(
             tf.constant([q.question for q in questions]),
@@ -261,8 +256,6 @@ class QuestionAnswering(ExampleTask):
         """(answer, gold answers) of each question of the chunk: its windows' logits decoded
         by `decode` (the export's graph)."""
         refs = encoded.references
-        if refs is None:
-            return []
         answers = decode(
             outputs["start_logits"],
             outputs["end_logits"],
