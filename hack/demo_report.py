@@ -12,7 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is impor
 from rich.console import Console
 from rich.table import Table
 
-from berth_trainer.prepare import predict
+from berth_trainer.predict import predict
 
 SENTENCES = [
     "the cat [MASK] the ball .",

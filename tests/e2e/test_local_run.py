@@ -152,8 +152,14 @@ def test_two_workers_train_to_the_last_step(tmp_path: Path, corpus: dict[str, st
 def test_killed_worker_restarts_the_group_and_resumes(
     tmp_path: Path, corpus: dict[str, str]
 ) -> None:
+    """With data.prepare: two prepare processes write the shards first, the workers train
+    from them, and the group restart after the kill does not prepare again."""
     work = tmp_path / "run"
-    proc = start(manifest(tmp_path, corpus, steps=120), work)
+    path = manifest(tmp_path, corpus, steps=120)
+    body = yaml.safe_load(path.read_text())
+    body["spec"]["data"]["prepare"] = {"workers": 2, "output": "shards"}  # beside the manifest
+    path.write_text(yaml.safe_dump(body))
+    proc = start(path, work)
     first = wait_progress(work, "lastCheckpointStep", 20)
     os.kill(first[1], signal.SIGKILL)
     out, _ = proc.communicate(timeout=300)
@@ -166,6 +172,14 @@ def test_killed_worker_restarts_the_group_and_resumes(
     log = (work / "logs" / "worker-0.log").read_text()
     assert '"msg": "resumed"' in log, "worker 0 did not resume from the checkpoint"
     assert_no_orphans(work)
+    conditions = {c["type"]: c["status"] for c in final["conditions"]}
+    assert conditions["Prepared"] == "True"
+    markers = sorted(p.name for p in (tmp_path / "shards").glob("slice-*.json"))
+    assert markers == ["slice-00000-of-00002.json", "slice-00001-of-00002.json"]
+    for index in (0, 1):  # one run each: the restarted group read the shards
+        prepared = (work / "logs" / f"prepare-{index}.log").read_text()
+        assert prepared.count('"msg": "wrote ') == 1 and "prepared already" not in prepared
+    assert "FILE shard 0/2" in log and "train-00000-of-00002.tfrecord" in log  # the shards
 
 
 def test_failure_policy_never_fails_and_leaves_no_orphans(

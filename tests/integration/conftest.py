@@ -272,6 +272,15 @@ class Trainings:
             what=f"{name} phase {phase} (status)",
         )
 
+    def wait_finished(self, name: str, timeout: float) -> dict[str, Any]:
+        """The status once the phase is Succeeded or Failed."""
+        return wait_for(
+            lambda: (s := self.status(name)).get("phase") in ("Succeeded", "Failed") and s,
+            timeout=timeout,
+            interval=1,
+            what=f"{name} finished",
+        )
+
     def pods(self, name: str, alive_only: bool = True) -> list[client.V1Pod]:
         pods = self.core.list_namespaced_pod(
             self.namespace, label_selector=f"berth.dev/training={name}"

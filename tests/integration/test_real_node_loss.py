@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from kubernetes import client
@@ -57,11 +56,6 @@ def next_group_pending(
         return None
     group = [p for p in pods if p.metadata.labels.get(RESTART) == "1"]
     return group if len(group) == 2 and all(p.status.phase == "Pending" for p in group) else None
-
-
-def finished(trainings: Trainings, name: str) -> dict[str, Any] | None:
-    status = trainings.status(name)
-    return status if status.get("phase") in ("Succeeded", "Failed") else None
 
 
 def test_node_power_loss_restarts_the_group_as_a_disruption_and_the_training_finishes(
@@ -103,9 +97,7 @@ def test_node_power_loss_restarts_the_group_as_a_disruption_and_the_training_fin
         )
         assert (during["disruptions"], during.get("restarts", 0)) == (1, 0), during
 
-    final = wait_for(
-        lambda: finished(trainings, "lost"), timeout=300, interval=1, what="lost finished"
-    )
+    final = trainings.wait_finished("lost", timeout=300)
     assert final["phase"] == "Succeeded", final
     assert (final.get("disruptions"), final.get("restarts", 0)) == (1, 0), final
     # The trainer's own count: the exported metrics, after a resume from a checkpoint the dead

@@ -140,6 +140,12 @@ tests/integration/test_chart_install.py runs the operator under exactly these ru
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+# The data.prepare Job of a training (spec.data.prepare): listed and watched by label (the
+# controller's cache), created once before the workers, read when the name is taken, deleted
+# when the training is suspended or Kueue takes its admission back while it runs.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "list", "watch", "create", "delete"]
 {{- if .Values.networkPolicy.enabled }}
 # Each training's NetworkPolicy isolating its workers (created once before them; owned by the
 # training, garbage-collected).

@@ -416,6 +416,8 @@ class BertTrainingSpec(TrainerConfig):
 
 class Phase(enum.StrEnum):
     PENDING = "Pending"
+    #: data.prepare: the prepare Job runs; the workers are created once it completed.
+    PREPARING = "Preparing"
     STARTING = "Starting"
     RUNNING = "Running"
     RESTARTING = "Restarting"
@@ -436,13 +438,16 @@ class ConditionType(enum.StrEnum):
     FAILED = "Failed"
     SUSPENDED = "Suspended"
     QUEUED = "Queued"
+    #: data.prepare: True once the prepare Job completed (never prepared again for this training).
+    PREPARED = "Prepared"
 
 
 class Condition(ApiModel):
     """conditions[]: one observation of the training's state, Kubernetes-style."""
 
     type: ConditionType = Field(
-        description="type: Created, Running, Restarting, Succeeded, Failed, Suspended or Queued."
+        description="type: Created, Running, Restarting, Succeeded, Failed, Suspended, Queued "
+        "or Prepared."
     )
     status: str = Field(
         description="status: True, False or Unknown.",
@@ -473,7 +478,8 @@ class WorkerCounts(ApiModel):
 
 
 class Progress(ApiModel):
-    """progress: training progress scraped from worker 0's metrics endpoint."""
+    """progress: training progress scraped from worker 0's metrics endpoint (while Preparing:
+    the input bytes the prepare pods read, summed over them)."""
 
     step: int | None = Field(default=None, description="step: optimizer steps done.")
     total_steps: int | None = Field(default=None, description="totalSteps: steps planned.")
@@ -487,8 +493,20 @@ class Progress(ApiModel):
     last_checkpoint_step: int | None = Field(
         default=None, description="lastCheckpointStep: step of the newest checkpoint."
     )
+    prepared_bytes: int | None = Field(
+        default=None,
+        description="preparedBytes: data.prepare: input bytes the prepare pods have read "
+        "(berth_prepare_input_bytes summed over them; a finished pod counts its whole slice).",
+    )
+    input_bytes: int | None = Field(
+        default=None,
+        description="inputBytes: data.prepare: input bytes of the slices of the prepare pods seen "
+        "so far (berth_prepare_input_total_bytes summed over them).",
+    )
     summary: str | None = Field(
-        default=None, description="summary: step/totalSteps, e.g. 120/1000 (printer column)."
+        default=None,
+        description="summary: step/totalSteps, e.g. 120/1000, or while Preparing the share of "
+        "the input read, e.g. prepare 42% (printer column).",
     )
     updated_at: str | None = Field(
         default=None,
@@ -529,13 +547,30 @@ class QueueStatus(ApiModel):
     )
 
 
+class PrepareStatus(ApiModel):
+    """prepare: the data.prepare Indexed Job (docs/operator.md, "Preparing the data")."""
+
+    job: str | None = Field(default=None, description="job: the Job's name, <name>-prepare.")
+    workers: int | None = Field(
+        default=None, description="workers: its indexes (data.prepare.workers)."
+    )
+    active: int | None = Field(default=None, description="active: prepare pods running.")
+    succeeded: int | None = Field(
+        default=None, description="succeeded: indexes done (their slice is written)."
+    )
+    failed: int | None = Field(
+        default=None, description="failed: prepare pods that failed (retried or not)."
+    )
+    summary: str | None = Field(default=None, description="summary: succeeded/workers, e.g. 1/2.")
+
+
 class BertTrainingStatus(ApiModel):
     """status: the observed state of the training, written only by the operator."""
 
     phase: Phase | None = Field(
         default=None,
-        description="phase: Pending, Queued (waiting for Kueue to admit it), Starting, Running, "
-        "Restarting, Succeeded, Failed or Suspended.",
+        description="phase: Pending, Queued (waiting for Kueue to admit it), Preparing (the "
+        "data.prepare Job runs), Starting, Running, Restarting, Succeeded, Failed or Suspended.",
     )
     conditions: list[Condition] | None = Field(
         default=None,
@@ -571,6 +606,9 @@ class BertTrainingStatus(ApiModel):
         default=None, description="message: why the training is in its phase, e.g. a failure."
     )
     tpu: TpuStatus | None = Field(default=None, description="tpu: the training's Cloud TPU.")
+    prepare: PrepareStatus | None = Field(
+        default=None, description="prepare: the data.prepare Job, while and after it runs."
+    )
     queue: QueueStatus | None = Field(
         default=None,
         description="queue: where Kueue queues the training (label kueue.x-k8s.io/queue-name).",

@@ -17,6 +17,11 @@ What controller-runtime does with informers and a work queue, on kopf's watches 
 * Progress: every --progress-interval, worker 0 of each Running training is scraped at the
   address the pod cache knows, and its metrics are used only if `berth_trainer_info` names that
   very worker. An endpoint that does not answer is tried less and less often (up to a minute).
+  A Preparing training's running prepare pods are scraped the same way and their input bytes
+  summed (`progress.prepare_progress`).
+* data.prepare: the training's prepare Job (`berth_operator.prepare`) and its pods are cached
+  like the workers (a Job watch by label, the pod watch with role `prepare`); their changes
+  wake the training, whose pass decides from them when the workers may start.
 
 While nothing changes, the API server sees nothing from the operator but its open watches.
 """
@@ -45,6 +50,7 @@ from berth_operator import (
     networkpolicy,
     outcome,
     policy,
+    prepare,
     progress,
     refusal,
 )
@@ -55,6 +61,7 @@ from berth_operator.k8s import (
     CreateRefusedError,
     KueueMissingError,
     NamespaceTerminatingError,
+    controller_ref,
 )
 from berth_operator.nodes import NodeHealth, node_health
 from berth_operator.settings import Settings
@@ -106,11 +113,17 @@ class Controller:
         workloads: Index | None = None,
         workers: int = WORKERS,
         concurrency: int = CONCURRENCY,
+        jobs: Index | None = None,
     ) -> None:
         self.settings, self.cluster = settings, cluster
+        #: `pods`: the trainings' worker and data.prepare pods (label berth.dev/role).
         self.trainings, self.pods = trainings, pods
         #: Kueue Workloads by training (with --kueue; else never read).
         self.workloads: Index = workloads if workloads is not None else {}
+        #: data.prepare Jobs by training.
+        self.jobs: Index = jobs if jobs is not None else {}
+        #: (bytes read, slice bytes) last scraped of each prepare pod, by training.
+        self.prepare_bytes: dict[Key, dict[str, tuple[int, int]]] = {}
         self.workers, self.concurrency = workers, concurrency
         self.queue: WorkQueue[Key] = WorkQueue()
         self.expectations: dict[Key, Expectations] = {}
@@ -184,8 +197,43 @@ class Controller:
     def training(self, key: Key) -> Mapping[str, Any] | None:
         return next(iter(self.trainings.get(key) or ()), None)
 
+    def _pods(self, key: Key, role: str) -> list[Mapping[str, Any]]:
+        return [
+            pod
+            for pod in self.pods.get(key) or ()
+            if (pod["metadata"].get("labels") or {}).get(labels.ROLE) == role
+        ]
+
     def worker_pods(self, key: Key) -> list[Mapping[str, Any]]:
-        return list(self.pods.get(key) or ())
+        return self._pods(key, labels.ROLE_WORKER)
+
+    def prepare_pods(self, key: Key) -> list[Mapping[str, Any]]:
+        return self._pods(key, labels.ROLE_PREPARE)
+
+    def prepare_job(self, key: Key, training: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+        """The cached data.prepare Job of `training` (a deleted namesake's may linger)."""
+        if training is None:
+            return None
+        uid = training["metadata"].get("uid")
+        return next(
+            (
+                job
+                for job in self.jobs.get(key) or ()
+                if (ref := controller_ref(job)) is not None and ref.get("uid") == uid
+            ),
+            None,
+        )
+
+    def preparation(self, key: Key, training: Mapping[str, Any]) -> prepare.Preparation:
+        """The training's prepare Job and that Job's pods (not a deleted namesake's)."""
+        job = self.prepare_job(key, training)
+        uid = None if job is None else job["metadata"].get("uid")
+        pods = [
+            pod
+            for pod in self.prepare_pods(key)
+            if (ref := controller_ref(pod)) is not None and ref.get("uid") == uid
+        ]
+        return prepare.Preparation(job, pods)
 
     def workload(self, key: Key, training: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
         """The cached Workload of `training` (one of a deleted namesake's may linger)."""
@@ -208,6 +256,7 @@ class Controller:
             self.scrape_failures,
             self.scrape_after,
             self.tombstones,
+            self.prepare_bytes,
         ):
             table.pop(key, None)
         self.queue.forget(key)
@@ -248,7 +297,9 @@ class Controller:
             del self.gone[key]
         waiting = self.expectations.get(key)
         if waiting is not None:
-            seen = waiting.met(training, pods, self.workload(key, training))
+            seen = waiting.met(
+                training, pods, self.workload(key, training), self.prepare_job(key, training)
+            )
             if not seen and loop.time() < waiting.deadline:
                 self.queue.add_at(key, waiting.deadline)  # a cache event usually comes first
                 return
@@ -273,6 +324,7 @@ class Controller:
             pod_policy=self.settings.pod_policy_for(namespace),
             health=await self._health(policy.suspect_nodes(pods)),
             deleted=list(tombstones.values()),
+            preparation=self.preparation(key, training),
         )
         old_status = training.get("status") or {}
         phase = plan.status.get("phase")
@@ -389,8 +441,20 @@ class Controller:
                 reason="ForceDeletedWorkers",
                 message=f"deleted pods {', '.join(forced)} with grace 0: their node is lost",
             )
+        if plan.delete_prepare_job is not None:
+            job = self.prepare_job(key, training)
+            uid = None if job is None else job["metadata"].get("uid")
+            if await self._io(self.cluster.delete_job, namespace, plan.delete_prepare_job, uid):
+                kopf.event(
+                    owner,
+                    type="Normal",
+                    reason="DeletedPrepareJob",
+                    message=f"deleted Job {plan.delete_prepare_job} and its pods",
+                )
         workload = None if queueing is None else queueing.workload
         created, refused = await self._create(owner, plan, workload) if plan.create else ([], None)
+        if plan.create_prepare_job and refused is None:
+            refused = await self._create_prepare(owner)
         if created:
             metrics.PODS_CREATED.inc(len(created))
             kopf.event(
@@ -419,6 +483,7 @@ class Controller:
                 str(uids[p]) for p in (*plan.delete, *plan.force_delete) if uids.get(p)
             ),
             deadline=asyncio.get_running_loop().time() + EXPECTATION_TIMEOUT,
+            prepare_job_created=plan.create_prepare_job and refused is None,
         )
         problem = None
         if queueing is not None:
@@ -544,11 +609,40 @@ class Controller:
         created = [pod["metadata"]["name"] for pod, ok in zip(new, done, strict=True) if ok is True]
         return created, next(iter(refused), None)
 
+    async def _create_prepare(self, owner: kopf.Body) -> str | None:
+        """The ConfigMap (the prepare pods read it), the prepare pods' NetworkPolicy (unless
+        turned off) and the data.prepare Job: None, or why the API server refused them."""
+        config_map = builders.build_config_map(owner)
+        isolation = (
+            [networkpolicy.build_prepare_network_policy(owner, self.settings.metrics_peers)]
+            if self.settings.network_policy
+            else []
+        )
+        job = prepare.build_prepare_job(owner, self.settings.default_image)
+        kopf.adopt([config_map, *isolation, job], owner=owner)
+        try:
+            await asyncio.gather(
+                self._io(self.cluster.sync_config_map, config_map),
+                *(self._io(self.cluster.create, policy_) for policy_ in isolation),
+            )
+            if await self._io(self.cluster.create, job):
+                spec = job["spec"]
+                kopf.event(
+                    owner,
+                    type="Normal",
+                    reason="CreatedPrepareJob",
+                    message=f"created Job {job['metadata']['name']} ({spec['completions']} "
+                    f"indexes, backoffLimitPerIndex {spec['backoffLimitPerIndex']})",
+                )
+        except CreateRefusedError as error:
+            return str(error)
+        return None
+
     def _schedule(
         self, key: Key, training: Mapping[str, Any], pods: list[Mapping[str, Any]]
     ) -> None:
         """Put `key` back when its next time-based rule is due."""
-        due = policy.next_due(training, pods)
+        due = policy.next_due(training, pods, self.prepare_pods(key))
         if due is None:
             return
         # Status times have second precision: wake just after the rule's moment, never in a
@@ -563,18 +657,24 @@ class Controller:
         while True:
             await asyncio.sleep(interval)
             now = asyncio.get_running_loop().time()
-            targets = []
+            targets, preparing = [], []
             for key in list(self.trainings):
                 training = self.training(key)
-                if training is None or (training.get("status") or {}).get("phase") != "Running":
+                phase = None if training is None else (training.get("status") or {}).get("phase")
+                if training is not None and phase == Phase.PREPARING.value:
+                    preparing.append((key, training))
+                if training is None or phase != Phase.RUNNING.value:
                     continue
                 if now < self.scrape_after.get(key, 0.0):
                     continue
                 chief = self._chief(key, training)
                 if chief is not None:
                     targets.append((key, training, chief))
-            if targets:
-                await asyncio.gather(*(self._scrape(*target) for target in targets))
+            if targets or preparing:
+                await asyncio.gather(
+                    *(self._scrape(*target) for target in targets),
+                    *(self._scrape_prepare(*target) for target in preparing),
+                )
 
     def _chief(self, key: Key, training: Mapping[str, Any]) -> str | None:
         """The pod IP of worker 0 of the current group, from the pod cache."""
@@ -622,3 +722,45 @@ class Controller:
             entry = {**new, "updatedAt": format_time(datetime.now(UTC))}
             with contextlib.suppress(Exception):  # the next scrape tries again
                 await self._io(self.cluster.patch_status, namespace, name, {"progress": entry})
+
+    async def _scrape_prepare(self, key: Key, training: Mapping[str, Any]) -> None:
+        """Scrape the running prepare pods of a Preparing training and write the summed input
+        bytes to `status.progress` when they changed; never raises. A pod that succeeded counts
+        its whole slice; one that failed counts nothing (its slice is redone)."""
+        namespace, name = key
+        pods = self.prepare_pods(key)
+        phases = {p["metadata"]["name"]: (p.get("status") or {}).get("phase") for p in pods}
+        seen = {
+            pod: (total if phases[pod] == "Succeeded" else read, total)
+            for pod, (read, total) in (self.prepare_bytes.get(key) or {}).items()
+            if phases.get(pod) in ("Running", "Succeeded")
+        }
+        live = [
+            (p["metadata"]["name"], str(p["status"]["podIP"]))
+            for p in pods
+            if (p.get("status") or {}).get("phase") == "Running" and p["status"].get("podIP")
+        ]
+        read = await asyncio.gather(*(self._prepare_bytes(key, ip) for _, ip in live))
+        seen.update({pod: got for (pod, _), got in zip(live, read, strict=True) if got})
+        self.prepare_bytes[key] = seen
+        new = progress.prepare_progress(seen)
+        status = training.get("status") or {}
+        if progress.progress_changed(status.get("progress"), new):
+            entry = {**new, "updatedAt": format_time(datetime.now(UTC))}
+            with contextlib.suppress(Exception):  # the next scrape tries again
+                await self._io(self.cluster.patch_status, namespace, name, {"progress": entry})
+
+    async def _prepare_bytes(self, key: Key, ip: str) -> tuple[int, int] | None:
+        """(read, slice) bytes of the prepare pod at `ip`; None when it does not answer or says
+        it belongs to another training."""
+        url = progress.metrics_url(ip)
+        try:
+            text = await self._fetch(url)
+        except (OSError, ValueError, aiohttp.ClientError, TimeoutError) as error:
+            metrics.SCRAPE_FAILURES.inc()
+            log.debug("%s/%s: prepare metrics unavailable at %s: %s", *key, url, error)
+            return None
+        seen = progress.identity_from_metrics(text) or {}
+        if any(seen.get(k, v) != v for k, v in (("namespace", key[0]), ("training", key[1]))):
+            return None
+        return progress.prepare_bytes_from_metrics(text)

@@ -43,7 +43,7 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "name": "Step",
         "type": "string",
         "jsonPath": ".status.progress.summary",
-        "description": "Optimizer step / total steps",
+        "description": "Optimizer step / total steps (while Preparing: input prepared)",
     },
     {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss"},
     {"name": "Examples/s", "type": "number", "jsonPath": ".status.progress.examplesPerSecond"},

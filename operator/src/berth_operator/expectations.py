@@ -50,6 +50,8 @@ class Expectations:
     workload_created: bool = False
     #: resourceVersion of the Workload after our last patch of it.
     workload_version: str | None = None
+    #: We created the training's data.prepare Job: it must appear.
+    prepare_job_created: bool = False
     #: Loop time after which the next pass runs whether or not the caches caught up.
     deadline: float = 0.0
 
@@ -58,9 +60,10 @@ class Expectations:
         training: Mapping[str, Any] | None,
         pods: Sequence[Mapping[str, Any]],
         workload: Mapping[str, Any] | None = None,
+        prepare_job: Mapping[str, Any] | None = None,
     ) -> bool:
-        """Whether `training`, `pods` and its Kueue `workload` (as cached now) show every write
-        of the last pass."""
+        """Whether `training`, `pods`, its Kueue `workload` and its data.prepare Job (as cached
+        now) show every write of the last pass."""
         if self.training_gone:
             return training is None
         if training is None:
@@ -71,6 +74,8 @@ class Expectations:
         ):
             return False
         if self.workload_created and workload is None:
+            return False
+        if self.prepare_job_created and prepare_job is None:
             return False
         if self.workload_version and not at_least(
             (workload or {}).get("metadata", {}).get("resourceVersion"), self.workload_version
@@ -93,4 +98,5 @@ class Expectations:
             or self.training_gone
             or self.workload_created
             or self.workload_version
+            or self.prepare_job_created
         )

@@ -5,6 +5,9 @@ in-memory indexes, and every watch event puts the training's key on the controll
 (`berth_operator.controller`), which reconciles from those indexes. There are no timers: a pass
 runs because something changed, or because a time-based rule of that training is due.
 
+The data.prepare Jobs (batch/v1, label `berth.dev/training`) are watched and indexed the same
+way, and the pod watch takes their pods too (role `prepare`): a Job's progress wakes its training.
+
 With `--kueue`, the Kueue Workloads the operator made (label `berth.dev/training`) are watched
 and indexed the same way: admission and eviction wake their training.
 
@@ -31,13 +34,16 @@ log = logging.getLogger(__name__)
 TRAININGS = (labels.GROUP, labels.VERSION, labels.PLURAL)
 PODS = ("", "v1", "pods")
 WORKLOADS = (kueue.GROUP, kueue.VERSION, kueue.WORKLOADS)
+JOBS = ("batch", "v1", "jobs")
 TRAINING_LABEL = labels.TRAINING
-#: Only Berth's worker pods are watched (and cached): the selector is applied by the API server.
-WORKER_SELECTOR = f"{labels.TRAINING},{labels.ROLE}={labels.ROLE_WORKER}"
+#: Only Berth's worker and data.prepare pods are watched (and cached): the selector is applied
+#: by the API server.
+WORKER_SELECTOR = f"{labels.TRAINING},{labels.ROLE} in ({labels.ROLE_WORKER},{labels.ROLE_PREPARE})"
 #: kopf's threads for sync work: logging in, and the Cloud TPU path's few API calls.
 SYNC_THREADS = 4
 #: Index names: kopf hands each index to handlers as a keyword argument of this name.
 TRAINING_INDEX, POD_INDEX, WORKLOAD_INDEX = "berth_trainings", "berth_pods", "berth_workloads"
+JOB_INDEX = "berth_jobs"
 
 
 def startup(settings: kopf.OperatorSettings, memo: Any, **indexes: Any) -> None:
@@ -49,6 +55,7 @@ def startup(settings: kopf.OperatorSettings, memo: Any, **indexes: Any) -> None:
     )
     settings.watching.label_selectors[PODS] = WORKER_SELECTOR
     settings.watching.label_selectors[WORKLOADS] = TRAINING_LABEL
+    settings.watching.label_selectors[JOBS] = TRAINING_LABEL
     settings.watching.server_timeout = 120
     settings.watching.client_timeout = 150
     settings.watching.connect_timeout = 10
@@ -61,6 +68,7 @@ def startup(settings: kopf.OperatorSettings, memo: Any, **indexes: Any) -> None:
         indexes[TRAINING_INDEX],
         indexes[POD_INDEX],
         indexes.get(WORKLOAD_INDEX),  # with --kueue only
+        jobs=indexes[JOB_INDEX],
     )
 
 
@@ -97,6 +105,10 @@ POD_STATUS = ("phase", "conditions", "containerStatuses", "podIP", "reason", "me
 WORKLOAD_META = (*TRAINING_META, "finalizers", "annotations")
 
 
+JOB_META = (*TRAINING_META, "ownerReferences")
+JOB_STATUS = ("conditions", "active", "ready", "succeeded", "failed")
+
+
 def _pick(mapping: Mapping[str, Any] | None, keys: tuple[str, ...]) -> dict[str, Any]:
     return {k: mapping[k] for k in keys if mapping and k in mapping}
 
@@ -129,6 +141,15 @@ def cached_workload(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def cached_job(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A data.prepare Job without its pod template (what `prepare.observe_job` reads)."""
+    return {
+        "metadata": _pick(body.get("metadata"), JOB_META),
+        "spec": _pick(body.get("spec"), ("completions",)),
+        "status": _pick(body.get("status"), JOB_STATUS),
+    }
+
+
 async def index_training(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
@@ -148,6 +169,13 @@ async def index_workload(
 ) -> dict[tuple[str, str], dict[str, Any]]:
     """Kueue Workloads by (namespace, training)."""
     return {(namespace or "", labels[TRAINING_LABEL]): cached_workload(body)}
+
+
+async def index_job(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """data.prepare Jobs by (namespace, training)."""
+    return {(namespace or "", labels[TRAINING_LABEL]): cached_job(body)}
 
 
 async def training_event(
@@ -187,6 +215,13 @@ async def workload_event(namespace: str | None, labels: kopf.Labels, memo: Any, 
         controller.enqueue((namespace or "", labels[TRAINING_LABEL]))
 
 
+async def job_event(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
+    """A data.prepare Job progressed, completed or failed: reconcile its training."""
+    controller = from_memo(memo).controller
+    if controller is not None:
+        controller.enqueue((namespace or "", labels[TRAINING_LABEL]), within=POD_COALESCE)
+
+
 def register(settings: Settings) -> kopf.OperatorRegistry:
     """A kopf registry with every handler of both paths."""
     registry = kopf.OperatorRegistry()
@@ -203,8 +238,10 @@ def register(settings: Settings) -> kopf.OperatorRegistry:
     kopf.on.event(*PODS, registry=registry, id="pod-event", labels={TRAINING_LABEL: kopf.PRESENT})(
         pod_event
     )
+    owned = {TRAINING_LABEL: kopf.PRESENT}
+    kopf.index(*JOBS, registry=registry, id=JOB_INDEX, labels=owned)(index_job)
+    kopf.on.event(*JOBS, registry=registry, id="job-event", labels=owned)(job_event)
     if settings.kueue:
-        owned = {TRAINING_LABEL: kopf.PRESENT}
         kopf.index(*WORKLOADS, registry=registry, id=WORKLOAD_INDEX, labels=owned)(index_workload)
         kopf.on.event(*WORKLOADS, registry=registry, id="workload-event", labels=owned)(
             workload_event

@@ -141,6 +141,7 @@ class Cluster:
         self.core = kubernetes.client.CoreV1Api(api_client)
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
         self.networking = kubernetes.client.NetworkingV1Api(api_client)
+        self.batch = kubernetes.client.BatchV1Api(api_client)
 
     def delete_training(self, namespace: str, name: str) -> None:
         try:
@@ -196,14 +197,15 @@ class Cluster:
                 self.networking.create_namespaced_network_policy,
                 self.networking.read_namespaced_network_policy,
             ),
+            "Job": (self.batch.create_namespaced_job, self.batch.read_namespaced_job),
         }
         if kind not in calls:
             raise ValueError(f"cannot create a {kind}")
         return calls[kind]
 
     def create(self, obj: Mapping[str, Any]) -> bool:
-        """Create a Pod, Service, ConfigMap or NetworkPolicy; False if it already existed and
-        is ours (see `_create`)."""
+        """Create a Pod, Service, ConfigMap, NetworkPolicy or Job; False if it already existed
+        and is ours (see `_create`)."""
         return self._create(obj) is None
 
     def _create(self, obj: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -277,6 +279,22 @@ class Cluster:
             )
         except ApiException as error:
             if error.status == 404 or (uid and error.status == 409):  # gone, or another pod
+                return False
+            raise
+        return True
+
+    def delete_job(self, namespace: str, name: str, uid: str | None = None) -> bool:
+        """Delete a Job and, in the background, its pods (only if it still has `uid`, when
+        given); False if it was gone."""
+        body: Any = {"propagationPolicy": "Background"}
+        if uid:
+            body["preconditions"] = {"uid": uid}
+        try:
+            _drain(
+                self.batch.delete_namespaced_job(name, namespace, body=body, _preload_content=False)
+            )
+        except ApiException as error:
+            if error.status == 404 or (uid and error.status == 409):
                 return False
             raise
         return True

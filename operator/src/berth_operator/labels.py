@@ -19,7 +19,8 @@ CATEGORIES = ("berth",)
 
 #: Name of the BertTraining that owns the object (pods, service, config map).
 TRAINING = "berth.dev/training"
-#: Role of a pod within its training; today always `worker`.
+#: Role of a pod within its training: `worker`, or `prepare` for the pods of its data.prepare
+#: Job (the operator caches both; only workers count as the training's group).
 ROLE = "berth.dev/role"
 #: Index of a worker pod, `0` … `workers - 1` (the TF_CONFIG task index).
 INDEX = "berth.dev/index"
@@ -28,6 +29,9 @@ INDEX = "berth.dev/index"
 RESTART = "berth.dev/restart"
 
 ROLE_WORKER = "worker"
+ROLE_PREPARE = "prepare"
+#: The index of an Indexed Job's pod (set by the Job controller): a prepare pod's slice.
+JOB_COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 
 #: Kueue's keys (docs/operator.md, "With Kueue"): on a BertTraining, the LocalQueue it is queued
 #: in and its WorkloadPriorityClass; on its Workload, the training's UID (as Kueue's own

@@ -49,26 +49,57 @@ def build_network_policy(
 ) -> dict[str, Any]:
     """NetworkPolicy `<name>`: ingress to the training's workers only on the TF port from its
     own workers and on the metrics port from `metrics_peers`; all other ingress denied."""
-    meta = training["metadata"]
-    name, namespace = meta["name"], meta["namespace"]
+    name = training["metadata"]["name"]
     workers = {"matchLabels": {labels.TRAINING: name, labels.ROLE: labels.ROLE_WORKER}}
-    ingress: list[dict[str, Any]] = [
-        {"ports": [{"protocol": "TCP", "port": TF_PORT}], "from": [{"podSelector": workers}]}
-    ]
+    tf_port = {"ports": [{"protocol": "TCP", "port": TF_PORT}], "from": [{"podSelector": workers}]}
+    return _policy(training, network_policy_name(name), workers, [tf_port], metrics_peers)
+
+
+def prepare_network_policy_name(name: str) -> str:
+    """The prepare pods' policy is named after their Job, `<name>-prepare`."""
+    return f"{name}-prepare"
+
+
+def build_prepare_network_policy(
+    training: Mapping[str, Any], metrics_peers: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """NetworkPolicy `<name>-prepare`: ingress to the training's data.prepare pods only on the
+    metrics port from `metrics_peers` (the operator scrapes their progress there, as it scrapes
+    worker 0); all other ingress denied. They serve nothing else.
+
+    >>> policy = build_prepare_network_policy({"metadata": {"name": "b", "namespace": "ml"}}, [])
+    >>> policy["spec"]["podSelector"]["matchLabels"]["berth.dev/role"], policy["spec"]["ingress"]
+    ('prepare', [])
+    """
+    name = training["metadata"]["name"]
+    selected = {"matchLabels": {labels.TRAINING: name, labels.ROLE: labels.ROLE_PREPARE}}
+    return _policy(training, prepare_network_policy_name(name), selected, [], metrics_peers)
+
+
+def _policy(
+    training: Mapping[str, Any],
+    policy_name: str,
+    selected: dict[str, Any],
+    ingress: list[dict[str, Any]],
+    metrics_peers: Sequence[Mapping[str, Any]],
+) -> dict[str, Any]:
+    """A policy selecting `selected` pods: `ingress`, plus the metrics port from the peers."""
+    meta = training["metadata"]
     if metrics_peers:
-        ingress.append(
+        ingress = [
+            *ingress,
             {
                 "ports": [{"protocol": "TCP", "port": METRICS_PORT}],
                 "from": [dict(peer) for peer in metrics_peers],
-            }
-        )
+            },
+        ]
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
         "metadata": {
-            "name": network_policy_name(name),
-            "namespace": namespace,
-            "labels": labels.common_labels(name),
+            "name": policy_name,
+            "namespace": meta["namespace"],
+            "labels": labels.common_labels(meta["name"]),
         },
-        "spec": {"podSelector": workers, "policyTypes": ["Ingress"], "ingress": ingress},
+        "spec": {"podSelector": selected, "policyTypes": ["Ingress"], "ingress": ingress},
     }

@@ -31,9 +31,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from berth_operator import kueue, nodes, podpolicy
+from berth_operator import kueue, nodes, podpolicy, prepare
 from berth_operator.api import (
     FINISHED_PHASES,
+    BertTrainingSpec,
     CleanPodPolicy,
     ConditionType,
     Phase,
@@ -58,6 +59,7 @@ OWNED_STATUS_FIELDS = (
     "observedGeneration",
     "message",
     "queue",
+    "prepare",
 )
 #: Seconds the other workers get to exit on their own once worker 0 succeeded, before
 #: cleanPodPolicy Running deletes those still running (and their logs with them).
@@ -98,6 +100,10 @@ class Plan:
     workload_status: dict[str, Any] | None = None
     workload_patch: dict[str, Any] | None = None
     delete_workload: bool = False
+    #: data.prepare (`berth_operator.prepare`): create the prepare Job; delete it (by name)
+    #: while it runs: suspended, Kueue took the admission back, or the training failed.
+    create_prepare_job: bool = False
+    delete_prepare_job: str | None = None
 
 
 def should_retry(policy: str, worker: WorkerState) -> bool:
@@ -214,7 +220,10 @@ def worker_counts(current: Mapping[int, WorkerState], workers: int) -> dict[str,
 class _Pass:
     """Accumulates one pass's status changes, conditions and events."""
 
-    def __init__(self, status: Mapping[str, Any], now: datetime, generation: int | None):
+    def __init__(
+        self, status: Mapping[str, Any], now: datetime, generation: int | None, name: str = ""
+    ):
+        self.name = name
         self.status = {k: status[k] for k in OWNED_STATUS_FIELDS if k in status}
         self.status["observedGeneration"] = generation
         self.now, self.stamp, self.generation = now, format_time(now), generation
@@ -280,6 +289,7 @@ def reconcile(
     pod_policy: podpolicy.Level = podpolicy.Level.RESTRICTED,
     health: Mapping[str, NodeHealth] | None = None,
     deleted: Sequence[Mapping[str, Any]] = (),
+    preparation: prepare.Preparation | None = None,
 ) -> Plan:
     """Decide the next step for `training` given its worker `pods` (as listed) at `now`;
     `queueing`: the training is queued with Kueue (its Workload as cached); `pod_policy`: the
@@ -287,11 +297,13 @@ def reconcile(
     fails before it is queued or any pod is created; `health`: what is known of the nodes of
     its pods (`suspect_nodes` says which to look up; a node not in it counts as ready);
     `deleted`: the last state of disrupted pods deleted since the last pass (an eviction on a
-    node that deletes at once leaves no other trace)."""
+    node that deletes at once leaves no other trace); `preparation`: its data.prepare Job and
+    that Job's pods, as cached (`berth_operator.prepare`)."""
     states = [s for s in (observe_pod(pod) for pod in pods) if s is not None]
     gone = [s for s in (observe_pod(pod) for pod in deleted) if s is not None]
     health = health or {}
-    plan = _decide(training, states, gone, now, queueing, pod_policy, health)
+    preparation = preparation or prepare.Preparation()
+    plan = _decide(training, states, gone, now, queueing, pod_policy, health, preparation)
     # Whatever the pass deletes, or someone deleted, on a dead node goes with grace 0.
     dead = {
         s.name
@@ -369,10 +381,11 @@ def _decide(
     queueing: kueue.Queueing | None,
     pod_policy: podpolicy.Level,
     health: Mapping[str, NodeHealth],
+    preparation: prepare.Preparation,
 ) -> Plan:
     meta = training["metadata"]
     name = meta["name"]
-    p = _Pass(training.get("status") or {}, now, meta.get("generation"))
+    p = _Pass(training.get("status") or {}, now, meta.get("generation"), name)
     restarts = int(p.status.get("restarts") or 0)
     disruptions = int(p.status.get("disruptions") or 0)
     try:
@@ -408,6 +421,8 @@ def _decide(
     if p.phase in FINISHED_PHASES:
         if queueing is not None:
             _finish_workload(plan, p, queueing, str(meta.get("uid")))
+        if preparation.running:  # failed while preparing: its pods would go on for nothing
+            plan.delete_prepare_job = prepare.prepare_job_name(name)
         p.status.setdefault("completionTime", p.stamp)
         plan.delete = clean_up(states, run_policy.clean_pod_policy, p.status, now)
         ttl = run_policy.ttl_seconds_after_finished
@@ -422,6 +437,9 @@ def _decide(
     worker = build_worker_pod(training, 0, "", restart=0)
     if refused := pod_policy_violations(worker, pod_policy):
         return finish(Phase.FAILED, "PodPolicyViolation", refused)
+    preparer = prepare.build_prepare_pod_template(training, "") if spec.data.prepare else None
+    if preparer is not None and (refused := pod_policy_violations(preparer, pod_policy)):
+        return finish(Phase.FAILED, "PodPolicyViolation", f"data.prepare: {refused}"[:1024])
 
     # Pods of an older group are stale: delete them before anything else.
     plan.delete = [s.name for s in states if current.get(s.index) is not s and not s.terminating]
@@ -430,6 +448,8 @@ def _decide(
         all_ready = sum(s.ready or s.succeeded for s in current.values()) == spec.workers
         held = _queue(p, plan, training, worker, run_policy.suspend, states, all_ready, queueing)
 
+    if (run_policy.suspend or held is not None) and preparation.running:
+        plan.delete_prepare_job = prepare.prepare_job_name(name)  # a new Job resumes it
     if run_policy.suspend:
         plan.delete = [s.name for s in states if not s.terminating]
         if p.phase != Phase.SUSPENDED.value:
@@ -446,6 +466,15 @@ def _decide(
         p.status.pop("startTime", None)
         p.status["workers"] = worker_counts({}, spec.workers)
         return plan
+
+    if spec.data.prepare is not None and not prepared(p.status):
+        step = _prepare(p, plan, spec, preparation)
+        if isinstance(step, tuple):
+            if preparation.running:
+                plan.delete_prepare_job = prepare.prepare_job_name(name)
+            return finish(Phase.FAILED, *step)
+        if step is not None:
+            return step
 
     overdue = deadline_exceeded(run_policy.active_deadline_seconds, p.status, now)
     if overdue:
@@ -529,6 +558,56 @@ def _decide(
         p.set_phase(Phase.STARTING, "WorkersStarting", f"{ready}/{spec.workers} workers ready")
     counts = worker_counts(current, spec.workers)
     p.status["workers"] = counts
+    return plan
+
+
+def prepared(status: Mapping[str, Any]) -> bool:
+    """Whether the training's data.prepare Job completed (condition Prepared=True): a group
+    restart, a resume or a new operator never prepares again.
+
+    >>> prepared({"conditions": [{"type": "Prepared", "status": "True"}]}), prepared({})
+    (True, False)
+    """
+    found = get_condition(status.get("conditions") or [], ConditionType.PREPARED.value)
+    return (found or {}).get("status") == "True"
+
+
+def _prepare(
+    p: _Pass, plan: Plan, spec: BertTrainingSpec, preparation: prepare.Preparation
+) -> Plan | tuple[str, str] | None:
+    """The data.prepare step: the plan to return while the Job is created or runs; None once
+    it completed (Prepared=True: the workers are created in this very pass); the (reason,
+    message) to fail with once it failed (the message from the failed pod) or a prepare pod
+    was Pending longer than runPolicy.pendingTimeoutSeconds."""
+    name, slices = p.name, spec.data.prepare.workers if spec.data.prepare else 1
+    if preparation.job is None:
+        plan.create_prepare_job = True
+        job_name = prepare.prepare_job_name(name)
+        p.status["prepare"] = prepare.JobState(job_name, slices, 0, 0, 0, False, None).counts()
+        message = f"preparing data: creating Job {job_name}"
+    else:
+        job = prepare.observe_job(preparation.job)
+        p.status["prepare"] = job.counts()
+        if job.complete:
+            message = f"Job {job.name}: {job.succeeded}/{job.completions} slice(s) prepared"
+            p.condition(ConditionType.PREPARED, True, "JobCompleted", message)
+            p.event("Normal", "Prepared", message)
+            return None
+        timeout = spec.run_policy.pending_timeout_seconds
+        failure = (
+            ("PrepareFailed", prepare.failure_message(job, preparation.pods))
+            if job.failure is not None
+            else prepare.pending_too_long(preparation.pods, p.now, timeout)
+        )
+        if failure is not None:
+            p.condition(ConditionType.PREPARED, False, *failure)
+            return failure
+        message = f"preparing data: Job {job.name}, {job.succeeded}/{job.completions} slice(s) done"
+    if p.phase != Phase.PREPARING.value:
+        p.event("Normal", "Preparing", message)
+    p.set_phase(Phase.PREPARING, "Preparing", message)
+    p.condition(ConditionType.PREPARED, False, "Preparing", "the prepare Job runs")
+    p.status["workers"] = worker_counts({}, spec.workers)
     return plan
 
 
@@ -634,13 +713,18 @@ def _finish_workload(plan: Plan, p: _Pass, queueing: kueue.Queueing, uid: str) -
         plan.workload_patch = kueue.drop_finalizer(state)
 
 
-def next_due(training: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> datetime | None:
+def next_due(
+    training: Mapping[str, Any],
+    pods: Sequence[Mapping[str, Any]],
+    prepare_pods: Sequence[Mapping[str, Any]] = (),
+) -> datetime | None:
     """When a time-based rule next needs a pass, with no event to trigger it (None: never).
 
     `training` carries the status the last pass wrote. The rules: the TTL of a finished training,
     the grace its workers get to finish after a success (FINISH_GRACE_SECONDS, while one still
     runs), runPolicy.activeDeadlineSeconds since startTime, and pendingTimeoutSeconds of a worker
-    of the current group that is still Pending.
+    of the current group, or while Preparing of a data.prepare pod (`prepare_pods`), that is
+    still Pending.
 
     >>> t = {"metadata": {"name": "b"}, "status": {"phase": "Running", "restarts": 0,
     ...      "startTime": "2025-01-01T00:00:00Z"},
@@ -684,6 +768,8 @@ def next_due(training: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> 
             and state.created is not None
         ):
             dues.append(state.created + timeout)
+    if phase == Phase.PREPARING.value:
+        dues += [created + timeout for created, _ in prepare.pending_since(prepare_pods)]
     return min(dues, default=None)
 
 

@@ -80,9 +80,50 @@ def identity_from_metrics(text: str) -> dict[str, str] | None:
 
 
 def progress_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
-    """Whether `new` differs from `old` ignoring updatedAt (skip no-op status writes)."""
-    old = {k: v for k, v in (old or {}).items() if k != "updatedAt"}
-    return bool(new) and old != dict(new)
+    """Whether merge-patching `new` over `old` changes anything but updatedAt (skip no-op
+    status writes). Fields of `old` that `new` lacks stay as they are (a training keeps its
+    preparation's byte counts), so they do not count."""
+    old = old or {}
+    return bool(new) and any(old.get(k) != v for k, v in new.items() if k != "updatedAt")
+
+
+#: The prepare worker's gauges (`berth-trainer prepare --metrics-port`): input bytes read so
+#: far, and the size of its slice.
+PREPARE_READ, PREPARE_TOTAL = "berth_prepare_input_bytes", "berth_prepare_input_total_bytes"
+
+
+def prepare_bytes_from_metrics(text: str) -> tuple[int, int] | None:
+    """(bytes read, slice bytes) of one prepare worker, or None when it serves neither yet.
+
+    >>> prepare_bytes_from_metrics("berth_prepare_input_bytes 42\\n"
+    ...                            "berth_prepare_input_total_bytes 100\\n")
+    (42, 100)
+    """
+    found: dict[str, int] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in (PREPARE_READ, PREPARE_TOTAL) and math.isfinite(sample.value):
+                found[sample.name] = int(sample.value)
+    if PREPARE_TOTAL not in found:
+        return None
+    return found.get(PREPARE_READ, 0), found[PREPARE_TOTAL]
+
+
+def prepare_progress(slices: Mapping[str, tuple[int, int]]) -> dict[str, Any]:
+    """status.progress while Preparing (without updatedAt): the (read, total) bytes of each
+    prepare pod seen, summed. Pods not scraped yet count nothing, so the share only grows.
+
+    >>> prepare_progress({"b-prepare-0-x": (30, 100), "b-prepare-1-y": (12, 0)})
+    {'preparedBytes': 42, 'inputBytes': 100, 'summary': 'prepare 42%'}
+    >>> prepare_progress({})
+    {}
+    """
+    if not slices:
+        return {}
+    read = sum(min(done, total) if total else done for done, total in slices.values())
+    total = sum(total for _, total in slices.values())
+    share = f"{100 * read // total}%" if total else "-"
+    return {"preparedBytes": read, "inputBytes": total, "summary": f"prepare {share}"}
 
 
 def metrics_url(pod_ip: str, port: int = METRICS_PORT) -> str:

@@ -27,6 +27,7 @@ NAMESPACED: set[Rule] = {
     *(("", "services", v) for v in ("get", "create")),
     *(("", "configmaps", v) for v in ("get", "create", "patch")),
     ("", "events", "create"),
+    *(("batch", "jobs", v) for v in ("get", "list", "watch", "create", "delete")),
     *(("networking.k8s.io", "networkpolicies", v) for v in ("get", "create")),
 }
 #: The cluster-scoped reads of both modes: kopf's resource discovery, and the nodes of workers

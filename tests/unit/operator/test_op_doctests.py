@@ -20,6 +20,7 @@ MODULES = [
     "local.view",
     "podtemplate",
     "policy",
+    "prepare",
     "progress",
     "refusal",
     "workers",

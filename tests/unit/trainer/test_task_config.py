@@ -43,6 +43,34 @@ def _config(task: str, **sections) -> dict:
             {"tokenClassification": {"scheme": "iob1"}},
             "tokenClassification.scheme",
         ),
+        (  # data.prepare packs a pre-training text corpus
+            "regression",
+            {"data": {"train": "t.csv", "format": "csv", "prepare": {"output": "p"}}},
+            "data.prepare: only for task pretraining with data.format text",
+        ),
+        (
+            "pretraining",
+            {"data": {"train": "t.tfrecord", "format": "tfrecord", "prepare": {"output": "p"}}},
+            "data.prepare: only for task pretraining with data.format text",
+        ),
+        (
+            "pretraining",
+            {"data": {"train": "t", "prepare": {"output": "p", "workers": 0}}},
+            "data.prepare.workers",
+        ),
+        (
+            "pretraining",
+            {
+                "data": {"train": "t", "format": "googleTfrecord"},
+                "pretraining": {"packing": "segmentPairs", "sentencePrediction": "sentenceOrder"},
+            },
+            "googleTfrecord records carry next-sentence labels",
+        ),
+        (
+            "regression",
+            {"data": {"train": "t", "format": "googleTfrecord"}},
+            "task pretraining",
+        ),
     ],
 )
 def test_task_rules_name_the_field(task, sections, error):

@@ -5,6 +5,7 @@ periodic checkpoint)."""
 
 from __future__ import annotations
 
+import itertools
 import re
 import signal
 import subprocess
@@ -37,8 +38,15 @@ def test_trainer_two_workers_kill_and_resume_step_exact(tmp_path, corpus):
     config = write_config(tmp_path / "cfg.yaml", cfg)
 
     logs = assert_two_workers_resume_step_exact(config, tmp_path, STEPS, kill_at=45, every=20)
-    shards = [re.search(r"FILE shard \d/2: \[(.*?)\]", text).group(1) for text in logs]
-    assert shards[0] != shards[1] and not set(shards[0].split(", ")) & set(shards[1].split(", "))
+    # Each worker streams its own byte-range slice of the corpus files: disjoint, covering all.
+    slices = [
+        re.findall(r"(\S+)\[(\d+):(\d+)\]", re.search(r"TEXT slice \d/2: (.*)", t).group(1))
+        for t in logs
+    ]
+    covered = sorted((path, int(a), int(b)) for s in slices for path, a, b in s)
+    assert all(slices) and len(covered) >= 2
+    for (p1, _, end), (p2, start, _) in itertools.pairwise(covered):
+        assert p1 != p2 or end == start, covered
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir() if p.name.startswith(".tmp")) == []
 
 

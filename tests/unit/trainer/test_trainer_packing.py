@@ -1,5 +1,5 @@
-"""Packing of pre-training examples (`packing.pack`), the text reader's documents, shards and word
-starts (`corpus.read_documents`) and whole-word masking (`tasks.pretraining.whole_word_mask`).
+"""Packing of pre-training examples (`packing.pack`), the text reader's documents, slices and
+word starts (`corpus.documents`) and whole-word masking (`tasks.pretraining.whole_word_mask`).
 
 Hand-made corpora number their word ids 10, 11, 12, … in corpus order, so a run of ids is
 contiguous in its source exactly when consecutive ids differ by one, and `where` tells each
@@ -8,6 +8,7 @@ id's (document, sentence).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 
@@ -16,10 +17,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from berth_trainer.corpus import read_documents
+from berth_trainer.corpus import documents
+from berth_trainer.corpus.documents import Tokenize, slice_parts
 from berth_trainer.packing import Example, Sentence, Specials, pack
 from berth_trainer.tasks.pretraining import whole_word_mask
-from berth_trainer.vocab import SPECIAL_TOKENS, load_vocabulary, make_tokenizer
+from berth_trainer.vocab import SPECIAL_TOKENS, load_vocabulary, make_tokenizer, ragged_ids
 
 SP = Specials(pad=0, cls=2, sep=3)
 MODES = ("fullSentences", "docSentences", "segmentPairs", "none")
@@ -176,9 +178,18 @@ def test_segment_pairs_use_each_sentence_once_in_order(objective, seed):
         assert got in (full, full[:-1]), (got, full)
 
 
+#: Documents before and after one that a random B may come from, in `_pairs`.
+WINDOW = 5
+
+
 def _pairs(objective: str, seed: int):
+    """Pairs of a corpus streamed once (a generator: nothing can look back at it), a random B
+    drawn from the `WINDOW` documents on either side."""
     docs, where, _ = _corpus(100 + seed, 150, (2, 8), (2, 12))
-    examples = list(pack(docs, "segmentPairs", 32, SP, random.Random(seed), objective, 0.0))
+    stream = (d for d in docs)
+    examples = list(
+        pack(stream, "segmentPairs", 32, SP, random.Random(seed), objective, 0.0, WINDOW)
+    )
     assert len(examples) >= 200
     out = []
     for e in examples:
@@ -201,7 +212,7 @@ def test_next_sentence_b_follows_a_or_comes_from_another_document(seed):
             if untruncated:
                 assert b[0] == a[-1] + 1, (a, b)
         else:
-            assert where[b[0]][0] != where[a[0]][0], (a, b)
+            assert 0 < abs(where[b[0]][0] - where[a[0]][0]) <= WINDOW, (a, b)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -249,11 +260,23 @@ LINES = [
 ]
 
 
+def read_documents(paths, tokenizer, vocabulary, whole_word, shard=(0, 1)):
+    """The tokenized documents of slice `shard` (index, count) of `paths`."""
+    lines = documents.read_documents(slice_parts(paths, *shard), "data.train")
+    return list(Tokenize(tokenizer, vocabulary, whole_word)(lines))
+
+
+@functools.cache
+def _ids(vocabulary: tuple[str, ...]):
+    """The tokenizer's ids function, traced once per vocabulary."""
+    return ragged_ids(make_tokenizer(list(vocabulary)))
+
+
 def _vocabulary(tmp_path, words: list[str]) -> tuple[list[str], object]:
     path = tmp_path / "vocab.txt"
     path.write_text("\n".join([*SPECIAL_TOKENS, *words]) + "\n", encoding="utf-8")
     vocabulary = load_vocabulary(str(path))
-    return vocabulary, make_tokenizer(vocabulary)
+    return vocabulary, _ids(tuple(vocabulary))
 
 
 def _write_documents(path, documents: list[list[str]], sep: str = "\n\n") -> str:

@@ -13,7 +13,7 @@ import tensorflow as tf
 from trainer_testlib import json_lines, pretraining_config, task_of, train_args, write_config
 
 from berth_trainer.cli import main
-from berth_trainer.corpus import PACKED_FEATURES
+from berth_trainer.corpus.records import PACKED_FEATURES
 
 
 def _train(tmp_path, cfg: dict, capsys) -> tuple[list[dict], dict]:

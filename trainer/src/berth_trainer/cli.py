@@ -6,7 +6,9 @@ exits with its `ExitCode` and writes its message to the termination log.
 
     berth-trainer train --config cfg.yaml [--metrics-port 9090] [--termination-log PATH]
     berth-trainer prepare --vocabulary vocab.txt --input 'corpus/*.txt' --output data.tfrecord \
-        [--sequence-length 128] [--packing fullSentences] [--shards 8] ...
+        [--sequence-length 128] [--packing fullSentences] [--shards 8] \
+        [--worker I --workers N] ...
+    berth-trainer prepare --config cfg.yaml --worker I     # slice I of data.prepare.workers
     berth-trainer vocab --input 'corpus/*.txt' --output vocab.txt --size 8000
     berth-trainer predict --model out/ "the [MASK] sat on the mat"
 """
@@ -40,14 +42,30 @@ def _parser() -> argparse.ArgumentParser:
     prep = sub.add_parser(
         "prepare", help="tokenize and pack text files into tfrecord shards for pretraining"
     )
-    prep.add_argument("--vocabulary", required=True)
-    prep.add_argument("--input", required=True, help="text files (globs, comma-separated)")
     prep.add_argument(
-        "--output", required=True, help="output .tfrecord path (with --shards N: its prefix)"
+        "--config",
+        help="a trainer config with data.prepare: its input, vocabulary, settings and output "
+        "(instead of the flags below)",
     )
+    prep.add_argument("--vocabulary")
+    prep.add_argument("--input", help="text files (globs, comma-separated)")
+    prep.add_argument("--output", help="output .tfrecord path (with several shards: a prefix)")
     prep.add_argument("--sequence-length", type=int, default=128, help="training.sequenceLength")
-    prep.add_argument("--shards", type=int, default=1, help="files to write (>= workers)")
+    prep.add_argument("--shards", type=int, default=1, help="files each worker writes")
     prep.add_argument("--seed", type=int, default=0)
+    prep.add_argument(
+        "--worker",
+        type=int,
+        default=int(os.environ.get("JOB_COMPLETION_INDEX", 0)),
+        help="which slice of the input to prepare (default $JOB_COMPLETION_INDEX or 0)",
+    )
+    prep.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="slices in all (default data.prepare.workers or 1)",
+    )
+    prep.add_argument("--metrics-port", type=int, default=0, help="Prometheus port; 0=off")
     for flag, field in (
         ("--packing", "packing"),
         ("--sentence-prediction", "sentence_prediction"),
@@ -100,42 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         if args.command == "train":
-            from berth_trainer.config import load_trainer_config
-
-            try:
-                cfg = load_trainer_config(args.config)
-            except (OSError, ValueError) as err:
-                raise TrainerError(ExitCode.CONFIG_INVALID, _config_error(err)) from err
+            cfg = _load_config(args.config)
             _quiet_tensorflow()
             from berth_trainer.runner import train
 
             train(cfg, metrics_port=args.metrics_port)
         elif args.command == "prepare":
             _quiet_tensorflow()
-            from pydantic import ValidationError
-
-            from berth_trainer.prepare import prepare_tfrecord
-
-            flags = {
-                k: v
-                for k in PretrainingConfig.model_fields
-                if (v := getattr(args, k, None)) is not None
-            }
-            try:
-                pretraining = PretrainingConfig.model_validate(flags)
-                TrainingConfig(sequence_length=args.sequence_length)
-            except ValidationError as err:
-                raise TrainerError(ExitCode.CONFIG_INVALID, _config_error(err)) from err
-            counts = prepare_tfrecord(
-                args.vocabulary,
-                args.input,
-                args.output,
-                args.sequence_length,
-                pretraining,
-                max(args.shards, 1),
-                args.seed,
-            )
-            log.info("wrote %s", args.output, extra={"fields": counts})
+            output, counts = _prepare(args)
+            log.info("wrote %s", output, extra={"fields": counts})
         elif args.command == "vocab":
             _quiet_tensorflow()
             from berth_trainer.vocab import build_vocabulary
@@ -144,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             log.info("wrote %d tokens to %s", len(tokens), args.output)
         elif args.command == "predict":
             _quiet_tensorflow()
-            from berth_trainer.prepare import predict
+            from berth_trainer.predict import predict
 
             print(json.dumps(predict(args.model, args.text), indent=2))
         return int(ExitCode.OK)
@@ -166,6 +157,65 @@ def main(argv: list[str] | None = None) -> int:
         return int(ExitCode.INTERNAL)
     finally:
         sys.stdout.flush()
+
+
+def _prepare(args: argparse.Namespace) -> tuple[str, dict[str, float]]:
+    from pydantic import ValidationError
+
+    from berth_trainer.corpus import prepare
+
+    if args.config:
+        cfg = _load_config(args.config)
+        if cfg.data.prepare is None:
+            raise TrainerError(
+                ExitCode.CONFIG_INVALID, f"{args.config}: data.prepare is not set: nothing to do"
+            )
+        if args.workers is not None:
+            update = {"workers": args.workers}
+            data = cfg.data.model_copy(
+                update={"prepare": cfg.data.prepare.model_copy(update=update)}
+            )
+            cfg = cfg.model_copy(update={"data": data})
+        return cfg.data.prepare.output, prepare.prepare_config(cfg, args.worker, args.metrics_port)
+    absent = [f"--{k}" for k in ("vocabulary", "input", "output") if not getattr(args, k)]
+    if absent:
+        raise TrainerError(
+            ExitCode.CONFIG_INVALID, f"prepare: {', '.join(absent)} required (or --config)"
+        )
+    flags = {
+        k: v for k in PretrainingConfig.model_fields if (v := getattr(args, k, None)) is not None
+    }
+    try:
+        pretraining = PretrainingConfig.model_validate(flags)
+        TrainingConfig(sequence_length=args.sequence_length)
+    except ValidationError as err:
+        raise TrainerError(ExitCode.CONFIG_INVALID, _config_error(err)) from err
+    workers = args.workers or 1
+    if not 0 <= args.worker < workers:
+        raise TrainerError(
+            ExitCode.CONFIG_INVALID, f"--worker: {args.worker} is not in 0..{workers - 1}"
+        )
+    settings = prepare.Settings(
+        args.vocabulary,
+        args.sequence_length,
+        pretraining,
+        args.seed,
+        workers,
+        max(args.shards, 1),
+    )
+    counts = prepare.prepare_files(
+        args.input, args.output, settings, args.worker, args.metrics_port
+    )
+    return args.output, counts
+
+
+def _load_config(path: str):
+    from berth_trainer.config import load_trainer_config
+
+    try:
+        return load_trainer_config(path)
+    except (OSError, ValueError) as err:
+        raise TrainerError(ExitCode.CONFIG_INVALID, _config_error(err)) from err
 
 
 def _quiet_tensorflow() -> None:

@@ -141,6 +141,30 @@ class DataFormat(enum.StrEnum):
     JSONL = "jsonl"
     CONLL = "conll"
     SQUAD = "squad"
+    GOOGLE_TFRECORD = "googleTfrecord"
+
+
+class PrepareConfig(ApiModel):
+    """data.prepare: tokenize and pack a text corpus into TFRecord shards before training, in
+    parallel (task pretraining, data.format text)."""
+
+    workers: Annotated[int, Field(ge=1, le=1024)] = Field(
+        default=1,
+        description="workers: prepare processes, each taking 1/workers of the input bytes (an "
+        "Indexed Job of this many pods under the operator, local processes under `berth run`).",
+    )
+    shards_per_worker: Annotated[int, Field(ge=1, le=256)] = Field(
+        default=1,
+        description="shardsPerWorker: TFRecord files each worker writes (train-I-of-N, "
+        "validation-I-of-N); workers x shardsPerWorker should be at least the training's "
+        "input pipelines.",
+    )
+    output: str = Field(
+        min_length=1,
+        description="output: folder of the shards, shared by the prepare workers and the "
+        "training (a volume or gs://). A finished slice whose fingerprint (input files, "
+        "vocabulary and settings) matches is not prepared again.",
+    )
 
 
 class DataConfig(ApiModel):
@@ -157,7 +181,14 @@ class DataConfig(ApiModel):
         default=DataFormat.TEXT,
         description="format: text (one sentence per line, blank line between documents), "
         "tfrecord (written by `berth-trainer prepare`), csv, tsv, jsonl, conll (a token and "
-        "its tag per line, a blank line between sentences) or squad (SQuAD v1.1/v2.0 JSON).",
+        "its tag per line, a blank line between sentences), squad (SQuAD v1.1/v2.0 JSON) or "
+        "googleTfrecord (masked examples written by Google BERT's create_pretraining_data.py, "
+        "as in the MLPerf and NVIDIA BERT recipes).",
+    )
+    prepare: PrepareConfig | None = Field(
+        default=None,
+        description="prepare: tokenize and pack the text corpus into TFRecord shards before "
+        "training, in parallel; the training then reads the shards.",
     )
     text_field: str = Field(
         default="text", description="textField: column/key of the first text (csv/tsv/jsonl)."
@@ -494,6 +525,20 @@ def check_trainer_rules(cfg: TrainerConfig) -> None:
         raise ValueError(
             f"seq2seq.maxTargetLength: {cfg.seq2seq.max_target_length} leaves no source in "
             f"training.sequenceLength {n} (needs maxTargetLength + 3 <= sequenceLength)"
+        )
+    if cfg.data.prepare is not None and (
+        cfg.task != Task.PRETRAINING or cfg.data.format != DataFormat.TEXT
+    ):
+        raise ValueError("data.prepare: only for task pretraining with data.format text")
+    if cfg.data.format == DataFormat.GOOGLE_TFRECORD and cfg.task != Task.PRETRAINING:
+        raise ValueError("data.format: googleTfrecord is pre-training data (task pretraining)")
+    if (
+        cfg.data.format == DataFormat.GOOGLE_TFRECORD
+        and cfg.pretraining.sentence_prediction == SentencePrediction.SENTENCE_ORDER
+    ):
+        raise ValueError(
+            "pretraining.sentencePrediction: googleTfrecord records carry next-sentence labels "
+            "(next_sentence_labels), not sentence-order ones: use nextSentence or none"
         )
     k = cfg.training.steps_per_execution
     if k is not None and (cfg.training.log_every_steps % k or cfg.checkpoint.every_steps % k):

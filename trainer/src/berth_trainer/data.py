@@ -21,7 +21,7 @@ from berth_trainer.config import TrainerConfig
 from berth_trainer.errors import TrainerError
 from berth_trainer.exit_codes import ExitCode
 from berth_trainer.packing import Specials
-from berth_trainer.vocab import make_tokenizer
+from berth_trainer.vocab import make_tokenizer, ragged_ids
 
 log = logging.getLogger("berth_trainer")
 
@@ -52,6 +52,8 @@ class ExampleEncoder:
         self.sequence_length = t.sequence_length
         self.vocabulary = vocabulary
         self.tokenizer = make_tokenizer(vocabulary)
+        #: Python strings → flat ids and row splits (pre-training's documents).
+        self.ids = ragged_ids(self.tokenizer)
         ids = {tok: i for i, tok in enumerate(vocabulary)}
         self.pad_id, self.mask_id = ids["[PAD]"], ids["[MASK]"]
         self.specials = Specials.of(vocabulary)

@@ -27,6 +27,7 @@ Only `none` and `segmentPairs`' truncation drop tokens, as their references do.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import random
 from collections.abc import Iterable, Iterator
@@ -57,6 +58,9 @@ class Sentence:
 
 
 Document = list[Sentence]
+
+#: segmentPairs draws a random next sentence from this many documents before and after.
+NEIGHBOURS = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,20 +97,18 @@ def _example(
     segments: list[Sentence], sequence_length: int, sp: Specials, label: int = 0
 ) -> Example:
     """[CLS] seg0 [SEP] seg1 [SEP] …, padded; segment ids 0 for the first segment, then 1."""
-    ids, types, starts = [np.array([sp.cls], np.int32)], [np.zeros(1, np.int32)], [np.ones(1)]
+    token_ids = np.full(sequence_length, sp.pad, np.int32)
+    segment_ids = np.zeros(sequence_length, np.int32)
+    word_starts = np.ones(sequence_length, np.int32)
+    token_ids[0], at = sp.cls, 1
     for i, seg in enumerate(segments):
-        ids += [seg.ids, np.array([sp.sep], np.int32)]
-        types.append(np.full(len(seg) + 1, min(i, 1), np.int32))
-        starts += [seg.word_starts, np.ones(1)]
-    token_ids = np.concatenate(ids)
-    pad = sequence_length - len(token_ids)
-    assert pad >= 0, (len(token_ids), sequence_length)
-    return Example(
-        np.pad(token_ids, (0, pad), constant_values=sp.pad),
-        np.pad(np.concatenate(types), (0, pad)),
-        np.pad(np.concatenate(starts).astype(np.int32), (0, pad), constant_values=1),
-        label,
-    )
+        end = at + len(seg)
+        assert end < sequence_length, (end + 1, sequence_length)
+        token_ids[at:end], word_starts[at:end], token_ids[end] = seg.ids, seg.word_starts, sp.sep
+        if i:
+            segment_ids[at : end + 1] = 1
+        at = end + 1
+    return Example(token_ids, segment_ids, word_starts, label)
 
 
 def _pieces(sentences: Iterable[Sentence], size: int) -> Iterator[Sentence]:
@@ -117,7 +119,7 @@ def _pieces(sentences: Iterable[Sentence], size: int) -> Iterator[Sentence]:
 
 
 def pack_sentences(
-    documents: list[Document], sequence_length: int, sp: Specials, cross_documents: bool
+    documents: Iterable[Document], sequence_length: int, sp: Specials, cross_documents: bool
 ) -> Iterator[Example]:
     """fullSentences / docSentences: [CLS] tokens [SEP], every example filled to the brim.
 
@@ -158,16 +160,21 @@ def pack_sentences(
 
 
 def pack_pairs(
-    documents: list[Document],
+    documents: Iterable[Document],
     sequence_length: int,
     sp: Specials,
     rng: random.Random,
     objective: str,
     short_sequence_probability: float,
+    window: int = NEIGHBOURS,
 ) -> Iterator[Example]:
     """segmentPairs, after Google BERT's `create_instances_from_document` (and ALBERT's
     sentence-order variant). Labels: nextSentence 0 = B follows A, 1 = B is random;
-    sentenceOrder 0 = in order, 1 = swapped; none: always 0 (B follows A)."""
+    sentenceOrder 0 = in order, 1 = swapped; none: always 0 (B follows A).
+
+    A random B comes from another document among the `window` before and the `window` after
+    this one in the stream (Google draws from the whole corpus, which it holds in memory; a
+    stream holds only this window)."""
     max_tokens = sequence_length - 3
 
     def draw_target() -> int:
@@ -175,13 +182,13 @@ def pack_pairs(
             return rng.randint(2, max_tokens)
         return max_tokens
 
-    for d, doc in enumerate(documents):
+    for doc, neighbours in _with_neighbours(documents, window):
         sentences = list(_pieces(doc, max_tokens))
         target, chunk, i = draw_target(), [], 0
         while i < len(sentences):
             chunk.append(sentences[i])
             if i == len(sentences) - 1 or sum(map(len, chunk)) >= target:
-                (a, b, label), unused = _pair(chunk, documents, d, max_tokens, rng, objective)
+                (a, b, label), unused = _pair(chunk, neighbours, max_tokens, rng, objective)
                 if len(a) and len(b):  # a lone one-token rest makes no pair
                     yield _example([a, b], sequence_length, sp, label)
                 i -= unused  # sentences a random B displaced go back into the stream
@@ -189,10 +196,28 @@ def pack_pairs(
             i += 1
 
 
+def _with_neighbours(
+    documents: Iterable[Document], window: int
+) -> Iterator[tuple[Document, list[Document]]]:
+    """Each document with the (up to) `window` documents before and after it."""
+    before: collections.deque[Document] = collections.deque(maxlen=window)
+    after: collections.deque[Document] = collections.deque()
+    stream = iter(documents)
+    for doc in stream:
+        after.append(doc)
+        if len(after) > window:
+            current = after.popleft()
+            yield current, [*before, *after]
+            before.append(current)
+    while after:
+        current = after.popleft()
+        yield current, [*before, *after]
+        before.append(current)
+
+
 def _pair(
     chunk: list[Sentence],
-    documents: list[Document],
-    d: int,
+    neighbours: list[Document],
     max_tokens: int,
     rng: random.Random,
     objective: str,
@@ -208,9 +233,8 @@ def _pair(
         split = rng.randint(1, len(chunk) - 1)
         a, b_parts = chunk[:split], chunk[split:]
     label = unused = 0
-    if objective == "nextSentence" and len(documents) > 1 and (not b_parts or rng.random() < 0.5):
-        other = rng.choice([k for k in range(len(documents)) if k != d])
-        others = list(_pieces(documents[other], max_tokens))
+    if objective == "nextSentence" and neighbours and (not b_parts or rng.random() < 0.5):
+        others = list(_pieces(rng.choice(neighbours), max_tokens))
         b_parts, need = [], max_tokens - sum(map(len, a))
         for s in others[rng.randrange(len(others)) :] if others else []:
             b_parts.append(s)
@@ -237,20 +261,22 @@ def _truncate_pair(
 
 
 def pack(
-    documents: list[Document],
+    documents: Iterable[Document],
     mode: str,
     sequence_length: int,
     sp: Specials,
     rng: random.Random,
     objective: str = "none",
     short_sequence_probability: float = 0.1,
+    window: int = NEIGHBOURS,
 ) -> Iterator[Example]:
-    """Examples of `mode` (a `config.Packing` value) from `documents`, in document order.
-    Empty sentences and documents are skipped."""
-    documents = [d for d in ([s for s in doc if len(s)] for doc in documents) if d]
+    """Examples of `mode` (a `config.Packing` value) from `documents` (any iterable: a
+    stream is packed as it flows), in document order. Empty sentences and documents are
+    skipped."""
+    documents = (d for d in ([s for s in doc if len(s)] for doc in documents) if d)
     if mode == "segmentPairs":
         return pack_pairs(
-            documents, sequence_length, sp, rng, objective, short_sequence_probability
+            documents, sequence_length, sp, rng, objective, short_sequence_probability, window
         )
     if mode == "none":
         return (

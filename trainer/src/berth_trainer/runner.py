@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from berth_trainer import tpu
 from berth_trainer.config import Precision, TrainerConfig
+from berth_trainer.corpus.prepare import prepared
 from berth_trainer.data import ExampleEncoder, resolve_files
 from berth_trainer.divergence import LossWatch
 from berth_trainer.errors import TrainerError
@@ -89,6 +90,7 @@ def train(cfg: TrainerConfig, metrics_port: int = 0) -> dict[str, float]:
     )
     keras.mixed_precision.set_global_policy(t.precision)
     keras.utils.set_random_seed(t.seed)
+    cfg = prepared(cfg)  # data.prepare: the shards its workers wrote
     vocabulary = load_vocabulary(cfg.vocabulary)
     task = for_task(cfg, ExampleEncoder(cfg, vocabulary))
     # Files are resolved and checked now, so bad inputs fail before training starts.

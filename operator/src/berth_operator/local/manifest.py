@@ -37,6 +37,7 @@ PATH_FIELDS = (
     ("initCheckpoint",),
     ("data", "train"),
     ("data", "validation"),
+    ("data", "prepare", "output"),
     ("checkpoint", "dir"),
     ("output", "dir"),
 )
@@ -150,7 +151,11 @@ def resolve_paths(spec: Mapping[str, Any], base: Path) -> dict[str, Any]:
     for field_path in PATH_FIELDS:
         holder: dict[str, Any] = out
         for part in field_path[:-1]:
-            holder = holder.get(part) or {}
+            child = holder.get(part)
+            if not isinstance(child, Mapping):
+                holder = {}
+                break
+            holder[part] = holder = dict(child)  # a copy: the caller's spec stays as it was
         value = holder.get(field_path[-1])
         if isinstance(value, str) and "://" not in value and not Path(value).is_absolute():
             holder[field_path[-1]] = str((base / value).resolve())

@@ -6,6 +6,12 @@ create (`builders.build_worker_pods`), starts each one's command as a process wi
 back as pod-shaped dicts, and lets `policy.reconcile` decide every step — group restarts,
 backoffLimit, ExitCode rules, activeDeadlineSeconds — exactly as in the cluster. Progress comes
 from worker 0's metrics endpoint through the operator's `progress` module.
+
+With `data.prepare`, the policy first asks for the prepare Job: the runner starts
+`data.prepare.workers` local `berth-trainer prepare --worker I --workers N` processes instead, all
+at once, reports them as the Job's pods and the Job (Complete once every one exited 0, Failed at
+the first that did not: no retries locally), and the training starts once they are done
+(phase Preparing meanwhile).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from berth_operator import labels, podpolicy
+from berth_operator import labels, podpolicy, prepare
 from berth_operator.api import FINISHED_PHASES
 from berth_operator.builders import (
     CONFIG_PATH,
@@ -131,6 +137,8 @@ class LocalRun:
         self.trainer_command = trainer_command or [sys.executable, "-m", "berth_trainer"]
         self.clock = clock
         self.workers: dict[str, Worker] = {}
+        #: The data.prepare processes (the prepare Job's pods), by pod name.
+        self.preparers: dict[str, Worker] = {}
         self.events: list[str] = []
         self.threads = max(1, (os.cpu_count() or 1) // self.spec.workers)
         (work_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -157,9 +165,14 @@ class LocalRun:
             [w.as_pod() for w in self.workers.values()],
             self.clock(),
             pod_policy=podpolicy.Level.PRIVILEGED,
+            preparation=self.preparation(),
         )
         for name in plan.delete:
             self._stop(self.workers.pop(name))
+        if plan.delete_prepare_job is not None:
+            self._stop_preparing()
+        if plan.create_prepare_job:
+            self._start_preparing()
         if plan.create:
             self._start(plan.create, plan.restart)
         self.training["status"] = {**self.training["status"], **plan.status}
@@ -176,15 +189,91 @@ class LocalRun:
         )
 
     def stop_all(self) -> None:
-        """Stop every worker (SIGTERM: the trainer checkpoints and exits), then forget them."""
+        """Stop every worker (SIGTERM: the trainer checkpoints and exits) and every prepare
+        process, then forget them."""
         for worker in self.workers.values():
             self._signal(worker, signal.SIGTERM)
         for worker in list(self.workers.values()):
             self._wait(worker)
         self.workers.clear()
+        self._stop_preparing()
 
     def pids(self) -> list[int]:
-        return [w.process.pid for w in self.workers.values()]
+        return [w.process.pid for w in (*self.workers.values(), *self.preparers.values())]
+
+    # -- data.prepare ----------------------------------------------------------------------
+
+    def preparation(self) -> prepare.Preparation:
+        """The prepare processes as the policy sees a prepare Job and its pods: Complete once
+        every one exited 0, Failed as soon as one did not (no retries locally)."""
+        if not self.preparers:
+            return prepare.Preparation()
+        pods = [w.as_pod() for w in self.preparers.values()]
+        phases = [pod["status"]["phase"] for pod in pods]
+        status: dict[str, Any] = {
+            "active": phases.count("Running"),
+            "succeeded": phases.count("Succeeded"),
+            "failed": phases.count("Failed"),
+        }
+        if status["failed"]:
+            status["conditions"] = [
+                {"type": "Failed", "status": "True", "reason": "PodFailed", "message": ""}
+            ]
+        elif status["succeeded"] == len(pods):
+            status["conditions"] = [{"type": "Complete", "status": "True"}]
+        job = {
+            "metadata": {"name": prepare.prepare_job_name(self.name)},
+            "spec": {"completions": len(pods)},
+            "status": status,
+        }
+        return prepare.Preparation(job, pods)
+
+    def _start_preparing(self) -> None:
+        """Start one `berth-trainer prepare` process per slice, as the Job's pods would run."""
+        template = prepare.build_prepare_job(self.training, LOCAL_IMAGE)["spec"]["template"]
+        container = next(c for c in template["spec"]["containers"] if c["name"] == CONTAINER_NAME)
+        slices = int(self.spec.data.prepare.workers) if self.spec.data.prepare else 1
+        threads = max(1, (os.cpu_count() or 1) // slices)
+        env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+        for index in range(slices):
+            name = f"{prepare.prepare_job_name(self.name)}-{index}"
+            termination_log = self.work_dir / "logs" / f"prepare-{index}.termination-log"
+            termination_log.unlink(missing_ok=True)
+            local = {
+                CONFIG_PATH: str(self.config_path),
+                f"$({prepare.INDEX_ENV})": str(index),
+            }
+            args = [local.get(a, a) for a in container["command"]]
+            args[args.index("--metrics-port") + 1] = "0"  # no endpoint: nothing scrapes it
+            args += ["--workers", str(slices), "--termination-log", str(termination_log)]
+            log = open(self.work_dir / "logs" / f"prepare-{index}.log", "ab")  # noqa: SIM115
+            process = subprocess.Popen(
+                [*self.trainer_command, *args[1:]],
+                env={
+                    **os.environ,
+                    **env,
+                    prepare.INDEX_ENV: str(index),
+                    "BERTH_TERMINATION_LOG": str(termination_log),
+                    "BERTH_NUM_THREADS": str(threads),
+                    "PYTHONUNBUFFERED": "1",
+                },
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
+            log.close()
+            labels_ = {**template["metadata"]["labels"], labels.JOB_COMPLETION_INDEX: str(index)}
+            pod = {"metadata": {"name": name, "labels": labels_}, "spec": template["spec"]}
+            self.preparers[name] = Worker(pod, process, 0, termination_log, self.clock())
+
+    def _stop_preparing(self) -> None:
+        """Kill the prepare processes still running (a slice redone later starts over; its
+        finished shards stay) and forget them all."""
+        for worker in self.preparers.values():
+            self._stop(worker)
+        self.preparers.clear()
 
     # -- processes -------------------------------------------------------------------------
 

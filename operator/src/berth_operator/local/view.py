@@ -19,8 +19,15 @@ def row(status: Mapping[str, Any], workers: int) -> tuple[str, ...]:
     ...      "progress": {"step": 5, "summary": "5/10", "loss": 2.5, "examplesPerSecond": 31.25,
     ...                   "etaSeconds": 75}}, 2)
     ('Running', '2/2', '5/10', '2.5', '31.2', '1m15s', '1')
+
+    While Preparing, the Step column shows how many data.prepare slices are done:
+
+    >>> row({"phase": "Preparing", "prepare": {"summary": "1/4"}}, 2)[:3]
+    ('Preparing', '0/2', 'prepare 1/4')
     """
     progress = status.get("progress") or {}
+    if status.get("phase") == "Preparing" and not progress.get("summary"):
+        progress = {"summary": f"prepare {(status.get('prepare') or {}).get('summary') or '-'}"}
     started = bool(progress.get("step"))  # the trainer publishes zeros before its first step
     loss = progress.get("loss") if started else None
     rate = progress.get("examplesPerSecond") if started else None

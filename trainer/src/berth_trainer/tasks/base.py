@@ -13,15 +13,14 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import queue
-import threading
 from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from berth_trainer.ahead import ahead
 from berth_trainer.config import DataFormat, Task, TrainerConfig
 from berth_trainer.errors import TrainerError
 from berth_trainer.exit_codes import ExitCode
@@ -32,6 +31,7 @@ if TYPE_CHECKING:
     from berth_trainer.data import ExampleEncoder
 
 log = logging.getLogger("berth_trainer")
+T = TypeVar("T")
 
 #: Examples encoded together (one tokenizer call); training and validation read a chunk at a
 #: time, so memory does not grow with a split's size.
@@ -160,6 +160,15 @@ class BertTask:
         index, count = shard
         files = len(self.train_files)
         return f"DATA shard {index}/{count} (every {count}th example of {files} file(s))"
+
+    def relayed(self, items: Iterator[T]) -> Iterator[T]:
+        """`items`, keeping a data error met on the way as `failure` (inside tf.data it reaches
+        the runner as a TF error without its exit code)."""
+        try:
+            yield from items
+        except TrainerError as err:
+            self.failure = err
+            raise
 
     def shuffled(self, ds: tf.data.Dataset, skip: int) -> tf.data.Dataset:
         return ds.shuffle(4096, seed=self.cfg.training.seed, reshuffle_each_iteration=True).skip(
@@ -353,24 +362,12 @@ class ExampleTask(BertTask):
         )
 
         def arrays():
-            # Encoding runs eager TF ops (the tokenizer): in a thread of our own, not inside
-            # tf.data's threads, where they can wait forever on the pool the pipeline holds.
-            chunks: queue.Queue = queue.Queue(maxsize=4)
+            def encode_forever():
+                while True:  # epochs
+                    for encoded in self.chunks(self.train_files, "data.train", shard):
+                        yield encoded.features, encoded.labels
 
-            def encode_forever() -> None:
-                try:
-                    while True:  # epochs
-                        for encoded in self.chunks(self.train_files, "data.train", shard):
-                            chunks.put((encoded.features, encoded.labels))
-                except Exception as err:  # ends the pipeline: bad data, or a bug
-                    if isinstance(err, TrainerError):
-                        self.failure = err
-                    chunks.put(err)
-
-            threading.Thread(target=encode_forever, daemon=True, name="encode").start()
-            while not isinstance(item := chunks.get(), Exception):
-                yield item
-            raise item
+            yield from self.relayed(ahead(encode_forever(), name="encode"))
 
         ds = tf.data.Dataset.from_generator(arrays, output_signature=spec).unbatch()
         return self.shuffled(ds, skip).batch(batch_size, drop_remainder=True).prefetch(2)

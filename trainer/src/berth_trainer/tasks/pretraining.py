@@ -1,10 +1,13 @@
 """Masked-LM pre-training, with next-sentence or sentence-order prediction.
 
-Data: `text` (one sentence per line, a blank line between documents: `corpus.read_documents`),
-read and tokenized once per input pipeline, then packed into full examples again each epoch
-(documents in a new order, new sentence pairs, from `training.seed`); or `tfrecord` written by
-`berth-trainer prepare`, already packed. Masking is dynamic, per example: 80% [MASK], 10% random,
-10% unchanged, whole words with `pretraining.wholeWordMasking`.
+Data: `text` (one sentence per line, a blank line between documents: `corpus.documents`),
+each input pipeline streaming its byte-range slice of the corpus, read, tokenized and packed
+into full examples again each epoch (documents shuffled within a bounded buffer, new sentence
+pairs, from `training.seed`); `tfrecord` written by `berth-trainer prepare` (or by `data.prepare`
+before the training), already packed; or `googleTfrecord`, the masked records of Google BERT's
+`create_pretraining_data.py` (static masks, used as written). Otherwise masking is dynamic, per
+example: 80% [MASK], 10% random, 10% unchanged, whole words with
+`pretraining.wholeWordMasking`.
 
 Model: `BertPretrainer` (the MLM head tied to the token embedding, Google's `cls/predictions`;
 with a sentence objective a 2-way head on the pooled output, `cls/seq_relationship`). Loss: the
@@ -22,12 +25,18 @@ import keras_hub
 import numpy as np
 import tensorflow as tf
 
+from berth_trainer.ahead import ahead
 from berth_trainer.bert_pretrainer import SENTENCE_HEAD, BertPretrainer
 from berth_trainer.config import DataFormat, SentencePrediction, Task, WholeWordMasking
-from berth_trainer.corpus import PACKED_FEATURES, check_records, parse_packed, read_documents
-from berth_trainer.errors import TrainerError
-from berth_trainer.exit_codes import ExitCode
-from berth_trainer.packing import pack
+from berth_trainer.corpus.documents import (
+    Tokenize,
+    no_text,
+    packed_examples,
+    read_documents,
+    slice_parts,
+)
+from berth_trainer.corpus.google import check_google_records, parse_google
+from berth_trainer.corpus.records import PACKED_FEATURES, check_records, parse_packed
 from berth_trainer.tasks.base import (
     BertTask,
     Head,
@@ -80,7 +89,7 @@ SENTENCE = Head(
 
 class Pretraining(BertTask):
     name = Task.PRETRAINING
-    formats = (DataFormat.TEXT, DataFormat.TFRECORD)
+    formats = (DataFormat.TEXT, DataFormat.TFRECORD, DataFormat.GOOGLE_TFRECORD)
     heads = (MLM_HEAD, SENTENCE)
 
     def __init__(self, cfg, encoder) -> None:
@@ -102,31 +111,42 @@ class Pretraining(BertTask):
 
     def prepare(self, train, validation):
         super().prepare(train, validation)
-        if self.cfg.data.format == DataFormat.TFRECORD:
-            for files, field in ((train, "data.train"), (validation, "data.validation")):
-                if files:
-                    check_records(files[0], self.cfg, field)
+        fmt = self.cfg.data.format
+        for files, field in ((train, "data.train"), (validation, "data.validation")):
+            if files and fmt == DataFormat.TFRECORD:
+                check_records(files[0], self.cfg, field)
+            elif files and fmt == DataFormat.GOOGLE_TFRECORD:
+                vocabulary_size = len(self.encoder.vocabulary)
+                check_google_records(files[0], self.cfg, field, vocabulary_size)
 
     def describe_shard(self, shard):
         index, count = shard
         files = self.train_files
+        if self.cfg.data.format == DataFormat.TEXT:
+            parts = slice_parts(files, index, count)
+            where = ", ".join(f"{p.path}[{p.start}:{p.end}]" for p in parts)
+            return f"TEXT slice {index}/{count}: the documents starting in bytes {where}"
         if len(files) >= count:
             return f"FILE shard {index}/{count}: {files[index::count]}"
-        unit = "record" if self.cfg.data.format == DataFormat.TFRECORD else "document"
-        return f"DATA shard {index}/{count} (every {count}th {unit} of {len(files)} file(s))"
+        return f"DATA shard {index}/{count} (every {count}th record of {len(files)} file(s))"
 
     def dataset(self, batch_size, shard, skip=0):
+        fmt = self.cfg.data.format
         ds = self._packed(self.train_files, shard, validation=False)
-        if self.cfg.data.format == DataFormat.TFRECORD:
+        if fmt != DataFormat.TEXT:
             ds = ds.repeat()  # a text corpus is re-packed each epoch, forever
-        # Masking draws random numbers: in one sequential map they follow training.seed, so a
-        # run is reproducible (in parallel calls the draws would interleave at random).
-        ds = self.shuffled(ds, skip).map(self.masked)
+        ds = self.shuffled(ds, skip)
+        if fmt != DataFormat.GOOGLE_TFRECORD:  # its records are masked already (static)
+            # Masking draws random numbers: in one sequential map they follow training.seed,
+            # so a run is reproducible (in parallel calls the draws would interleave at random).
+            ds = ds.map(self.masked)
         return ds.batch(batch_size, drop_remainder=True).prefetch(2)
 
     def _packed(self, files: list[str], shard: tuple[int, int], validation: bool):
-        """Packed examples of this pipeline's share of `files` (unbatched)."""
+        """Packed examples of this pipeline's share of `files` (unbatched); of googleTfrecord,
+        masked examples `(inputs, labels)` already."""
         index, count = shard
+        t = self.cfg.training
         if self.cfg.data.format == DataFormat.TEXT:
             return self._packed_text(files, shard, validation)
         ds = tf.data.Dataset.from_tensor_slices(files)
@@ -135,57 +155,44 @@ class Pretraining(BertTask):
         ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=1)
         if count > 1 and len(files) < count:
             ds = ds.shard(count, index)
-        return ds.map(
-            parse_packed(self.cfg.training.sequence_length), num_parallel_calls=tf.data.AUTOTUNE
-        )
+        if self.cfg.data.format == DataFormat.GOOGLE_TFRECORD:
+            parse = parse_google(
+                t.sequence_length, t.max_predictions_per_sequence, self.sentence_prediction
+            )
+        else:
+            parse = parse_packed(t.sequence_length)
+        return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
 
     def _packed_text(
         self, files: list[str], shard: tuple[int, int], validation: bool
     ) -> tf.data.Dataset:
-        """Packed examples of a text corpus; training repeats forever, each epoch re-packed."""
+        """Packed examples of this pipeline's slice of a text corpus, streamed (memory bounded
+        by a shuffle buffer of documents, never by the corpus); training repeats forever, each
+        epoch read, shuffled and packed afresh."""
         cfg, encoder = self.cfg, self.encoder
         index, count = shard
         field = "data.validation" if validation else "data.train"
-        by_file = len(files) >= count
-        documents = read_documents(
-            files[index::count] if by_file else files,
-            encoder.tokenizer,
-            encoder.vocabulary,
-            cfg.pretraining.whole_word_masking,
-            (0, 1) if by_file else shard,
-            field,
-        )
-        if not documents:
-            raise TrainerError(
-                ExitCode.DATA_INVALID,
-                f"{field}: no text in input pipeline {index}'s shard of {files}",
-            )
+        parts = slice_parts(files, index, count)
+        if next(read_documents(parts, field), None) is None:  # fail now, not at step N
+            raise no_text(field, files, index, count)
+        tokenize = Tokenize(encoder.ids, encoder.vocabulary, cfg.pretraining.whole_word_masking)
         p, n = cfg.pretraining, cfg.training.sequence_length
-        epochs = 1 if validation else None  # training repeats forever
 
-        def chunks():
+        def epochs():
             """Packed examples, stacked 256 at a time (a Python call per chunk, not example)."""
-            epoch = 0
-            while epochs is None or epoch < epochs:
+            for epoch in itertools.count() if not validation else range(1):
                 rng = random.Random(f"{cfg.training.seed}/{index}/{epoch}")
-                order = list(documents)
-                if not validation:
-                    rng.shuffle(order)
-                examples = pack(
-                    order,
-                    p.packing,
-                    n,
-                    encoder.specials,
-                    rng,
-                    p.sentence_prediction,
-                    p.short_sequence_probability,
+                examples = packed_examples(
+                    parts, field, tokenize, p, n, encoder.specials, rng, not validation
                 )
                 while chunk := list(itertools.islice(examples, 256)):
                     yield {
                         k: np.asarray([getattr(e, k) for e in chunk], np.int32)
                         for k in PACKED_FEATURES
                     }
-                epoch += 1
+
+        def chunks():
+            yield from self.relayed(ahead(epochs(), name="pack"))
 
         spec = {k: tf.TensorSpec([None, n], tf.int32) for k in PACKED_FEATURES[:3]}
         spec["sentence_label"] = tf.TensorSpec([None], tf.int32)
@@ -247,7 +254,9 @@ class Pretraining(BertTask):
     # --- validation and export -----------------------------------------------------------------
 
     def evaluate(self, model, batch_size):
-        ds = self._packed(self.validation_files, (0, 1), validation=True).map(self.masked)
+        ds = self._packed(self.validation_files, (0, 1), validation=True)
+        if self.cfg.data.format != DataFormat.GOOGLE_TFRECORD:  # masked already
+            ds = ds.map(self.masked)
         run, totals = batch_totals(self, model), Totals()
         for features, labels in ds.batch(batch_size).prefetch(2):
             totals.add(run(features, labels)[1].numpy())
