@@ -39,11 +39,16 @@ def _by_role(trainings: Trainings, name: str, role: str) -> list[client.V1Pod]:
     return [p for p in trainings.pods(name) if p.metadata.labels.get("berth.dev/role") == role]
 
 
+def _running_prepare(trainings: Trainings, name: str) -> list[client.V1Pod]:
+    pods = _by_role(trainings, name, "prepare")
+    return [p for p in pods if p.status.phase == "Running" and p.status.pod_ip]
+
+
 def _running_prepare_pods(trainings: Trainings, name: str, count: int) -> list[client.V1Pod]:
     return wait_for(
         lambda: (
             len(pods := _by_role(trainings, name, "prepare")) == count
-            and all(p.status.phase == "Running" and p.status.pod_ip for p in pods)
+            and len(_running_prepare(trainings, name)) == count
             and pods
         ),
         timeout=45,
@@ -102,6 +107,22 @@ def test_prepare_job_runs_then_the_workers_start(
         what="prepare progress in status",
     )
     assert (progress["preparedBytes"], progress["inputBytes"]) == (40, 100)
+
+    # A prepare pod killed mid-shard (137) is retried: the Job controller replaces its index
+    # (the trainer leaves no partial shard, test_trainer_corpus_scale.py); still Preparing.
+    killed = pods[1].metadata.name
+    terminate_pod(trainings.core, namespace, killed, 137)
+    pods = wait_for(
+        lambda: (
+            len(ps := [p for p in _running_prepare(trainings, "prep") if p.metadata.name != killed])
+            == 2
+            and ps
+        ),
+        timeout=45,
+        what="the killed prepare pod's index replaced",
+    )
+    assert trainings.status("prep")["phase"] == "Preparing"
+    assert not _by_role(trainings, "prep", "worker")
 
     for pod in pods:
         terminate_pod(trainings.core, namespace, pod.metadata.name, 0)

@@ -95,6 +95,15 @@ def test_a_bad_byte_deep_in_a_later_slice_names_its_file_and_line(tmp_path):
     assert str(err.value).startswith(f"data.train: {tmp_path / 'a.txt'}:{number}: not UTF-8")
 
 
+def test_prepare_of_a_corpus_without_text_fails_with_exit_3(tmp_path, corpus):
+    (tmp_path / "blank.txt").write_text(" \n\n\t\n", encoding="utf-8")
+    args = ["prepare", "--vocabulary", corpus["vocab"], "--input", str(tmp_path / "blank.txt")]
+    args += ["--output", str(tmp_path / "out"), "--termination-log", str(tmp_path / "term")]
+    assert main(args) == 3
+    assert (tmp_path / "term").read_text().startswith("--input: no text lines in")
+    assert not list(tmp_path.glob("*out*"))  # nothing written, not even an empty shard
+
+
 # --- prepare: N workers, every token once ---------------------------------------------------
 
 
