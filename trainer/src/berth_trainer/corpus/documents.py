@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 import tensorflow as tf
 
+from berth_trainer.ahead import ahead
 from berth_trainer.config import PretrainingConfig, WholeWordMasking
 from berth_trainer.errors import TrainerError
 from berth_trainer.exit_codes import ExitCode
@@ -281,10 +282,16 @@ def packed_examples(
     rng: random.Random,
     shuffle: bool = True,
     progress: Callable[[int], None] | None = None,
+    overlap: bool = False,
 ) -> Iterator[Example]:
     """The packed examples of `parts`: their documents read, tokenized, shuffled within
-    `SHUFFLE_DOCUMENTS` (with `shuffle`) and packed per `pretraining`, all streamed."""
+    `SHUFFLE_DOCUMENTS` (with `shuffle`) and packed per `pretraining`, all streamed. With
+    `overlap`, reading and tokenizing run in a thread of their own beside the packing (and
+    whatever the caller does with the examples): TensorFlow releases the GIL in the tokenizer
+    op; +20-25% for `prepare` on an idle 2-core machine, nothing when the cores are busy."""
     documents = tokenize(read_documents(parts, field, progress))
+    if overlap:
+        documents = ahead(documents, size=TOKENIZE_LINES, name="tokenize")
     if shuffle:
         documents = shuffled(documents, rng, SHUFFLE_DOCUMENTS)
     return pack(

@@ -147,6 +147,7 @@ def write_slice(
         rng,
         shuffle,
         progress.read,
+        overlap=True,
     )
     for path in paths:
         tf.io.gfile.makedirs(os.path.dirname(path) or ".")
