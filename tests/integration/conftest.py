@@ -20,6 +20,7 @@ from kubernetes.client.rest import ApiException
 
 from berth_operator.local.runner import die_with_parent, free_port
 from tests.support.podsecurity import NAMESPACE_LABELS
+from tests.support.realnode import RealNode
 from tests.support.waiting import wait_for
 from tests.unit.chart.helm import CHART, run_helm
 
@@ -374,3 +375,21 @@ def metrics_server() -> Iterator[Callable[..., ThreadingHTTPServer]]:
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+#: The claim of the real node's data volume (the quickstart corpus in; shards, checkpoints and
+#: model out).
+DATA_CLAIM = "data"
+
+
+@pytest.fixture
+def node(kubeconfig: str) -> RealNode:
+    """The real node; fails on a `--kwok-only` cluster (`make test` has the node)."""
+    return RealNode.from_cluster()
+
+
+@pytest.fixture
+def volume(api: client.ApiClient, node: RealNode, namespace: str) -> Iterator[Path]:
+    """The quickstart corpus on a claimed volume `DATA_CLAIM` of the real node."""
+    with node.claimed_corpus(api, namespace, DATA_CLAIM) as path:
+        yield path

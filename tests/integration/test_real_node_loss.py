@@ -16,12 +16,12 @@ dead node (Running, then Terminating, forever) and no new group comes.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kubernetes import client
 
+from tests.integration.conftest import DATA_CLAIM as CLAIM
 from tests.integration.conftest import Operator, Trainings
 from tests.support.realnode import RealNode
 from tests.support.tiny import checkpoint_steps
@@ -29,21 +29,7 @@ from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-#: The claim of the data volume (corpus in, checkpoints and model out).
-CLAIM = "data"
 RESTART = "berth.dev/restart"
-
-
-@pytest.fixture
-def node(kubeconfig: str) -> RealNode:
-    """The real node; fails on a `--kwok-only` cluster (`make test` has the node)."""
-    return RealNode.from_cluster()
-
-
-@pytest.fixture
-def volume(api: client.ApiClient, node: RealNode, namespace: str) -> Iterator[Path]:
-    with node.claimed_corpus(api, namespace, CLAIM) as path:
-        yield path
 
 
 def next_group_pending(

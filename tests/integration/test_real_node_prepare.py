@@ -10,32 +10,18 @@ workers, which train a few steps from those shards and export the model.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kubernetes import client
 
+from tests.integration.conftest import DATA_CLAIM as CLAIM
 from tests.integration.conftest import Operator, Trainings
 from tests.support.realnode import RealNode
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-#: The claim of the data volume (corpus in; shards, checkpoints and model out).
-CLAIM = "data"
 STEPS = 20
-
-
-@pytest.fixture
-def node(kubeconfig: str) -> RealNode:
-    """The real node; fails on a `--kwok-only` cluster (`make test` has the node)."""
-    return RealNode.from_cluster()
-
-
-@pytest.fixture
-def volume(api: client.ApiClient, node: RealNode, namespace: str) -> Iterator[Path]:
-    with node.claimed_corpus(api, namespace, CLAIM) as path:
-        yield path
 
 
 def test_prepare_job_writes_the_shards_and_the_training_trains_from_them(
