@@ -190,17 +190,12 @@ def _prepare(args: argparse.Namespace) -> tuple[str, dict[str, float]]:
         TrainingConfig(sequence_length=args.sequence_length)
     except ValidationError as err:
         raise TrainerError(ExitCode.CONFIG_INVALID, _config_error(err)) from err
-    workers = args.workers or 1
-    if not 0 <= args.worker < workers:
-        raise TrainerError(
-            ExitCode.CONFIG_INVALID, f"--worker: {args.worker} is not in 0..{workers - 1}"
-        )
     settings = prepare.Settings(
         args.vocabulary,
         args.sequence_length,
         pretraining,
         args.seed,
-        workers,
+        args.workers or 1,
         max(args.shards, 1),
     )
     counts = prepare.prepare_files(

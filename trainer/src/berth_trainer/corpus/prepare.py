@@ -27,7 +27,13 @@ import time
 import tensorflow as tf
 
 from berth_trainer.config import DataFormat, PretrainingConfig, TrainerConfig
-from berth_trainer.corpus.documents import Tokenize, no_text, packed_examples, slice_parts
+from berth_trainer.corpus.documents import (
+    Part,
+    Tokenize,
+    no_text,
+    packed_examples,
+    slice_parts,
+)
 from berth_trainer.corpus.records import serialize
 from berth_trainer.data import resolve_files
 from berth_trainer.errors import TrainerError
@@ -51,6 +57,13 @@ class Settings:
     seed: int = 0
     workers: int = 1
     shards: int = 1  # per worker
+
+    def check_worker(self, worker: int) -> None:
+        """`--worker` must name one of the slices."""
+        if not 0 <= worker < self.workers:
+            raise TrainerError(
+                ExitCode.CONFIG_INVALID, f"--worker: {worker} is not in 0..{self.workers - 1}"
+            )
 
 
 def shard_paths(prefix: str, worker: int, s: Settings, suffix: str = "") -> list[str]:
@@ -122,7 +135,7 @@ class Progress:
 
 
 def write_slice(
-    files: list[str],
+    parts: list[Part],
     field: str,
     paths: list[str],
     worker: int,
@@ -132,11 +145,10 @@ def write_slice(
     progress: Progress,
     shuffle: bool = True,
 ) -> tuple[dict[str, int], list[str]]:
-    """Worker `worker`'s slice of `files` packed into `paths` (written under temporary names,
+    """Worker `worker`'s slice (`parts`) packed into `paths` (written under temporary names,
     renamed when complete; a shard that would be empty is not written). Returns the counts and
     the shards written."""
     rng = random.Random(f"{s.seed}/{field}/{worker}/{s.workers}")
-    parts = slice_parts(files, worker, s.workers)
     examples = packed_examples(
         parts,
         field,
@@ -184,11 +196,13 @@ def prepare_files(
 ) -> dict[str, float]:
     """`berth-trainer prepare --input PATTERN --output PREFIX`: worker `worker`'s slice of the
     files matching `pattern` into its shards of `output` (see `shard_paths`)."""
+    s.check_worker(worker)
     files = resolve_files(pattern, "--input")
     tokenize, specials = _tokenizer(s.vocabulary, s.pretraining.whole_word_masking)
-    progress = Progress(sum(p.size for p in slice_parts(files, worker, s.workers)), metrics_port)
+    parts = slice_parts(files, worker, s.workers)
+    progress = Progress(sum(p.size for p in parts), metrics_port)
     counts, _ = write_slice(
-        files, "--input", shard_paths(output, worker, s), worker, s, tokenize, specials, progress
+        parts, "--input", shard_paths(output, worker, s), worker, s, tokenize, specials, progress
     )
     if not counts["examples"] and s.workers == 1:
         raise no_text("--input", files)
@@ -199,10 +213,7 @@ def prepare_config(cfg: TrainerConfig, worker: int, metrics_port: int = 0) -> di
     """`berth-trainer prepare --config CFG --worker I`: slice I of data.train (and
     data.validation) into data.prepare.output, unless its marker says it is done already."""
     s, out = settings_of(cfg), cfg.data.prepare.output
-    if not 0 <= worker < s.workers:
-        raise TrainerError(
-            ExitCode.CONFIG_INVALID, f"--worker: {worker} is not in 0..{s.workers - 1}"
-        )
+    s.check_worker(worker)
     splits = _splits(cfg)
     print_ = fingerprint(splits, s)
     marker = marker_path(out, worker, s.workers)
@@ -214,11 +225,11 @@ def prepare_config(cfg: TrainerConfig, worker: int, metrics_port: int = 0) -> di
     progress = Progress(sum(p.size for ps in parts.values() for p in ps), metrics_port)
     written: dict[str, list[str]] = {}
     totals = {"examples": 0, "tokens": 0}
-    for field, files in splits.items():
+    for field, field_parts in parts.items():
         name = field.removeprefix("data.")
         paths = shard_paths(os.path.join(out, name), worker, s, ".tfrecord")
         counts, written[name] = write_slice(
-            files,
+            field_parts,
             field,
             paths,
             worker,
