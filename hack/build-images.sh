@@ -197,6 +197,7 @@ build() { # target hash archive
   pod save --quiet --format docker-archive --output "$archive.tmp" "$ref"
   mv "$archive.tmp" "$archive"
   echo "saved $archive ($(du -h "$archive" | cut -f1)) in $(took "$start")"
+  built+=" $target"
   # Keep this archive and the one before it, per target.
   # shellcheck disable=SC2012  # names are ours: berth-<target>-<hex>.tar
   ls -t "$images/berth-$target"-????????????????.tar | tail -n +3 | xargs -r rm -f
@@ -228,9 +229,19 @@ printf '[global]\nno-index = true\nfind-links = /wheelhouse\n' > "$conf/pip.conf
 exec 9>"$images/.lock"
 flock 9 # one build per cache at a time
 total=$(now)
+since=$(date +%s)
+built=
 for target in "${targets[@]}"; do
   ensure "$target"
 done
+if [ -n "$built" ]; then
+  # Each build leaves the image it replaced and its stages untagged (~3 GB for the trainer), and
+  # podman keeps them all: remove those made before this run, keeping this run's stages as the
+  # layer cache of the next.
+  start=$(now)
+  pruned=$(pod image prune --force --filter "until=$since" | wc -l)
+  echo "removed $pruned untagged images older than this build in $(took "$start")"
+fi
 
 # current.json: every target whose archive matches its current inputs, for hack/cluster.py.
 manifest_lines=()
