@@ -2,7 +2,8 @@
 # Install, with apt-get, what the real node of hack/cluster.py runs beside the built binaries:
 # containerd (its CRI plugin), runc, the CNI plugins (bridge, host-local, loopback), iptables and
 # conntrack (kube-proxy), iproute2 (the bridge), nftables (`nft`: the teardown of
-# kube-network-policies' table). Only what is missing; a no-op on a ready machine.
+# kube-network-policies' table); and chromium, the headless browser the real-node tests look at
+# TensorBoard with. Only what is missing; a no-op on a ready machine.
 # Skipped without root: `cluster.py up --kwok-only` needs none of it.
 set -euo pipefail
 
@@ -14,6 +15,7 @@ declare -A wanted=(
   [conntrack]=/usr/sbin/conntrack
   [iproute2]=/usr/sbin/ip
   [nftables]=/usr/sbin/nft
+  [chromium]=/usr/bin/chromium
 )
 missing=()
 for package in "${!wanted[@]}"; do

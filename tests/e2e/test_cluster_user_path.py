@@ -155,7 +155,9 @@ def test_helm_install_apply_train_and_export(
     api: client.ApiClient, release: str, node: RealNode, namespace: str, volume: Path
 ) -> None:
     steps = 500
-    apply(manifest("tiny", node, steps=steps), namespace)
+    # Validated before the first step and after the last (status.validation, column Metric).
+    data = {"train": "/data/corpus/corpus-*.txt", "validation": "/data/corpus/corpus-1.txt"}
+    apply(manifest("tiny", node, steps=steps, data=data), namespace)
 
     def row_while_running() -> list[str] | None:
         """`kubectl get bt` once the in-cluster operator has scraped worker 0 while it trains."""
@@ -166,15 +168,23 @@ def test_helm_install_apply_train_and_export(
         return row if row[1] == "Running" else None
 
     row = wait_for(row_while_running, timeout=300, interval=0.5, what="progress while Running")
+    # NAME PHASE WORKERS STEP % LOSS EXAMPLES/S METRIC (the validation before the first step)
     assert row[:3] == ["tiny", "Running", "2/2"] and row[3].endswith(f"/{steps}"), row
-    assert int(row[3].split("/")[0]) > 0 and float(row[4]) > 0 and float(row[5]) > 0, row
+    assert int(row[3].split("/")[0]) > 0 and 0 <= int(row[4]) < 100, row
+    assert float(row[5]) > 0 and float(row[6]) > 0 and row[7] == "acc", row
     assert_workers_isolated(api, node, namespace, "tiny")
 
     final = wait_phase(namespace, "tiny", "Succeeded")
-    # The last scrape may precede the last steps; the trainer's own count is exact.
-    assert 0 < final["progress"]["step"] <= final["progress"]["totalSteps"] == steps
+    # The last scrape may precede the last steps: the final figures come from worker 0's
+    # termination message, in the same status write as the phase.
+    assert final["progress"]["step"] == final["progress"]["totalSteps"] == steps, final
+    assert final["progress"]["percent"] == 100 and final["progress"]["etaSeconds"] == 0, final
     metrics = json.loads((volume / "tiny" / "model" / "metrics.json").read_text())
     assert metrics["steps"] == steps
+    assert final["validation"]["step"] == steps, final
+    validation = {m["name"]: m["value"] for m in final["validation"]["metrics"]}
+    assert validation["accuracy"] == pytest.approx(metrics["validation_accuracy"], rel=1e-5)
+    assert final["validation"]["summary"] == f"acc {metrics['validation_accuracy']:.3f}"
 
     # Worker 1 may still be exiting when worker 0's success lands (1/2): it is left to finish,
     # and the column drops to 0/2 once the kubelet reports it done.
@@ -183,7 +193,8 @@ def test_helm_install_apply_train_and_export(
         return row if row[2] == "0/2" else None
 
     row = wait_for(row_when_all_exited, timeout=60, interval=0.5, what="0/2 ready after success")
-    assert row[:2] == ["tiny", "Succeeded"], row
+    assert row[:2] == ["tiny", "Succeeded"] and row[3:5] == [f"{steps}/{steps}", "100"], row
+    assert row[7:9] == final["validation"]["summary"].split(), row
 
     # The workers met through the headless Service's DNS names and trained as one group.
     pod = json.loads(kubectl("get", "pod", "tiny-worker-1", "-n", namespace, "-o", "json").stdout)
@@ -240,19 +251,45 @@ def assert_workers_isolated(
 
 
 def test_killed_worker_container_restarts_the_group_and_resumes(
-    release: str, node: RealNode, namespace: str, volume: Path
+    release: str, node: RealNode, namespace: str, volume: Path, tmp_path: Path
 ) -> None:
     steps = 300
     apply(manifest("resume", node, steps=steps), namespace)
-    wait_for(
-        lambda: any(s >= 20 for s in checkpoint_steps(volume / "resume" / "ckpt")),
-        timeout=300,
-        interval=0.2,
-        what="a checkpoint at step >= 20 on the node",
-    )
-    killed = node.kill_container(namespace, "resume-worker-1")
-    final = wait_phase(namespace, "resume", "Succeeded")
+    # `kubectl berth logs -f --all` (the plugin on PATH) follows the training from its start,
+    # across the group restart, and ends by itself once it Succeeded.
+    followed = tmp_path / "kubectl-berth-logs.txt"
+    with followed.open("w") as out:
+        follow = subprocess.Popen(
+            ["kubectl", "berth", "logs", "resume", "--all", "-f", "-n", namespace],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    try:
+        wait_for(
+            lambda: any(s >= 20 for s in checkpoint_steps(volume / "resume" / "ckpt")),
+            timeout=300,
+            interval=0.2,
+            what="a checkpoint at step >= 20 on the node",
+        )
+        killed = node.kill_container(namespace, "resume-worker-1")
+        final = wait_phase(namespace, "resume", "Succeeded")
+        assert follow.wait(timeout=120) == 0, follow.communicate()[1]
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+            follow.wait()
     assert final["restarts"] == 1, final
+    lines = followed.read_text().splitlines()
+    (restart,) = (i for i, line in enumerate(lines) if line.startswith("--- group restart 1: "))
+    assert "worker 1 (resume-worker-1) failed: exit code 137" in lines[restart], lines[restart]
+    before, after = lines[:restart], lines[restart + 1 :]
+    for index in (0, 1):
+        assert any(line.startswith(f"[worker-{index} r0] ") for line in before), before[-20:]
+        assert any(line.startswith(f"[worker-{index} r1] ") for line in after), after[:20]
+    assert not [line for line in before if " r1] " in line[:16]], before
+    assert not [line for line in after if " r0] " in line[:16]], after
+    assert any(line.startswith("[worker-0 r1] ") and '"msg": "resumed"' in line for line in after)
     # The trainer's own account: the exported metrics and worker 0's log after the restart.
     metrics = json.loads((volume / "resume" / "model" / "metrics.json").read_text())
     assert metrics["steps"] == steps

@@ -147,6 +147,14 @@ def test_two_workers_train_to_the_last_step(tmp_path: Path, corpus: dict[str, st
     assert f"initialised from {tmp_path / 'ckpt'}" in log
     metrics = json.loads((tmp_path / "classifier" / "metrics.json").read_text())
     assert metrics["validation_accuracy"] > 0.9
+    # The view's last line and the status: the final figures, from worker 0's termination log.
+    summary = f"acc {metrics['validation_accuracy']:.3f}"
+    last = [line for line in result.stderr.splitlines() if line.startswith("tiny: ")][-1]
+    assert "Phase=Succeeded" in last and "Step=120/120  %=100" in last, last
+    assert f"Metric={summary}" in last, last
+    final = status(tmp_path / "c")
+    assert (final["progress"]["percent"], final["validation"]["step"]) == (100, 120), final
+    assert final["validation"]["summary"] == summary, final
 
 
 def test_killed_worker_restarts_the_group_and_resumes(

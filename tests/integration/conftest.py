@@ -337,6 +337,11 @@ berth_train_loss 2.5
 berth_train_examples_per_second 320.0
 # TYPE berth_last_checkpoint_step gauge
 berth_last_checkpoint_step 100.0
+# TYPE berth_validation_step gauge
+berth_validation_step 100.0
+# TYPE berth_validation gauge
+berth_validation{{metric="accuracy"}} 0.41234
+berth_validation{{metric="loss"}} 3.5
 # TYPE berth_trainer_info gauge
 berth_trainer_info{{namespace="{namespace}",restart="{restart}",training="{training}",\
 worker="0"}} 1.0

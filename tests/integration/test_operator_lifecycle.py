@@ -11,7 +11,7 @@ from http.server import ThreadingHTTPServer
 import pytest
 from kubernetes import client
 
-from tests.integration.conftest import Operator, Trainings, manifest
+from tests.integration.conftest import Operator, Trainings, kubectl, manifest
 from tests.support.kwok import terminate_pod
 from tests.support.waiting import wait_for
 
@@ -93,10 +93,35 @@ def test_three_workers_children_and_success(
         assert child.metadata.owner_references[0].uid == owner["metadata"]["uid"]
 
     _running_group(trainings, "bert")
-    terminate_pod(trainings.core, namespace, "bert-worker-0", 0)
+    # Worker 0 leaves its final figures in its termination message (nothing was scraped: a run
+    # shorter than the scrape interval); they come with the phase.
+    figures = {
+        "step": 100,
+        "totalSteps": 100,
+        "loss": 1.25,
+        "validation": {"step": 100, "metrics": {"accuracy": 0.61234, "loss": 2.5}},
+    }
+    terminate_pod(trainings.core, namespace, "bert-worker-0", 0, message=json.dumps(figures))
     status = trainings.wait_phase("bert", "Succeeded")
     assert status["completionTime"]
     assert {c["type"]: c["status"] for c in status["conditions"]}["Succeeded"] == "True"
+    assert status["progress"]["step"] == status["progress"]["totalSteps"] == 100
+    assert (status["progress"]["percent"], status["progress"]["loss"]) == (100, 1.25)
+    assert (status["progress"]["etaSeconds"], status["progress"]["summary"]) == (0, "100/100")
+    assert status["validation"]["step"] == 100
+    assert status["validation"]["summary"] == "acc 0.612"
+    assert {m["name"]: m["value"] for m in status["validation"]["metrics"]} == {
+        "accuracy": 0.61234,
+        "loss": 2.5,
+    }
+    from tests.integration.conftest import kubectl
+
+    table = kubectl("get", "bt", "bert", "-n", namespace)
+    assert table.returncode == 0, table.stderr
+    header, row = (line.split() for line in table.stdout.splitlines())
+    assert header[3:8] == ["STEP", "%", "LOSS", "EXAMPLES/S", "METRIC"], header
+    assert row[1] == "Succeeded" and row[3:6] == ["100/100", "100", "1.25"], row
+    assert row[6:8] == ["acc", "0.612"], row  # no rate was scraped: EXAMPLES/S is blank
     reasons = {e.reason for e in trainings.events("bert")}
     assert {"CreatedWorkers", "Completed"} <= reasons
     # Workers still running when worker 0 succeeded (their exit not yet reported) finish on
@@ -155,11 +180,28 @@ def test_backoff_limit_counts_group_restarts(
     terminate_pod(trainings.core, namespace, "flaky-worker-0", 201)
     wait_for(lambda: trainings.status("flaky").get("restarts") == 1, what="restarts=1")
     _running_group(trainings, "flaky")
-    terminate_pod(trainings.core, namespace, "flaky-worker-1", 137)
+    said = "CUDA error: out of memory"
+    terminate_pod(trainings.core, namespace, "flaky-worker-1", 137, message=said)
     status = trainings.wait_phase("flaky", "Failed")
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")
     assert failed["reason"] == "BackoffLimitExceeded"
     assert status["restarts"] == 1
+    # `kubectl berth describe` (the plugin on PATH) names the failing worker with its exit code
+    # and message, and what ended the first group.
+    shown = kubectl("berth", "describe", "flaky", "-n", namespace)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert "Phase:       Failed (BackoffLimitExceeded)" in lines, shown.stdout
+    (row,) = (line.split() for line in lines if line.split()[:2] == ["1", "flaky-worker-1"])
+    assert row[3:6] == ["Failed", "false", "137"], shown.stdout
+    assert f"  worker 1 (flaky-worker-1) failed: exit code 137 (Error): {said}" in lines
+    assert "  restart 1: worker 0 (flaky-worker-0) failed: exit code 201 (Error)" in lines
+    # A training that is not there: kubectl's own error and exit code.
+    missing = kubectl("berth", "logs", "no-such", "-n", namespace)
+    assert (missing.returncode, missing.stderr) == (
+        1,
+        'Error from server (NotFound): berttrainings.berth.dev "no-such" not found\n',
+    )
 
 
 def test_unschedulable_pods_fail_after_pending_timeout(
@@ -253,6 +295,15 @@ def test_progress_from_worker_metrics(
     assert status["progress"]["loss"] == 2.5
     assert status["progress"]["examplesPerSecond"] == 320.0
     assert status["progress"]["lastCheckpointStep"] == 100
+    assert status["progress"]["percent"] == 12
+    # The chief's validation gauges, in the same status write.
+    assert status["validation"]["step"] == 100
+    assert status["validation"]["metrics"] == [
+        {"name": "accuracy", "value": 0.41234},
+        {"name": "loss", "value": 3.5},
+    ]
+    assert status["validation"]["summary"] == "acc 0.412"
+    assert status["validation"]["updatedAt"] == status["progress"]["updatedAt"]
     from tests.integration.conftest import kubectl
 
     table = kubectl("get", "bt", "watched", "-n", trainings.namespace)
@@ -263,13 +314,17 @@ def test_progress_from_worker_metrics(
         "PHASE",
         "WORKERS",
         "STEP",
+        "%",
         "LOSS",
         "EXAMPLES/S",
+        "METRIC",
         "RESTARTS",
         "QUEUE",
         "AGE",
     ]
-    assert row.split()[:7] == ["watched", "Running", "3/3", "120/1000", "2.5", "320", "0"]
+    assert row.split()[:10] == [
+        "watched", "Running", "3/3", "120/1000", "12", "2.5", "320", "acc", "0.412", "0",
+    ]  # fmt: skip
 
 
 def test_deleting_training_removes_children(

@@ -126,10 +126,12 @@ tests/integration/test_chart_install.py runs the operator under exactly these ru
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "create", "delete"]
-# Each training's headless Service (created once; owned by the training, garbage-collected).
+# Each training's headless Service (created once; owned by the training, garbage-collected),
+# and its TensorBoard Service (spec.tensorboard; deleted when it is disabled, if the training
+# owns it).
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "create"]
+  verbs: ["get", "create", "delete"]
 # Each training's ConfigMap (created, or its data patched up to date if the training owns it).
 # A server-side dry-run create also tells whether the namespace is being deleted before a
 # failure is acted on.
@@ -146,12 +148,18 @@ tests/integration/test_chart_install.py runs the operator under exactly these ru
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "delete"]
+# The TensorBoard Deployment of a training with spec.tensorboard (created once, read when the
+# name is taken, deleted when it is disabled if the training owns it; garbage-collected).
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "create", "delete"]
 {{- if .Values.networkPolicy.enabled }}
 # Each training's NetworkPolicy isolating its workers (created once before them; owned by the
-# training, garbage-collected).
+# training, garbage-collected), and its TensorBoard pod's (deleted when spec.tensorboard is
+# disabled, if the training owns it).
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["get", "create"]
+  verbs: ["get", "create", "delete"]
 {{- end }}
 {{- with .Values.rbac.tpuCredentialsSecrets }}
 # Cloud TPU keys named by spec.tpu.credentialsSecret: only these Secrets, only get (opt-in).

@@ -128,6 +128,22 @@ class ResourceRequirements(ApiModel):
     )
 
 
+class TensorBoardSpec(ApiModel):
+    """tensorboard: a TensorBoard for the training (docs/operator.md, "Watching a training")."""
+
+    enabled: bool = Field(
+        default=False,
+        description="enabled: run a Deployment and Service <name>-tensorboard (port 6006) that "
+        "serve TensorBoard over output.dir/tensorboard, with the workers' image, volumes and pod "
+        "security, deleted with the training; `kubectl berth tensorboard NAME` forwards to it.",
+    )
+    resources: ResourceRequirements | None = Field(
+        default=None,
+        description="resources: of the TensorBoard container (default: requests cpu 100m and "
+        "memory 256Mi, limits memory 1Gi).",
+    )
+
+
 class TpuProvider(enum.StrEnum):
     GKE = "gke"
     CLOUD = "cloud"
@@ -402,6 +418,9 @@ class BertTrainingSpec(TrainerConfig):
         default_factory=RunPolicy,
         description="runPolicy: restart, time-limit, suspension and clean-up policy.",
     )
+    tensorboard: TensorBoardSpec | None = Field(
+        default=None, description="tensorboard: serve the training's TensorBoard scalars."
+    )
     tpu: TpuSpec | None = Field(
         default=None,
         description="tpu: train on a TPU slice (TPUStrategy) instead of multi-worker pods; "
@@ -487,6 +506,12 @@ class Progress(ApiModel):
     examples_per_second: float | None = Field(
         default=None, description="examplesPerSecond: recent training throughput."
     )
+    percent: int | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        description="percent: share of the planned steps done, 0-100 (printer column %).",
+    )
     eta_seconds: int | None = Field(
         default=None, description="etaSeconds: estimated seconds to the last step."
     )
@@ -511,6 +536,33 @@ class Progress(ApiModel):
     updated_at: str | None = Field(
         default=None,
         description="updatedAt: when these numbers changed last (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
+    )
+
+
+class Metric(ApiModel):
+    """metrics[]: one validation metric."""
+
+    name: str = Field(description="name: the metric, e.g. accuracy, f1, exact_match, loss.")
+    value: float = Field(description="value: its value on the validation set.")
+
+
+class ValidationStatus(ApiModel):
+    """validation: the latest validation metrics (before training, at the end)."""
+
+    step: int | None = Field(default=None, description="step: the step they were taken at.")
+    metrics: list[Metric] | None = Field(
+        default=None,
+        description="metrics: each metric the task computes on data.validation.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    summary: str | None = Field(
+        default=None,
+        description="summary: the task's headline metric, e.g. f1 0.912 (printer column Metric).",
+    )
+    updated_at: str | None = Field(
+        default=None,
+        description="updatedAt: when they were taken (RFC 3339).",
         json_schema_extra={"format": "date-time"},
     )
 
@@ -589,6 +641,9 @@ class BertTrainingStatus(ApiModel):
         "evicted, drained or on a lost node (see runPolicy.disruptionLimit).",
     )
     progress: Progress | None = Field(default=None, description="progress: training progress.")
+    validation: ValidationStatus | None = Field(
+        default=None, description="validation: the latest validation metrics."
+    )
     start_time: str | None = Field(
         default=None,
         description="startTime: when the workers were first created (RFC 3339).",

@@ -17,6 +17,8 @@ What controller-runtime does with informers and a work queue, on kopf's watches 
 * Progress: every --progress-interval, worker 0 of each Running training is scraped at the
   address the pod cache knows, and its metrics are used only if `berth_trainer_info` names that
   very worker. An endpoint that does not answer is tried less and less often (up to a minute).
+  Its progress and validation metrics go to status in one write, when they changed; once worker
+  0 succeeded, the reconcile pass writes the final figures from its termination message.
   A Preparing training's running prepare pods are scraped the same way and their input bytes
   summed (`progress.prepare_progress`).
 * data.prepare: the training's prepare Job (`berth_operator.prepare`) and its pods are cached
@@ -53,6 +55,7 @@ from berth_operator import (
     prepare,
     progress,
     refusal,
+    tensorboard,
 )
 from berth_operator.api import Phase
 from berth_operator.expectations import Expectations
@@ -141,6 +144,10 @@ class Controller:
         #: (name → pod): one evicted and deleted within a coalescing window is a disruption, not
         #: a worker that vanished.
         self.tombstones: dict[Key, dict[str, Mapping[str, Any]]] = {}
+        #: spec.tensorboard: (training uid, enabled) as last made so (created, or deleted).
+        self.tensorboards: dict[Key, tuple[str, bool]] = {}
+        #: The last message of a refused TensorBoard create, by training (warned once).
+        self.tensorboard_refused: dict[Key, str] = {}
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=concurrency, thread_name_prefix="berth-api"
         )
@@ -257,6 +264,8 @@ class Controller:
             self.scrape_after,
             self.tombstones,
             self.prepare_bytes,
+            self.tensorboards,
+            self.tensorboard_refused,
         ):
             table.pop(key, None)
         self.queue.forget(key)
@@ -340,6 +349,7 @@ class Controller:
             log.debug("%s/%s: namespace is being deleted: leaving the training alone", *key)
             self.doomed[key] = str(meta.get("uid"))
             return
+        await self._tensorboard(key, training)
         for pod in tombstones:  # weighed by this pass
             self.tombstones.get(key, {}).pop(pod, None)
         if not expected.empty:
@@ -638,6 +648,81 @@ class Controller:
             return str(error)
         return None
 
+    async def _tensorboard(self, key: Key, training: Mapping[str, Any]) -> None:
+        """spec.tensorboard: create the TensorBoard Deployment, Service and NetworkPolicy
+        (`berth_operator.tensorboard`) once it is enabled, delete them once it is disabled; each
+        only when the wanted state differs from what this operator last made so (after an
+        operator restart: creates that find them are no-ops; a training that never enabled it
+        costs nothing). Not while the pod policy refuses the pod it would be made from."""
+        uid = str(training["metadata"].get("uid"))
+        wanted = tensorboard.enabled(training)
+        spec = training.get("spec") or {}
+        if self.tensorboards.get(key) == (uid, wanted):
+            return
+        if not wanted:  # made so by this operator, or said so explicitly (enabled: false)
+            if key in self.tensorboards or "tensorboard" in spec:
+                await self._delete_tensorboard(key, training)
+            self.tensorboards[key] = (uid, False)
+            return
+        owner = kopf.Body(kueue.without_kueue_labels(training))  # type: ignore[arg-type]
+        deployment, service = tensorboard.build_all(owner, self.settings.default_image)
+        level = self.settings.pod_policy_for(key[0])
+        if policy.pod_policy_violations(deployment["spec"]["template"], level):
+            return  # the workers are refused too: their refusal is in the status
+        isolation = (
+            [networkpolicy.build_tensorboard_network_policy(owner)]
+            if self.settings.network_policy
+            else []
+        )
+        kopf.adopt([*isolation, deployment, service], owner=owner)
+        try:  # the policy first: nothing reaches the pod before it is in force
+            for obj in (*isolation, service, deployment):
+                await self._io(self.cluster.create, obj)
+        except CreateRefusedError as error:
+            message = f"spec.tensorboard: {error}"
+            if self.tensorboard_refused.get(key) != message:
+                self.tensorboard_refused[key] = message
+                kopf.event(owner, type="Warning", reason="TensorBoardNotCreated", message=message)
+            return
+        self.tensorboard_refused.pop(key, None)
+        self.tensorboards[key] = (uid, True)
+        kopf.event(
+            owner,
+            type="Normal",
+            reason="CreatedTensorBoard",
+            message=f"created Deployment and Service {tensorboard.tensorboard_name(key[1])}: "
+            f"TensorBoard over {tensorboard.log_dir(str(spec['output']['dir']))}",
+        )
+
+    async def _delete_tensorboard(self, key: Key, training: Mapping[str, Any]) -> None:
+        """Delete the training's TensorBoard objects (only those it owns)."""
+        namespace, name = key
+        uid = str(training["metadata"].get("uid"))
+        kinds = (
+            "Deployment",
+            "Service",
+            *(("NetworkPolicy",) if self.settings.network_policy else ()),
+        )
+        done = await asyncio.gather(
+            *(
+                self._io(
+                    self.cluster.delete_owned,
+                    kind,
+                    namespace,
+                    tensorboard.tensorboard_name(name),
+                    uid,
+                )
+                for kind in kinds
+            )
+        )
+        if any(done):
+            kopf.event(
+                kopf.Body(training),  # type: ignore[arg-type]
+                type="Normal",
+                reason="DeletedTensorBoard",
+                message=f"spec.tensorboard disabled: deleted {tensorboard.tensorboard_name(name)}",
+            )
+
     def _schedule(
         self, key: Key, training: Mapping[str, Any], pods: list[Mapping[str, Any]]
     ) -> None:
@@ -707,8 +792,10 @@ class Controller:
             seen = progress.identity_from_metrics(text)
             if seen != want:
                 raise ValueError(f"{url} is {seen or 'unlabelled'}, not {want}")
-            batch = int((training.get("spec", {}).get("training") or {}).get("globalBatchSize", 1))
+            spec = training.get("spec") or {}
+            batch = int((spec.get("training") or {}).get("globalBatchSize", 1))
             new = progress.progress_from_metrics(text, global_batch_size=batch)
+            validation = progress.validation_from_metrics(text, spec.get("task"))
         except (OSError, ValueError, aiohttp.ClientError, TimeoutError) as error:
             metrics.SCRAPE_FAILURES.inc()
             failures = self.scrape_failures[key] = self.scrape_failures.get(key, 0) + 1
@@ -718,10 +805,18 @@ class Controller:
             return
         self.scrape_failures.pop(key, None)
         self.scrape_after.pop(key, None)
+        stamp = format_time(datetime.now(UTC))
+        patch: dict[str, Any] = {}  # one status write for both
         if progress.progress_changed(status.get("progress"), new):
-            entry = {**new, "updatedAt": format_time(datetime.now(UTC))}
+            patch["progress"] = {**new, "updatedAt": stamp}
+        if validation and progress.validation_changed(status.get("validation"), validation):
+            patch["validation"] = {**validation, "updatedAt": stamp}
+        now = (self.training(key) or training).get("status") or {}
+        if now.get("phase") != Phase.RUNNING.value:
+            return  # finished while scraping: the final figures are the pass's to write
+        if patch:
             with contextlib.suppress(Exception):  # the next scrape tries again
-                await self._io(self.cluster.patch_status, namespace, name, {"progress": entry})
+                await self._io(self.cluster.patch_status, namespace, name, patch)
 
     async def _scrape_prepare(self, key: Key, training: Mapping[str, Any]) -> None:
         """Scrape the running prepare pods of a Preparing training and write the summed input

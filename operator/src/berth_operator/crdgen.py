@@ -45,8 +45,20 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "jsonPath": ".status.progress.summary",
         "description": "Optimizer step / total steps (while Preparing: input prepared)",
     },
+    {
+        "name": "%",
+        "type": "integer",
+        "jsonPath": ".status.progress.percent",
+        "description": "Share of the planned steps done",
+    },
     {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss"},
     {"name": "Examples/s", "type": "number", "jsonPath": ".status.progress.examplesPerSecond"},
+    {
+        "name": "Metric",
+        "type": "string",
+        "jsonPath": ".status.validation.summary",
+        "description": "The task's headline validation metric, e.g. f1 0.912",
+    },
     {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
     {
         "name": "Disruptions",

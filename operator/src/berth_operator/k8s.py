@@ -142,6 +142,7 @@ class Cluster:
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
         self.networking = kubernetes.client.NetworkingV1Api(api_client)
         self.batch = kubernetes.client.BatchV1Api(api_client)
+        self.apps = kubernetes.client.AppsV1Api(api_client)
 
     def delete_training(self, namespace: str, name: str) -> None:
         try:
@@ -198,14 +199,18 @@ class Cluster:
                 self.networking.read_namespaced_network_policy,
             ),
             "Job": (self.batch.create_namespaced_job, self.batch.read_namespaced_job),
+            "Deployment": (
+                self.apps.create_namespaced_deployment,
+                self.apps.read_namespaced_deployment,
+            ),
         }
         if kind not in calls:
             raise ValueError(f"cannot create a {kind}")
         return calls[kind]
 
     def create(self, obj: Mapping[str, Any]) -> bool:
-        """Create a Pod, Service, ConfigMap, NetworkPolicy or Job; False if it already existed
-        and is ours (see `_create`)."""
+        """Create a Pod, Service, ConfigMap, NetworkPolicy, Job or Deployment; False if it
+        already existed and is ours (see `_create`)."""
         return self._create(obj) is None
 
     def _create(self, obj: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -295,6 +300,32 @@ class Cluster:
             )
         except ApiException as error:
             if error.status == 404 or (uid and error.status == 409):
+                return False
+            raise
+        return True
+
+    def delete_owned(self, kind: str, namespace: str, name: str, owner_uid: str) -> bool:
+        """Delete the Service, NetworkPolicy or Deployment `name` if it carries the
+        ownerReference of `owner_uid` (a namesake someone else made is left alone); False if it
+        was not there or not ours. A Deployment's pods go with it (background)."""
+        _, read = self._calls(kind)
+        delete = {
+            "Service": self.core.delete_namespaced_service,
+            "NetworkPolicy": self.networking.delete_namespaced_network_policy,
+            "Deployment": self.apps.delete_namespaced_deployment,
+        }[kind]
+        try:
+            existing = _json(read(name, namespace, _preload_content=False))
+            refs = existing["metadata"].get("ownerReferences") or ()
+            if not any(ref.get("uid") == owner_uid for ref in refs):
+                return False
+            body: Any = {
+                "preconditions": {"uid": existing["metadata"]["uid"]},
+                "propagationPolicy": "Background",
+            }
+            _drain(delete(name, namespace, body=body, _preload_content=False))
+        except ApiException as error:
+            if error.status in (404, 409):  # gone, or replaced meanwhile
                 return False
             raise
         return True

@@ -19,8 +19,9 @@ CATEGORIES = ("berth",)
 
 #: Name of the BertTraining that owns the object (pods, service, config map).
 TRAINING = "berth.dev/training"
-#: Role of a pod within its training: `worker`, or `prepare` for the pods of its data.prepare
-#: Job (the operator caches both; only workers count as the training's group).
+#: Role of a pod within its training: `worker`, `prepare` for the pods of its data.prepare
+#: Job (the operator caches both; only workers count as the training's group), or
+#: `tensorboard` for its TensorBoard's (spec.tensorboard; not cached).
 ROLE = "berth.dev/role"
 #: Index of a worker pod, `0` … `workers - 1` (the TF_CONFIG task index).
 INDEX = "berth.dev/index"
@@ -30,6 +31,7 @@ RESTART = "berth.dev/restart"
 
 ROLE_WORKER = "worker"
 ROLE_PREPARE = "prepare"
+ROLE_TENSORBOARD = "tensorboard"
 #: The index of an Indexed Job's pod (set by the Job controller): a prepare pod's slice.
 JOB_COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 
@@ -60,6 +62,12 @@ def common_labels(training_name: str) -> dict[str, str]:
         APP_PART_OF: "berth",
         APP_MANAGED_BY: MANAGED_BY,
     }
+
+
+def role_labels(training_name: str, role: str) -> dict[str, str]:
+    """Labels of a training's children of one `role` other than its workers (the prepare Job,
+    the TensorBoard) and of their pods: the common ones, with that role."""
+    return {**common_labels(training_name), APP_COMPONENT: role, ROLE: role}
 
 
 def worker_selector(training_name: str) -> str:

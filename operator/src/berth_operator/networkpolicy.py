@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from berth_operator import labels
+from berth_operator import labels, tensorboard
 from berth_operator.builders import METRICS_PORT, TF_PORT
 
 #: The fields of a NetworkPolicyPeer (networking.k8s.io/v1).
@@ -103,3 +103,34 @@ def _policy(
         },
         "spec": {"podSelector": selected, "policyTypes": ["Ingress"], "ingress": ingress},
     }
+
+
+#: The label the API server puts on every namespace: its name.
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+
+def build_tensorboard_network_policy(training: Mapping[str, Any]) -> dict[str, Any]:
+    """NetworkPolicy `<name>-tensorboard`: ingress to the training's TensorBoard pod only on
+    TensorBoard's port and only from pods of the training's own namespace (`kubectl
+    port-forward` enters the pod's network namespace on the node, no policy in its way); all
+    other ingress denied. Egress stays open, as the workers' does: it reads gs:// like them.
+
+    >>> policy = build_tensorboard_network_policy({"metadata": {"name": "b", "namespace": "ml"}})
+    >>> policy["metadata"]["name"], policy["spec"]["ingress"][0]["ports"]
+    ('b-tensorboard', [{'protocol': 'TCP', 'port': 6006}])
+    """
+    meta = training["metadata"]
+    name = meta["name"]
+    same_namespace = {
+        "namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: meta["namespace"]}}
+    }
+    rule = {"ports": [{"protocol": "TCP", "port": tensorboard.PORT}], "from": [same_namespace]}
+    policy = _policy(
+        training,
+        tensorboard.tensorboard_name(name),
+        {"matchLabels": tensorboard.selector(name)},
+        [rule],
+        [],
+    )
+    policy["metadata"]["labels"] = tensorboard.tensorboard_labels(name)
+    return policy

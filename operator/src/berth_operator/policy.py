@@ -31,7 +31,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from berth_operator import kueue, nodes, podpolicy, prepare
+from berth_operator import kueue, nodes, podpolicy, prepare, progress
 from berth_operator.api import (
     FINISHED_PHASES,
     BertTrainingSpec,
@@ -47,7 +47,8 @@ from berth_operator.nodes import NodeHealth
 from berth_operator.workers import WorkerState, format_time, observe_pod, parse_time
 from berth_trainer.exit_codes import is_retryable
 
-#: Status fields the reconcile pass owns (progress belongs to the metrics poller).
+#: Status fields the reconcile pass owns (progress and validation belong to the metrics
+#: poller, but for the final figures: FINAL_STATUS_FIELDS).
 OWNED_STATUS_FIELDS = (
     "phase",
     "conditions",
@@ -61,6 +62,9 @@ OWNED_STATUS_FIELDS = (
     "queue",
     "prepare",
 )
+#: Status fields a pass writes only when it sets them: the final figures of a succeeded
+#: training (while it runs, they belong to the metrics poller).
+FINAL_STATUS_FIELDS = ("progress", "validation")
 #: Seconds the other workers get to exit on their own once worker 0 succeeded, before
 #: cleanPodPolicy Running deletes those still running (and their logs with them).
 FINISH_GRACE_SECONDS = 60
@@ -523,6 +527,14 @@ def _decide(
 
     chief = current.get(0)
     if chief is not None and chief.succeeded:
+        # Its final figures, in the same write as the phase: the scrapes may have missed the
+        # last steps, or (a run shorter than the scrape interval) every step.
+        final = progress.final_figures(chief.message, str(spec.task))
+        old = (training.get("status") or {}).get("progress") or {}
+        if "progress" in final:
+            p.status["progress"] = {**old, **final["progress"], "updatedAt": p.stamp}
+        if "validation" in final:
+            p.status["validation"] = {**final["validation"], "updatedAt": p.stamp}
         return finish(Phase.SUCCEEDED, "Completed", f"worker 0 ({chief.name}) completed")
 
     timeout = timedelta(seconds=run_policy.pending_timeout_seconds)
@@ -791,5 +803,10 @@ def _lost(name: str, index: int, group: int) -> WorkerState:
 
 
 def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
-    """The merge patch turning `old` status into `new` for the fields the pass owns."""
-    return {k: new.get(k) for k in OWNED_STATUS_FIELDS if old.get(k) != new.get(k)}
+    """The merge patch turning `old` status into `new` for the fields the pass owns, and the
+    final figures when the pass set them."""
+    patch = {k: new.get(k) for k in OWNED_STATUS_FIELDS if old.get(k) != new.get(k)}
+    for k in FINAL_STATUS_FIELDS:
+        if new.get(k) is not None and old.get(k) != new[k]:
+            patch[k] = new[k]
+    return patch

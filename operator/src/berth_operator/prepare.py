@@ -83,11 +83,7 @@ def prepare_job_name(name: str) -> str:
 
 def prepare_labels(name: str) -> dict[str, str]:
     """Labels of the Job and its pods: the training's, with role `prepare` (never a worker)."""
-    return {
-        **labels.common_labels(name),
-        labels.APP_COMPONENT: labels.ROLE_PREPARE,
-        labels.ROLE: labels.ROLE_PREPARE,
-    }
+    return labels.role_labels(name, labels.ROLE_PREPARE)
 
 
 def failure_policy(run_policy: RunPolicy) -> dict[str, Any]:

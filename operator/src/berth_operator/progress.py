@@ -7,12 +7,21 @@ The trainer serves these gauges on port 9090 (`/metrics`):
 
     >>> p = progress_from_metrics("berth_train_step 50\\nberth_train_total_steps 100\\n"
     ...                           "berth_train_examples_per_second 64\\n", global_batch_size=32)
-    >>> p["etaSeconds"], p["summary"]
-    (25, '50/100')
+    >>> p["etaSeconds"], p["summary"], p["percent"]
+    (25, '50/100', 50)
+
+and, from the chief, the latest validation metrics (before training and at its end):
+
+    berth_validation_step, berth_validation{metric="<name>"}
+
+On success the chief leaves its final figures in its termination message
+(`berth_trainer.observability.final_figures`); `final_figures` here turns them into the final
+status.progress and status.validation.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import urllib.request
 from collections.abc import Mapping
@@ -21,6 +30,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from berth_operator.builders import METRICS_PORT
+from berth_trainer.headline import headline
 
 #: Prometheus metric → (status.progress field, integer?).
 METRICS: dict[str, tuple[str, bool]] = {
@@ -48,9 +58,19 @@ def progress_from_metrics(text: str, global_batch_size: int = 1) -> dict[str, An
     ordered = {f: out[f] for f, _ in METRICS.values() if f in out}
     step, total, rate = out.get("step"), out.get("totalSteps"), out.get("examplesPerSecond")
     if step is not None and total:
+        ordered["percent"] = percent(step, total)
         ordered["etaSeconds"] = _eta(step, total, rate, global_batch_size)
         ordered["summary"] = f"{step}/{total}"
     return {k: v for k, v in ordered.items() if v is not None}
+
+
+def percent(step: int, total: int) -> int:
+    """Share of `total` steps done, in whole percent, 0-100 (status.progress.percent).
+
+    >>> percent(999, 1000), percent(1200, 1000), percent(-1, 1000)
+    (99, 100, 0)
+    """
+    return max(0, min(100, 100 * step // total)) if total > 0 else 0
 
 
 def _eta(
@@ -59,6 +79,102 @@ def _eta(
     if not examples_per_second or examples_per_second <= 0:
         return None
     return max(0, round((total - step) * global_batch_size / examples_per_second))
+
+
+#: The chief's validation gauges (berth_trainer.observability.Reporter.validation).
+VALIDATION_STEP, VALIDATION = "berth_validation_step", "berth_validation"
+
+
+def validation_status(
+    step: int, metrics: Mapping[str, float], task: str | None
+) -> dict[str, Any] | None:
+    """status.validation (without updatedAt) of `metrics` taken at `step`: each finite metric
+    as {name, value} sorted by name, and `task`'s headline as the summary; None without any.
+
+    >>> v = validation_status(40, {"loss": 2.5, "accuracy": 0.25}, "pretraining")
+    >>> v["step"], [m["name"] for m in v["metrics"]], v["summary"]
+    (40, ['accuracy', 'loss'], 'acc 0.250')
+    """
+    kept = {
+        str(k): round(float(v), 6)
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    }
+    if not kept:
+        return None
+    out: dict[str, Any] = {
+        "step": int(step),
+        "metrics": [{"name": k, "value": v} for k, v in sorted(kept.items())],
+    }
+    summary = headline(task, kept) if task else None
+    if summary:
+        out["summary"] = summary
+    return out
+
+
+def validation_from_metrics(text: str, task: str | None) -> dict[str, Any] | None:
+    """status.validation (without updatedAt) from the chief's Prometheus text, or None while it
+    has published no validation metric (no data.validation, or before the first evaluation).
+
+    >>> validation_from_metrics('berth_validation_step 0\\n'
+    ...     'berth_validation{metric="f1"} 0.91234\\n', "tokenClassification")
+    {'step': 0, 'metrics': [{'name': 'f1', 'value': 0.91234}], 'summary': 'f1 0.912'}
+    """
+    step, metrics = 0, {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == VALIDATION_STEP and math.isfinite(sample.value):
+                step = int(sample.value)
+            elif sample.name == VALIDATION and "metric" in sample.labels:
+                metrics[sample.labels["metric"]] = float(sample.value)
+    return validation_status(step, metrics, task)
+
+
+def validation_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> bool:
+    """Whether `new` status.validation says anything `old` does not (updatedAt aside).
+
+    >>> validation_changed({"step": 0, "updatedAt": "t"}, {"step": 0})
+    False
+    """
+    if not new:
+        return False
+    return {k: v for k, v in (old or {}).items() if k != "updatedAt"} != {
+        k: v for k, v in new.items() if k != "updatedAt"
+    }
+
+
+def final_figures(message: str | None, task: str | None) -> dict[str, Any]:
+    """The final {"progress": ..., "validation": ...} of a succeeded training from its chief's
+    termination `message` (`berth_trainer.observability.final_figures`): step = totalSteps,
+    percent 100, the final loss, etaSeconds 0, summary "T/T"; and the last validation metrics.
+    Anything else (an older trainer image, a user image, a cut message) gives {}: the status
+    keeps what the scrapes found.
+
+    >>> final_figures('{"step":20,"totalSteps":20,"loss":1.5}', "pretraining")["progress"]
+    {'step': 20, 'totalSteps': 20, 'loss': 1.5, 'percent': 100, 'etaSeconds': 0, 'summary': '20/20'}
+    >>> final_figures("worker 0 completed", "pretraining")
+    {}
+    """
+    try:
+        figures = json.loads(message or "")
+        total = figures["totalSteps"]
+        if not isinstance(total, int) or isinstance(total, bool) or total <= 0:
+            return {}
+    except (ValueError, TypeError, KeyError):
+        return {}
+    progress: dict[str, Any] = {"step": total, "totalSteps": total}
+    loss = figures.get("loss")
+    if isinstance(loss, int | float) and not isinstance(loss, bool) and math.isfinite(loss):
+        progress["loss"] = round(float(loss), 6)
+    progress |= {"percent": 100, "etaSeconds": 0, "summary": f"{total}/{total}"}
+    out: dict[str, Any] = {"progress": progress}
+    validation = figures.get("validation")
+    if isinstance(validation, dict) and isinstance(validation.get("metrics"), dict):
+        step = validation.get("step")
+        step = step if isinstance(step, int) and not isinstance(step, bool) else total
+        if entry := validation_status(step, validation["metrics"], task):
+            out["validation"] = entry
+    return out
 
 
 #: Info metric the trainer labels with who it is (berth_trainer.observability.identity).

@@ -24,11 +24,12 @@ NAMESPACED: set[Rule] = {
     *(("berth.dev", "berttrainings", v) for v in ("list", "watch", "patch", "delete")),
     ("berth.dev", "berttrainings/status", "patch"),
     *(("", "pods", v) for v in ("get", "list", "watch", "create", "delete")),
-    *(("", "services", v) for v in ("get", "create")),
+    *(("", "services", v) for v in ("get", "create", "delete")),
     *(("", "configmaps", v) for v in ("get", "create", "patch")),
     ("", "events", "create"),
     *(("batch", "jobs", v) for v in ("get", "list", "watch", "create", "delete")),
-    *(("networking.k8s.io", "networkpolicies", v) for v in ("get", "create")),
+    *(("apps", "deployments", v) for v in ("get", "create", "delete")),
+    *(("networking.k8s.io", "networkpolicies", v) for v in ("get", "create", "delete")),
 }
 #: The cluster-scoped reads of both modes: kopf's resource discovery, and the nodes of workers
 #: that are not Ready (lost ones?).
@@ -205,5 +206,5 @@ def test_network_policy_off_grants_no_network_policies(watch: list[str]) -> None
     objects = render({"watchNamespaces": watch, "networkPolicy": {"enabled": False}})
     granted = {r for role in roles(objects) for r in flatten(role)}
     assert NAMESPACED - granted == {
-        ("networking.k8s.io", "networkpolicies", v) for v in ("get", "create")
+        ("networking.k8s.io", "networkpolicies", v) for v in ("get", "create", "delete")
     }

@@ -23,6 +23,11 @@ MODULES = [
     "prepare",
     "progress",
     "refusal",
+    "tensorboard",
+    "kubectl.cli",
+    "kubectl.describe",
+    "kubectl.logs",
+    "kubectl.tensorboard",
     "workers",
     "workqueue",
 ]

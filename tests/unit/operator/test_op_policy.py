@@ -91,6 +91,51 @@ def test_chief_success_succeeds_and_cleans_running_pods() -> None:
     assert next_due(done, pods[:2]) is None  # nothing left running: nothing due
 
 
+FIGURES = (
+    '{"step":100,"totalSteps":100,"loss":1.5,'
+    '"validation":{"step":100,"metrics":{"accuracy":0.4125,"loss":2.75}}}'
+)
+
+
+@pytest.mark.parametrize(
+    ("message", "progress", "validation"),
+    [
+        (
+            FIGURES,
+            {"step": 100, "totalSteps": 100, "loss": 1.5, "percent": 100, "etaSeconds": 0,
+             "summary": "100/100", "examplesPerSecond": 320.0, "lastCheckpointStep": 60},
+            {"step": 100, "summary": "acc 0.412", "metrics": [
+                {"name": "accuracy", "value": 0.4125}, {"name": "loss", "value": 2.75}]},
+        ),
+        # A user's image, an older trainer, a cut message: the scraped figures stay as they are.
+        ("done", None, None),
+        (None, None, None),
+        (FIGURES[:50], None, None),
+    ],
+)  # fmt: skip
+def test_chief_success_writes_its_final_figures_with_the_phase(
+    message: str | None, progress: dict | None, validation: dict | None
+) -> None:
+    scraped = {"step": 40, "totalSteps": 100, "percent": 40, "loss": 2.5, "summary": "40/100",
+               "examplesPerSecond": 320.0, "lastCheckpointStep": 60, "etaSeconds": 9,
+               "updatedAt": "2025-01-01T12:00:10Z"}  # fmt: skip
+    training = make_training().with_status(phase="Running", progress=scraped)
+    chief = make_pod(training, 0, "Succeeded", exit_code=0, message=message)
+    plan = reconcile(training, [chief, *running_group(training)[1:]], LATER)
+    assert plan.status["phase"] == "Succeeded"
+    patch = status_patch(training["status"], plan.status)
+    assert patch["phase"] == "Succeeded"  # one write: the phase with the figures
+    if progress is None:
+        assert "progress" not in patch and "validation" not in patch
+        return
+    assert patch["progress"] == {**progress, "updatedAt": "2025-01-01T12:00:30Z"}
+    assert patch["validation"] == {**validation, "updatedAt": "2025-01-01T12:00:30Z"}
+    # Later passes (the pods cleaned up, the message gone) leave them alone.
+    done = training.with_status(**{**training["status"], **plan.status})
+    again = reconcile(done, [], LATER + timedelta(seconds=FINISH_GRACE_SECONDS))
+    assert "progress" not in status_patch(done["status"], again.status)
+
+
 @pytest.mark.parametrize(
     ("policy", "phase", "seconds", "deleted"),
     [

@@ -10,9 +10,18 @@ import pytest
 
 from berth_operator.conditions import set_condition
 from berth_operator.local.manifest import ManifestError, load_manifest
-from berth_operator.progress import metrics_url, progress_changed, progress_from_metrics
+from berth_operator.progress import (
+    final_figures,
+    metrics_url,
+    percent,
+    progress_changed,
+    progress_from_metrics,
+    validation_changed,
+    validation_from_metrics,
+)
 from berth_operator.settings import Settings, parse_settings
 from berth_operator.workers import observe_pod
+from berth_trainer.observability import final_figures as trainer_final_figures
 from tests.unit.operator.factories import make_pod, make_training
 
 METRICS = """# HELP berth_train_step Optimizer steps done.
@@ -43,9 +52,146 @@ def test_progress_from_metrics() -> None:
         "loss": 2.5,
         "examplesPerSecond": 320.0,
         "lastCheckpointStep": 100,
+        "percent": 12,
         "etaSeconds": 88,
         "summary": "120/1000",
     }
+
+
+@pytest.mark.parametrize(
+    ("step", "total", "expected"),
+    [(0, 1000, 0), (9, 1000, 0), (10, 1000, 1), (999, 1000, 99), (1000, 1000, 100),
+     (1001, 1000, 100), (-5, 1000, 0), (3, 0, 0)],
+)  # fmt: skip
+def test_percent_is_whole_and_clamped(step: int, total: int, expected: int) -> None:
+    assert percent(step, total) == expected
+
+
+VALIDATION_METRICS = """# TYPE berth_validation_step gauge
+berth_validation_step 60.0
+# TYPE berth_validation gauge
+berth_validation{metric="loss"} 0.4
+berth_validation{metric="f1"} 0.91249
+berth_validation{metric="accuracy"} 0.95
+berth_validation{metric="precision"} NaN
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "task", "expected"),
+    [
+        (
+            VALIDATION_METRICS,
+            "tokenClassification",
+            {
+                "step": 60,
+                "metrics": [
+                    {"name": "accuracy", "value": 0.95},
+                    {"name": "f1", "value": 0.91249},
+                    {"name": "loss", "value": 0.4},
+                ],
+                "summary": "f1 0.912",
+            },
+        ),
+        # the headline is not among them (pretraining reports no f1): no summary
+        (
+            VALIDATION_METRICS.replace('metric="accuracy"', 'metric="mlm"'),
+            "pretraining",
+            {
+                "step": 60,
+                "metrics": [
+                    {"name": "f1", "value": 0.91249},
+                    {"name": "loss", "value": 0.4},
+                    {"name": "mlm", "value": 0.95},
+                ],
+            },
+        ),
+        (METRICS, "classification", None),  # no data.validation: the step gauge alone, or none
+        ("berth_validation_step 0\n", "classification", None),
+        ("", "classification", None),
+    ],
+)
+def test_validation_from_metrics(text: str, task: str, expected: dict | None) -> None:
+    assert validation_from_metrics(text, task) == expected
+
+
+def test_validation_changed_ignores_updated_at() -> None:
+    new = validation_from_metrics(VALIDATION_METRICS, "tokenClassification")
+    assert not validation_changed({**(new or {}), "updatedAt": "x"}, new)
+    assert validation_changed(None, new)
+    assert validation_changed({**(new or {}), "step": 0}, new)
+    assert not validation_changed({"step": 1}, None)
+
+
+FINAL = (
+    '{"step":200,"totalSteps":200,"loss":0.123457,'
+    '"validation":{"step":200,"metrics":{"accuracy":0.9375,"loss":0.25}}}'
+)
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (
+            FINAL,
+            {
+                "progress": {
+                    "step": 200,
+                    "totalSteps": 200,
+                    "loss": 0.123457,
+                    "percent": 100,
+                    "etaSeconds": 0,
+                    "summary": "200/200",
+                },
+                "validation": {
+                    "step": 200,
+                    "metrics": [
+                        {"name": "accuracy", "value": 0.9375},
+                        {"name": "loss", "value": 0.25},
+                    ],
+                    "summary": "acc 0.938",
+                },
+            },
+        ),
+        # no data.validation: progress only
+        (
+            '{"step":20,"totalSteps":20,"loss":2.5}',
+            {
+                "progress": {
+                    "step": 20,
+                    "totalSteps": 20,
+                    "loss": 2.5,
+                    "percent": 100,
+                    "etaSeconds": 0,
+                    "summary": "20/20",
+                }
+            },
+        ),
+        (FINAL[:60], {}),  # cut short
+        ("worker 0 done", {}),  # not JSON: a user's image
+        ("", {}),  # an older trainer image writes nothing on success
+        (None, {}),
+        ('{"steps": 20}', {}),  # JSON of another shape
+        ('{"step": 20, "totalSteps": "20"}', {}),
+        ('{"step": 20, "totalSteps": 0}', {}),
+        ("[1, 2]", {}),
+        ('{"totalSteps": 5, "loss": "x", "validation": {"metrics": [1]}}', {
+            "progress": {"step": 5, "totalSteps": 5, "percent": 100, "etaSeconds": 0,
+                         "summary": "5/5"}
+        }),
+    ],
+)  # fmt: skip
+def test_final_figures_from_termination_message(message: str | None, expected: dict) -> None:
+    assert final_figures(message, "classification") == expected
+
+
+def test_final_figures_read_what_the_trainer_writes() -> None:
+    metrics = {"validation_exact_match": 0.5, "validation_f1": 0.6251, "validation_loss": 1.0}
+    written = trainer_final_figures(30, 30, 0.75, metrics, 30, task="questionAnswering")
+    final = final_figures(written, "questionAnswering")
+    assert final["progress"]["summary"] == "30/30" and final["progress"]["loss"] == 0.75
+    assert final["validation"]["summary"] == "f1 0.625"
+    assert [m["name"] for m in final["validation"]["metrics"]] == ["exact_match", "f1", "loss"]
 
 
 def test_progress_changed_ignores_updated_at() -> None:

@@ -213,6 +213,7 @@ def test_quota_message_and_progress_from_guest() -> None:
     assert running.status["progress"] == {
         "step": 40,
         "totalSteps": 1000,
+        "percent": 4,
         "summary": "40/1000",
         "loss": 3.25,
         "examplesPerSecond": 512.0,

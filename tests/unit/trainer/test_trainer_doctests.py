@@ -15,6 +15,7 @@ import pytest
         "config",
         "divergence",
         "exit_codes",
+        "headline",
         "observability",
         "preemption",
         "synthetic",

@@ -10,6 +10,7 @@ from berth_operator.progress import (
     identity_from_metrics,
     metrics_url,
     progress_from_metrics,
+    validation_from_metrics,
 )
 from berth_trainer.observability import Reporter, identity
 
@@ -26,3 +27,11 @@ def test_reporter_serves_its_identity_beside_progress(monkeypatch: pytest.Monkey
     assert identity_from_metrics(text) == identity("ml", "bert", 2, 0)
     assert identity_from_metrics(text) != identity("ml", "bert", 1, 0)
     assert progress_from_metrics(text)["step"] == 3
+    assert validation_from_metrics(text, "classification") is None  # none taken yet
+    reporter.validation(10, {"validation_accuracy": 0.8125, "validation_loss": 0.5})
+    text = fetch_metrics(metrics_url("127.0.0.1", port))
+    assert validation_from_metrics(text, "classification") == {
+        "step": 10,
+        "metrics": [{"name": "accuracy", "value": 0.8125}, {"name": "loss", "value": 0.5}],
+        "summary": "acc 0.812",
+    }

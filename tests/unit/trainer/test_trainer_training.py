@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import tensorflow as tf
 from trainer_testlib import (
     classification_config,
     json_lines,
@@ -53,6 +54,19 @@ def test_trainer_classification_learns_and_export_classifies(tmp_path, corpus, c
     assert sum(s["loss"] for s in steps[-3:]) / 3 < 0.8 * steps[0]["loss"]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["validation_accuracy"] > 0.9, metrics
+    # Exit 0 leaves the final figures in the termination log, for the operator's status.
+    figures = json.loads((tmp_path / "term").read_text())
+    assert figures["step"] == figures["totalSteps"] == figures["validation"]["step"] == 60
+    final = figures["validation"]["metrics"]
+    assert final["accuracy"] == pytest.approx(metrics["validation_accuracy"], rel=1e-5)
+    # TensorBoard: validation/* before the first step and after the last, not again in final/.
+    tags: dict[str, list[int]] = {}
+    for path in (tmp_path / "out" / "tensorboard").iterdir():
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                tags.setdefault(value.tag, []).append(event.step)
+    assert tags["validation/accuracy"] == [0, 60], tags
+    assert "train/loss" in tags and not [t for t in tags if t.startswith("final/valid")], tags
 
     texts = ["the day was very great and happy", "it felt so awful really sad"]
     result = run_cli(["predict", "--model", str(tmp_path / "out"), *texts], timeout=120)

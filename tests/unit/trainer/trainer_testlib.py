@@ -10,10 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from berth_operator.local.runner import die_with_parent
 from berth_trainer.exit_codes import ExitCode
+from berth_trainer.headline import headline
 
 #: A tiny BERT: fast enough for 50 steps in a few seconds on 2 shared cores.
 TINY_MODEL = {
@@ -133,10 +135,29 @@ def run_cli(args: list[str], timeout: float = 300, **env: str) -> subprocess.Com
 
 
 def train_to_metrics(cfg: dict, tmp_path: Path) -> dict:
-    """Train `cfg` with `berth-trainer train` in a fresh process; its output's metrics.json."""
+    """Train `cfg` with `berth-trainer train` in a fresh process; its output's metrics.json.
+
+    Also checks the final figures the (single, so chief) worker left in its termination log for
+    the operator: one JSON object under Kubernetes' 4096 bytes that agrees with metrics.json and
+    holds the task's headline metric whenever `cfg` has data.validation."""
     result = run_cli(train_args(write_config(tmp_path / "cfg.yaml", cfg), tmp_path / "term"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    return json.loads((Path(cfg["output"]["dir"]) / "metrics.json").read_text())
+    metrics = json.loads((Path(cfg["output"]["dir"]) / "metrics.json").read_text())
+    message = (tmp_path / "term").read_bytes()
+    assert len(message) <= 4096, len(message)
+    figures = json.loads(message)
+    steps = cfg["training"]["steps"]
+    assert (figures["step"], figures["totalSteps"]) == (metrics["steps"], steps), figures
+    assert figures["loss"] == pytest.approx(metrics["train_loss"], rel=1e-5), figures
+    if cfg["data"].get("validation"):
+        final = figures["validation"]
+        assert final["step"] == steps, final
+        for name, value in final["metrics"].items():
+            assert value == pytest.approx(metrics[f"validation_{name}"], rel=1e-5), name
+        assert headline(cfg.get("task", "pretraining"), final["metrics"]), final
+    else:
+        assert "validation" not in figures, figures
+    return metrics
 
 
 def failed_training(cfg: dict, tmp_path: Path, code: int = ExitCode.DATA_INVALID) -> str:

@@ -2,7 +2,8 @@
 
 The config is validated before TensorFlow is imported, so a bad config fails in well under two
 seconds with the field named and exit code CONFIG_INVALID (2). Every failure with a known cause
-exits with its `ExitCode` and writes its message to the termination log.
+exits with its `ExitCode` and writes its message to the termination log; a training that succeeds
+leaves its final figures there instead (the chief only: `observability.final_figures`).
 
     berth-trainer train --config cfg.yaml [--metrics-port 9090] [--termination-log PATH]
     berth-trainer prepare --vocabulary vocab.txt --input 'corpus/*.txt' --output data.tfrecord \
@@ -22,7 +23,7 @@ import os
 import sys
 
 from berth_trainer.config import PretrainingConfig, TrainingConfig
-from berth_trainer.errors import TrainerError, write_termination_log
+from berth_trainer.errors import TrainerError, termination_log_path, write_termination_log
 from berth_trainer.exit_codes import ExitCode
 
 log = logging.getLogger("berth_trainer")
@@ -122,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             _quiet_tensorflow()
             from berth_trainer.runner import train
 
-            train(cfg, metrics_port=args.metrics_port)
+            # Exit 0: the chief leaves its final figures in the termination log.
+            train(cfg, args.metrics_port, termination_log_path(args.termination_log))
         elif args.command == "prepare":
             _quiet_tensorflow()
             output, counts = _prepare(args)

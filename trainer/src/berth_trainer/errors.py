@@ -16,7 +16,7 @@ from berth_trainer.exit_codes import ExitCode
 #: Where Kubernetes reads a container's termination message by default.
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 #: Kubernetes shows at most 4096 bytes of the termination message.
-_TERMINATION_LOG_LIMIT = 4096
+TERMINATION_LOG_LIMIT = 4096
 
 
 class TrainerError(Exception):
@@ -27,15 +27,21 @@ class TrainerError(Exception):
         self.code = code
 
 
+def termination_log_path(path: str | None = None) -> str:
+    """The termination log: `path`, else $BERTH_TERMINATION_LOG, else the default."""
+    return path or os.environ.get("BERTH_TERMINATION_LOG") or DEFAULT_TERMINATION_LOG
+
+
 def write_termination_log(message: str, path: str | None = None) -> None:
-    """Write `message` to the termination log (`path`, $BERTH_TERMINATION_LOG, or the default).
+    """Write `message` to the termination log (`termination_log_path(path)`): why the process
+    failed, or the chief's final figures when it succeeded (`observability.final_figures`).
 
     A log that cannot be written (not in a pod, read-only) is ignored: the message also goes to
-    stderr.
+    stderr (a failure) or to metrics.json (the final figures).
     """
-    path = path or os.environ.get("BERTH_TERMINATION_LOG") or DEFAULT_TERMINATION_LOG
+    path = termination_log_path(path)
     try:
         with open(path, "w", encoding="utf-8") as f:
-            f.write(message.encode("utf-8")[:_TERMINATION_LOG_LIMIT].decode("utf-8", "ignore"))
+            f.write(message.encode("utf-8")[:TERMINATION_LOG_LIMIT].decode("utf-8", "ignore"))
     except OSError:
         pass

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+
+from berth_trainer.errors import TERMINATION_LOG_LIMIT
+from berth_trainer.headline import headline_metric
 
 if TYPE_CHECKING:  # tpu imports TensorFlow; this module must not
     from berth_trainer.tpu import GuestAttributes
@@ -69,6 +73,66 @@ def worker_identity(env: Mapping[str, str], worker: int) -> dict[str, str]:
     )
 
 
+def _significant(value: float, digits: int = 6) -> float:
+    """`value` rounded to `digits` significant digits (a short, exact-enough JSON number).
+
+    >>> _significant(0.123456789), _significant(12345678.9)
+    (0.123457, 12345700.0)
+    """
+    return float(f"{value:.{digits}g}")
+
+
+def final_figures(
+    step: int,
+    total_steps: int,
+    loss: float | None,
+    validation: Mapping[str, float] | None = None,
+    validation_step: int | None = None,
+    task: str | None = None,
+    limit: int = TERMINATION_LOG_LIMIT,
+) -> str:
+    """The chief's success termination message: one compact JSON object of at most `limit`
+    UTF-8 bytes, from which the operator writes the final status.progress and
+    status.validation (`berth_operator.progress.final_figures`):
+
+    {"step": S, "totalSteps": T, "loss": L, "validation": {"step": S, "metrics": {name: v}}}
+
+    Numbers keep 6 significant digits; what is absent or not finite is left out. Should the
+    metrics not fit (many per-class ones), `task`'s headline metric and `loss` stay and the
+    others are dropped, longest name first.
+
+    >>> final_figures(100, 100, 1.23456789, {"validation_accuracy": 0.5, "validation_loss": 2.0},
+    ...               100, task="pretraining")
+    '{"step":100,"totalSteps":100,"loss":1.23457,"validation":{"step":100,"metrics":{"accuracy":0.5,"loss":2.0}}}'
+    >>> final_figures(7, 10, float("nan"))
+    '{"step":7,"totalSteps":10}'
+    """
+    figures: dict[str, Any] = {"step": int(step), "totalSteps": int(total_steps)}
+    if loss is not None and math.isfinite(loss):
+        figures["loss"] = _significant(loss)
+    metrics = {
+        k.removeprefix("validation_"): _significant(float(v))
+        for k, v in (validation or {}).items()
+        if math.isfinite(float(v))
+    }
+    if metrics:
+        figures["validation"] = {"step": int(step if validation_step is None else validation_step)}
+        figures["validation"]["metrics"] = dict(sorted(metrics.items()))
+
+    def encoded() -> str:
+        return json.dumps(figures, separators=(",", ":"), allow_nan=False)
+
+    keep = {headline_metric(task) if task else None, "loss"}
+    droppable = sorted((k for k in metrics if k not in keep), key=lambda k: (len(k), k))
+    while len(encoded().encode("utf-8")) > limit and droppable:
+        del figures["validation"]["metrics"][droppable.pop()]
+    text = encoded()
+    if len(text.encode("utf-8")) > limit:  # only names no metric should have are left
+        figures.pop("validation", None)
+        text = encoded()
+    return text
+
+
 class Reporter:
     """Gauges on `metrics_port` (0 = off), TensorBoard under `tb_dir` (None = off), log lines."""
 
@@ -86,6 +150,7 @@ class Reporter:
         self._last_checkpoint: int | None = None
         self.total_steps = total_steps
         self._gauges: dict[str, Any] = {}
+        self._validation: Any = None
         if metrics_port:
             self._start_metrics(metrics_port)
         self._writer = None
@@ -121,8 +186,15 @@ class Reporter:
                 "Share of the last step's token positions that are not padding.",
             ),
             ("berth_last_checkpoint_step", "Step of the last checkpoint saved."),
+            ("berth_validation_step", "Step the latest validation metrics were taken at."),
         ):
             self._gauges[name] = prom.Gauge(name, doc, registry=registry)
+        self._validation = prom.Gauge(
+            "berth_validation",
+            "Latest validation metrics over data.validation, by metric name (chief only).",
+            ["metric"],
+            registry=registry,
+        )
         self._gauges["berth_train_total_steps"].set(self.total_steps)
         info = prom.Info(
             "berth_trainer",
@@ -195,6 +267,18 @@ class Reporter:
             for k, v in values.items():
                 tf.summary.write(prefix + k, tf.constant(v, tf.float32), metadata=meta)
         self._writer.flush()
+
+    def validation(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Publish validation `metrics` taken at `step` (names with or without the `validation_`
+        prefix that `runner.evaluate` gives them): the gauges `berth_validation_step` and
+        `berth_validation{metric="<name>"}`, which the operator copies to status.validation,
+        and TensorBoard scalars `validation/<name>`."""
+        values = {k.removeprefix("validation_"): float(v) for k, v in metrics.items()}
+        if self._validation is not None:
+            for name, value in values.items():
+                self._validation.labels(metric=name).set(value)
+        self._set("berth_validation_step", step)
+        self.scalars(step, values, prefix="validation/")
 
     def checkpoint(self, step: int) -> None:
         self._last_checkpoint = step

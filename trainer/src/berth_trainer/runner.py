@@ -17,9 +17,9 @@ from berth_trainer.config import Precision, TrainerConfig
 from berth_trainer.corpus.prepare import prepared
 from berth_trainer.data import ExampleEncoder, resolve_files
 from berth_trainer.divergence import LossWatch
-from berth_trainer.errors import TrainerError
+from berth_trainer.errors import TrainerError, write_termination_log
 from berth_trainer.exit_codes import ExitCode
-from berth_trainer.observability import Reporter
+from berth_trainer.observability import Reporter, final_figures
 from berth_trainer.preemption import (
     EXIT_SECONDS,
     SAVE_MARGIN,
@@ -45,8 +45,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("berth_trainer")
 
 
-def train(cfg: TrainerConfig, metrics_port: int = 0) -> dict[str, float]:
-    """Train per `cfg`; returns the final metrics (also written to output.dir/metrics.json)."""
+def train(
+    cfg: TrainerConfig, metrics_port: int = 0, termination_log: str | None = None
+) -> dict[str, float]:
+    """Train per `cfg`; returns the final metrics (also written to output.dir/metrics.json).
+
+    On success the chief also writes its final figures (`observability.final_figures`) to
+    `termination_log` (None: nowhere), where the operator reads them once the pod is done.
+    """
     threads = configure_threads()
     require_expected_gpus()
     strategy, worker, strategy_name = resolve_strategy()
@@ -134,10 +140,12 @@ def train(cfg: TrainerConfig, metrics_port: int = 0) -> dict[str, float]:
         write_atomically(os.path.join(ckpt_dir, "task.txt"), str(cfg.task))
     log.info("resumed" if restored else "fresh start", extra={"fields": {"step": start}})
     initial_path = os.path.join(ckpt_dir, "initial_metrics.json")
+    before: dict[str, float] = {}
     if restored is None and validation and worker.is_chief:
         # Validation before the first step: the "before" of a before/after comparison. Kept
         # beside the checkpoints so a resumed run still reports it.
-        initial = {f"initial_{k}": v for k, v in evaluate(task, model).items()}
+        before = evaluate(task, model)
+        initial = {f"initial_{k}": v for k, v in before.items()}
         write_atomically(initial_path, json.dumps(initial, indent=2, sort_keys=True))
 
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
@@ -162,6 +170,8 @@ def train(cfg: TrainerConfig, metrics_port: int = 0) -> dict[str, float]:
 
     ckpts.on_saved = saved
     reporter.start(start)
+    if before:
+        reporter.validation(start, before)
     metrics: dict[str, float] = {}
     step = start
     call_seconds = 0.0
@@ -222,18 +232,24 @@ def train(cfg: TrainerConfig, metrics_port: int = 0) -> dict[str, float]:
         reporter.close()
         raise
     final = {f"train_{k}": v for k, v in metrics.items()} | {"steps": float(step)}
+    after: dict[str, float] = {}
     if validation and worker.is_chief:
-        final |= evaluate(task, model)
+        after = evaluate(task, model)
+        reporter.validation(step, after)  # validation/*: not repeated under final/
+        reporter.scalars(step, final, prefix="final/")
+        final |= after
         if tf.io.gfile.exists(initial_path):
             with tf.io.gfile.GFile(initial_path) as f:
                 final |= json.load(f)
-        reporter.scalars(step, final, prefix="final/")
     reporter.close()
     log.info("finished", extra={"fields": {"worker": worker.index, **final}})
     if worker.is_chief:
         from berth_trainer.export import export_all
 
         export_all(model, task, final)
+        if termination_log is not None:
+            figures = final_figures(step, t.steps, metrics.get("loss"), after, step, cfg.task)
+            write_termination_log(figures, termination_log)
     return final
 
 

@@ -4,8 +4,10 @@ Each worker process stands in for a worker pod: the runner builds the pods the o
 create (`builders.build_worker_pods`), starts each one's command as a process with its env
 (TF_CONFIG re-pointed at free loopback ports, threads = cores / workers), reports the processes
 back as pod-shaped dicts, and lets `policy.reconcile` decide every step — group restarts,
-backoffLimit, ExitCode rules, activeDeadlineSeconds — exactly as in the cluster. Progress comes
-from worker 0's metrics endpoint through the operator's `progress` module.
+backoffLimit, ExitCode rules, activeDeadlineSeconds — exactly as in the cluster. Progress and
+validation metrics come from worker 0's metrics endpoint through the operator's `progress`
+module; once it exited 0, its termination log's final figures (read by `policy`, as in the
+cluster) complete them.
 
 With `data.prepare`, the policy first asks for the prepare Job: the runner starts
 `data.prepare.workers` local `berth-trainer prepare --worker I --workers N` processes instead, all
@@ -48,6 +50,8 @@ from berth_operator.progress import (
     metrics_url,
     progress_changed,
     progress_from_metrics,
+    validation_changed,
+    validation_from_metrics,
 )
 from berth_operator.workers import format_time
 
@@ -362,6 +366,12 @@ class LocalRun:
         if progress_changed(old, progress):
             progress["updatedAt"] = format_time(self.clock())
             self.training["status"]["progress"] = progress
+        validation = validation_from_metrics(text, str(self.spec.task))
+        if validation_changed(self.training["status"].get("validation"), validation):
+            self.training["status"]["validation"] = {
+                **(validation or {}),
+                "updatedAt": format_time(self.clock()),
+            }
 
 
 def run_to_completion(

@@ -9,21 +9,22 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-COLUMNS = ("Phase", "Workers", "Step", "Loss", "Examples/s", "ETA", "Restarts")
+COLUMNS = ("Phase", "Workers", "Step", "%", "Loss", "Examples/s", "Metric", "ETA", "Restarts")
 
 
 def row(status: Mapping[str, Any], workers: int) -> tuple[str, ...]:
     """The printer-column values of a status.
 
     >>> row({"phase": "Running", "workers": {"summary": "2/2"}, "restarts": 1,
-    ...      "progress": {"step": 5, "summary": "5/10", "loss": 2.5, "examplesPerSecond": 31.25,
-    ...                   "etaSeconds": 75}}, 2)
-    ('Running', '2/2', '5/10', '2.5', '31.2', '1m15s', '1')
+    ...      "progress": {"step": 5, "summary": "5/10", "percent": 50, "loss": 2.5,
+    ...                   "examplesPerSecond": 31.25, "etaSeconds": 75},
+    ...      "validation": {"step": 0, "summary": "acc 0.250"}}, 2)
+    ('Running', '2/2', '5/10', '50', '2.5', '31.2', 'acc 0.250', '1m15s', '1')
 
     While Preparing, the Step column shows how many data.prepare slices are done:
 
-    >>> row({"phase": "Preparing", "prepare": {"summary": "1/4"}}, 2)[:3]
-    ('Preparing', '0/2', 'prepare 1/4')
+    >>> row({"phase": "Preparing", "prepare": {"summary": "1/4"}}, 2)[:4]
+    ('Preparing', '0/2', 'prepare 1/4', '-')
     """
     progress = status.get("progress") or {}
     if status.get("phase") == "Preparing" and not progress.get("summary"):
@@ -32,12 +33,15 @@ def row(status: Mapping[str, Any], workers: int) -> tuple[str, ...]:
     loss = progress.get("loss") if started else None
     rate = progress.get("examplesPerSecond") if started else None
     eta = progress.get("etaSeconds")
+    share = progress.get("percent")
     return (
         str(status.get("phase") or "Pending"),
         str((status.get("workers") or {}).get("summary") or f"0/{workers}"),
         str(progress.get("summary") or "-"),
+        str(share) if share is not None else "-",
         f"{loss:.4g}" if loss is not None else "-",
         f"{rate:.1f}" if rate is not None else "-",
+        str((status.get("validation") or {}).get("summary") or "-"),
         f"{eta // 60}m{eta % 60:02d}s" if eta is not None else "-",
         str(status.get("restarts") or 0),
     )

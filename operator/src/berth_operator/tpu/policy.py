@@ -49,6 +49,7 @@ from berth_operator.policy import (
     disruption_verdict,
     failure_verdict,
 )
+from berth_operator.progress import percent
 from berth_operator.tpu.node import node_name
 from berth_operator.tpu.tenancy import Refusal, TrainingRef
 from berth_operator.workers import WorkerState, parse_time
@@ -104,6 +105,7 @@ def progress_from_guest(
     out: dict[str, Any] = {
         "step": int(step),
         "totalSteps": total_steps,
+        "percent": percent(int(step), total_steps),
         "summary": f"{int(step)}/{total_steps}",
         "updatedAt": now_stamp,
     }
