@@ -14,6 +14,7 @@ objects. Owner references are added by the caller (`kopf.adopt` in the operator)
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -255,6 +256,29 @@ def _quantities_as_strings(pod: dict[str, Any]) -> dict[str, Any]:
                 if resources.get(part):
                     resources[part] = {k: str(v) for k, v in resources[part].items()}
     return pod
+
+
+def pod_from_worker(
+    training: Mapping[str, Any], default_image: str, role_labels: Mapping[str, str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Worker 0's pod (podTemplate merged, pod policy defaults) as the start of the pod template
+    of a child with another role (the prepare Job, the TensorBoard): (metadata, spec). The
+    metadata keeps the worker's labels but its index and restart, with `role_labels` over them,
+    and its annotations; the spec loses the hostname and subdomain of a worker's DNS name."""
+    pod = copy.deepcopy(build_worker_pod(training, 0, default_image, restart=0))
+    meta = pod["metadata"]
+    kept = {
+        k: v
+        for k, v in (meta.get("labels") or {}).items()
+        if k not in (labels.INDEX, labels.RESTART)
+    }
+    template_meta: dict[str, Any] = {"labels": {**kept, **role_labels}}
+    if meta.get("annotations"):
+        template_meta["annotations"] = meta["annotations"]
+    spec = pod["spec"]
+    for field in ("hostname", "subdomain"):
+        spec.pop(field, None)
+    return template_meta, spec
 
 
 def build_worker_pods(

@@ -3,7 +3,7 @@ says about itself (pure: dict in, dict out).
 
 With `spec.data.prepare`, the operator first runs ONE batch/v1 Job `<name>-prepare` of
 `data.prepare.workers` indexes; index I runs `berth-trainer prepare --worker I` (slice I of the
-input) in a pod made from the worker pod (`builders.build_worker_pod`: same image, volumes,
+input) in a pod made from the worker pod (`builders.pod_from_worker`: same image, volumes,
 security context, service account, node selection), so the pod policy a worker meets holds for
 it too. Once the Job is Complete the status gets `Prepared=True` and the workers are created;
 they read the shards from `data.prepare.output`.
@@ -29,7 +29,6 @@ runPolicy maps onto the Job (docs/operator.md, "Preparing the data"):
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
@@ -42,8 +41,8 @@ from berth_operator.builders import (
     CONTAINER_NAME,
     GPU_RESOURCE,
     METRICS_PORT,
-    build_worker_pod,
     parse_spec,
+    pod_from_worker,
 )
 from berth_operator.workers import MAX_MESSAGE, WorkerState, observe_pod
 from berth_trainer.exit_codes import ExitCode, is_retryable
@@ -144,19 +143,7 @@ def build_prepare_pod_template(training: Mapping[str, Any], default_image: str) 
     """The Job's pod template: worker 0's pod (podTemplate merged, pod policy defaults) as a
     prepare pod: role `prepare`, no worker identity, no hostname, no accelerators."""
     name = training["metadata"]["name"]
-    pod = copy.deepcopy(build_worker_pod(training, 0, default_image, restart=0))
-    meta = pod["metadata"]
-    pod_labels = {
-        k: v
-        for k, v in (meta.get("labels") or {}).items()
-        if k not in (labels.INDEX, labels.RESTART)
-    }
-    template_meta: dict[str, Any] = {"labels": {**pod_labels, **prepare_labels(name)}}
-    if meta.get("annotations"):
-        template_meta["annotations"] = meta["annotations"]
-    spec = pod["spec"]
-    for field in ("hostname", "subdomain"):
-        spec.pop(field, None)
+    template_meta, spec = pod_from_worker(training, default_image, prepare_labels(name))
     spec["restartPolicy"] = "Never"
     spec["containers"] = [
         _prepare_container(c) if c["name"] == CONTAINER_NAME else c for c in spec["containers"]

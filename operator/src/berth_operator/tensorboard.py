@@ -4,7 +4,7 @@ out; owner references are added by the caller).
 
 The trainer writes its TensorBoard scalars to `<output.dir>/tensorboard`
 (`berth_trainer.observability`). Whoever can read that folder can serve it, and the workers
-can: so the TensorBoard pod is made from worker 0's pod (`builders.build_worker_pod`, podTemplate
+can: so the TensorBoard pod is made from worker 0's pod (`builders.pod_from_worker`, podTemplate
 merged) the way `berth_operator.prepare` makes a prepare pod — same image, volumes, mounts, env
 (credentials), pod and container security, service account, imagePullSecrets and node
 selection — with the worker's identity, accelerators and trainer config taken out. A gs://
@@ -39,8 +39,8 @@ from berth_operator.builders import (
     CONFIG_VOLUME,
     CONTAINER_NAME,
     GRACE_ENV,
-    build_worker_pod,
     parse_spec,
+    pod_from_worker,
 )
 from berth_operator.prepare import ACCELERATORS
 
@@ -157,19 +157,7 @@ def build_pod_template(training: Mapping[str, Any], default_image: str) -> dict[
     TensorBoard, with role `tensorboard`, no worker identity, hostname or trainer config."""
     name = training["metadata"]["name"]
     output_dir = parse_spec(training).output.dir
-    pod = copy.deepcopy(build_worker_pod(training, 0, default_image, restart=0))
-    meta = pod["metadata"]
-    pod_labels = {
-        k: v
-        for k, v in (meta.get("labels") or {}).items()
-        if k not in (labels.INDEX, labels.RESTART)
-    }
-    template_meta: dict[str, Any] = {"labels": {**pod_labels, **tensorboard_labels(name)}}
-    if meta.get("annotations"):
-        template_meta["annotations"] = meta["annotations"]
-    spec = pod["spec"]
-    for field in ("hostname", "subdomain"):
-        spec.pop(field, None)
+    template_meta, spec = pod_from_worker(training, default_image, tensorboard_labels(name))
     spec["restartPolicy"] = "Always"
     resources = _resources(training)
     spec["containers"] = [
