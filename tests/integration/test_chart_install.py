@@ -28,6 +28,7 @@ from tests.support.apicount import service_account_kubeconfig
 from tests.support.kueue import PRIORITY_LABEL, QUEUE_LABEL, Kueue
 from tests.support.kwok import terminate_pod
 from tests.support.podsecurity import NAMESPACE_LABELS
+from tests.support.processes import stop
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -118,12 +119,7 @@ def operator_process(
         tail = log.read_text()[-4000:]
         raise AssertionError(f"{error}\n--- operator log (tail) ---\n{tail}") from None
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, grace=20)
 
 
 def crd_established(api: client.ApiClient) -> bool:

@@ -30,6 +30,8 @@ from typing import Any
 import pytest
 import websocket
 
+from tests.support.processes import stop
+
 #: No sandbox (the tests run as root), no GPU, no first-run UI, nothing in the background, and
 #: no host name but 127.0.0.1.
 FLAGS = [
@@ -125,9 +127,4 @@ def chromium_page(profile: Path, width: int = 1280, height: int = 900) -> Iterat
         finally:
             connection.close()
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, grace=10)

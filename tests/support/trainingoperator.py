@@ -24,6 +24,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from berth_operator.local.runner import die_with_parent, free_port
+from tests.support.processes import stop
 
 REPO = Path(__file__).resolve().parents[2]
 TRAINING_OPERATOR_VERSION = os.environ.get("TRAINING_OPERATOR_VERSION", "v1.9.4")
@@ -152,12 +153,7 @@ def training_operator(
         _wait("ready", lambda: _ready(probe_port), proc, log)
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, grace=15)
         with contextlib.suppress(ApiException):
             admission.delete_validating_webhook_configuration(WEBHOOK)
 
